@@ -1,0 +1,7 @@
+"""`python -m crawler` runs the command line."""
+
+import sys
+
+from crawler.cli import main
+
+sys.exit(main())

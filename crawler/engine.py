@@ -1,0 +1,462 @@
+"""Wires config, store, frontier, politeness, robots, fetcher and parser into a running crawl."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+
+import httpx
+
+from crawler.config import Config
+from crawler.errors import ConfigError, CrawlerError, ErrorKind, FetchError, NothingToResume, SkipReason
+from crawler.fetch import Fetcher, FetchResult
+from crawler.frontier import Frontier
+from crawler.parse import decode_html, is_html, parse_html, robots_directives
+from crawler.politeness import HostGate, Lease, Politeness
+from crawler.robots import RobotsCache, RobotsResponse, RobotsRules, product_token
+from crawler.store import NewUrl, PageRecord, Store, utc_now
+from crawler.urls import Scope, host_key, normalize_url, origin
+
+log = logging.getLogger(__name__)
+fetch_log = logging.getLogger("crawler.fetch")
+
+FLUSH_INTERVAL = 0.25  # seconds between commits while pages keep coming
+FLUSH_ROWS = 5000  # commit early once a batch holds this many rows
+
+
+class Outcome(StrEnum):
+    FINISHED = "finished"  # nothing left to fetch
+    LIMIT = "limit"  # max_pages reached; raising it lets a resume continue
+    INTERRUPTED = "interrupted"  # stopped by a signal; resumable
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A snapshot for the live display."""
+
+    fetched: int  # pages fetched this run
+    errors: int
+    skipped: int
+    queued: int
+    in_flight: int
+    elapsed: float
+
+    @property
+    def pages_per_second(self) -> float:
+        return self.fetched / self.elapsed if self.elapsed > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeInfo:
+    done: int
+    queued: int
+    in_flight: int
+
+    def describe(self) -> str:
+        return f"resuming: {self.done:,} done, {self.queued:,} queued, {self.in_flight:,} were in flight"
+
+
+@dataclass(frozen=True, slots=True)
+class CrawlSummary:
+    outcome: Outcome
+    db_path: str
+    fetched: int  # pages fetched this run (stored pages and failures)
+    pages: int  # page rows stored this run
+    errors: int
+    skipped: int
+    queued_left: int
+    elapsed: float
+    resumed: ResumeInfo | None = None
+    status_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def pages_per_second(self) -> float:
+        return self.fetched / self.elapsed if self.elapsed > 0 else 0.0
+
+
+# The gate of the worker whose request needs robots.txt; the robots fetch runs under it.
+_current_gate: contextvars.ContextVar[HostGate] = contextvars.ContextVar("current_gate")
+
+
+class _Result(StrEnum):
+    FETCHED = "fetched"
+    SKIPPED = "skipped"
+    REQUEUED = "requeued"
+
+
+class Crawl:
+    """One crawl run over one database. `await Crawl(config).run()` returns its summary."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        on_message: Callable[[str], None] | None = None,
+        progress_interval: float = 0.5,
+        stop_grace: float = 5.0,
+    ) -> None:
+        self.config = config
+        self._transport = transport
+        self._on_progress = on_progress
+        self._say = on_message or (lambda text: None)
+        self._progress_interval = progress_interval
+        self._stop_grace = stop_grace
+        self._scope = Scope.from_config(config.crawl)
+        self._token = product_token(config.politeness.user_agent)
+        self._stop_requested = asyncio.Event()
+        self._flush_wanted = asyncio.Event()
+        self._writing = True
+        self._fetched = self._pages = self._errors = self._skipped = 0
+        self._queued = 0
+        self._recorded_robots: set[tuple[str, float]] = set()
+        self.status_counts: dict[str, int] = {}
+
+    def request_stop(self) -> None:
+        """Stop taking new work; in-flight requests get `stop_grace` seconds to finish."""
+        self._stop_requested.set()
+
+    # ---- the run -------------------------------------------------------------------------
+
+    async def run(self, *, require_resume: bool = False) -> CrawlSummary:
+        cfg = self.config
+        store = await Store.open(cfg.storage.path)
+        try:
+            return await self._run(store, require_resume=require_resume)
+        finally:
+            await store.close()
+
+    async def _run(self, store: Store, *, require_resume: bool) -> CrawlSummary:
+        cfg = self.config
+        started = time.monotonic()
+        resumed = await self._prepare(store, require_resume=require_resume)
+        await store.start_run(json.dumps(_config_json(cfg)))
+
+        self.store = store
+        self.politeness = Politeness(cfg.politeness)
+        self.frontier = Frontier(
+            store,
+            self.politeness,
+            max_pages=cfg.crawl.max_pages,
+            max_pages_per_host=cfg.crawl.max_pages_per_host,
+        )
+        self.frontier.on_starving = self._flush_wanted.set
+        counts = await store.state_counts()
+        await self.frontier.load(fetched=counts["done"] + counts["failed"])
+        self._queued = counts["queued"]
+        self._add_seeds()
+        self.fetcher = Fetcher(
+            cfg.http,
+            cfg.politeness.user_agent,
+            concurrency=cfg.politeness.concurrency,
+            transport=self._transport,
+            feedback=self.politeness,
+            max_retry_after=cfg.politeness.max_retry_after,
+        )
+        self.robots = RobotsCache(
+            self._fetch_robots,
+            cfg.politeness.user_agent,
+            ttl=cfg.politeness.robots_ttl,
+            retry_interval=cfg.politeness.robots_retry_interval,
+        )
+        await self._flush()
+
+        writer = asyncio.create_task(self._writer(), name="writer")
+        reporter = asyncio.create_task(self._reporter(started), name="progress")
+        workers = [
+            asyncio.create_task(self._worker(), name=f"worker-{i}") for i in range(cfg.politeness.concurrency)
+        ]
+        stopper = asyncio.create_task(self._stop_when_asked(workers), name="stopper")
+        try:
+            await asyncio.wait(workers)
+        finally:
+            for task in (*workers, stopper, reporter):
+                task.cancel()
+            await asyncio.gather(*workers, stopper, reporter, return_exceptions=True)
+            # Let the writer finish the commit it may be in, rather than cancel it mid-transaction.
+            self._writing = False
+            self._flush_wanted.set()
+            await asyncio.gather(writer, return_exceptions=True)
+            await self.fetcher.aclose()
+        for task in (writer, *workers):
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        if self.frontier.error is not None:
+            raise self.frontier.error
+        await self._flush()
+
+        if self._stop_requested.is_set():
+            outcome = Outcome.INTERRUPTED
+        elif self.frontier.limit_reached():
+            outcome = Outcome.LIMIT
+        else:
+            outcome = Outcome.FINISHED
+        await store.finish_run(outcome, self._pages)
+        counts = await store.state_counts()
+        if self._on_progress is not None:
+            self._on_progress(self._snapshot(started))
+        return CrawlSummary(
+            outcome=outcome,
+            db_path=str(store.path),
+            fetched=self._fetched,
+            pages=self._pages,
+            errors=self._errors,
+            skipped=self._skipped,
+            queued_left=counts["queued"],
+            elapsed=time.monotonic() - started,
+            resumed=resumed,
+            status_counts=dict(sorted(self.status_counts.items())),
+        )
+
+    async def _prepare(self, store: Store, *, require_resume: bool) -> ResumeInfo | None:
+        """Fresh store: record the scope. Existing one: check the scope and requeue in-flight URLs."""
+        scope_json = json.dumps(_scope_json(self.config), sort_keys=True)
+        stored_scope = await store.get_meta("scope")
+        counts = await store.state_counts()
+        unfinished = counts["queued"] + counts["in_flight"]
+        if require_resume and not unfinished:
+            raise NothingToResume(f"{store.path} holds no unfinished crawl: nothing to resume")
+        if stored_scope is None:
+            await store.set_meta("scope", scope_json)
+            return None
+        if stored_scope != scope_json:
+            old = json.loads(stored_scope)
+            new = json.loads(scope_json)
+            changed = next(key for key in new if old.get(key) != new[key])
+            raise ConfigError(
+                self.config.source,
+                f"crawl.{changed}",
+                f"differs from the crawl stored in {store.path} (was {old.get(changed)!r}); "
+                "use `crawler crawl --fresh` to start over or restore the old value",
+            )
+        in_flight = await store.requeue_in_flight()
+        info = ResumeInfo(done=counts["done"], queued=counts["queued"] + in_flight, in_flight=in_flight)
+        if unfinished:
+            self._say(info.describe())
+        return info
+
+    def _add_seeds(self) -> None:
+        for seed in self.config.crawl.seeds:
+            url = normalize_url(seed)
+            assert url is not None, "config validation guarantees seeds are valid"
+            reason = self._scope.skip_reason(url, 0)
+            self.store.add_urls(
+                [NewUrl(url, host_key(url), 0, None, "skipped" if reason else "queued", reason)]
+            )
+
+    async def _stop_when_asked(self, workers: list[asyncio.Task[None]]) -> None:
+        await self._stop_requested.wait()
+        self.frontier.close()
+        _, pending = await asyncio.wait(workers, timeout=self._stop_grace)
+        for task in pending:
+            task.cancel()
+
+    # ---- workers -------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            lease = await self.frontier.next()
+            if lease is None:
+                return
+            gate = HostGate(self.politeness, lease)
+            result = _Result.FETCHED
+            try:
+                result = await self._process(lease, gate)
+            except asyncio.CancelledError:
+                # Interrupted mid-request: leave the URL in flight; resume puts it back in the queue.
+                raise
+            except Exception as exc:  # a bug must cost one URL, never the crawl
+                log.exception("unexpected error on %s", lease.url)
+                self.store.add_error(lease.url_id, lease.url, ErrorKind.OTHER, f"internal error: {exc!r}", 1)
+                self._errors += 1
+            finally:
+                gate.release()
+                if result is _Result.REQUEUED:
+                    self.frontier.requeue(lease)
+                else:
+                    self.frontier.complete(lease, fetched=result is _Result.FETCHED)
+                if len(self.store.batch) >= FLUSH_ROWS:
+                    self._flush_wanted.set()
+
+    async def _process(self, lease: Lease, gate: HostGate) -> _Result:
+        url = lease.url
+        if self.config.politeness.obey_robots:
+            rules = await self._rules_for(url, gate)
+            if rules.unavailable:
+                self._hold_host(lease.host, url)
+                return _Result.REQUEUED
+            if not rules.allowed(url):
+                self.store.set_state(lease.url_id, "skipped", SkipReason.ROBOTS)
+                self._skipped += 1
+                return _Result.SKIPPED
+        self._fetched += 1
+        try:
+            result = await self.fetcher.fetch(url, gate, redirect_check=lambda target: self._redirect_check(target, lease))
+        except FetchError as exc:
+            fetch_log.info("GET %s failed: %s", url, exc)
+            self.store.add_error(lease.url_id, url, exc.kind, exc.message, exc.attempts)
+            self._errors += 1
+            return _Result.FETCHED
+        self._record(lease, result)
+        return _Result.FETCHED
+
+    def _hold_host(self, host: str, url: str) -> None:
+        """robots.txt is unreachable: no request to the host until it may be retried."""
+        retry_at = self.robots.retry_at(origin(url))
+        wait = (retry_at - time.monotonic()) if retry_at is not None else self.config.politeness.robots_retry_interval
+        self.politeness.pause(host, max(wait, 0.0))
+
+    async def _rules_for(self, url: str, gate: HostGate) -> RobotsRules:
+        site = origin(url)
+        rules = self.robots.cached(site)
+        if rules is None:
+            token = _current_gate.set(gate)
+            try:
+                rules = await self.robots.rules_for(site)
+            finally:
+                _current_gate.reset(token)
+            key = (site, rules.fetched_at)
+            if key not in self._recorded_robots:
+                self._recorded_robots.add(key)
+                self.store.add_robots(site, rules.status, rules.crawl_delay, rules.sitemaps, rules.describe())
+        self.politeness.set_crawl_delay(host_key(url), rules.crawl_delay)
+        return rules
+
+    async def _fetch_robots(self, robots_url: str) -> RobotsResponse:
+        gate = _current_gate.get()
+        try:
+            result = await self.fetcher.fetch(robots_url, gate, max_redirects=5)
+        except FetchError as exc:
+            return RobotsResponse(exc.status, b"", exc.message)
+        if result.stopped_redirect is not None:  # pragma: no cover - robots fetch has no check
+            return RobotsResponse(None, b"", "redirect not followed")
+        return RobotsResponse(result.status, result.body, None)
+
+    async def _redirect_check(self, target: str, lease: Lease) -> str | None:
+        reason = self._scope.skip_reason(target, lease.depth)
+        if reason is not None:
+            return reason
+        if self.config.politeness.obey_robots:
+            gate = _current_gate.get(None)
+            rules = self.robots.cached(origin(target))
+            if rules is None and gate is not None:
+                rules = await self._rules_for(target, gate)
+            if rules is not None and (rules.unavailable or not rules.allowed(target)):
+                return SkipReason.ROBOTS
+        return None
+
+    # ---- recording -----------------------------------------------------------------------
+
+    def _record(self, lease: Lease, result: FetchResult) -> None:
+        cfg = self.config
+        content_type = result.content_type
+        noindex, nofollow = robots_directives(result.header_values("x-robots-tag"), self._token)
+        title: str | None = None
+        text: str | None = None
+        links: tuple[tuple[str, bool], ...] = ()
+        if 200 <= result.status < 300 and is_html(content_type):
+            parsed = parse_html(
+                decode_html(result.body, content_type),
+                result.final_url,
+                max_links=cfg.crawl.max_links_per_page,
+            )
+            title, text = parsed.title, parsed.text
+            noindex = noindex or parsed.noindex
+            nofollow = nofollow or parsed.nofollow
+            links = tuple((link.url, link.nofollow or nofollow) for link in parsed.links)
+        keep_body = cfg.storage.store_bodies and not noindex
+        self.store.add_page(
+            PageRecord(
+                url_id=lease.url_id,
+                url=lease.url,
+                final_url=result.final_url,
+                status=result.status,
+                content_type=content_type,
+                title=title,
+                depth=lease.depth,
+                fetched_at=utc_now(),
+                elapsed_ms=round(result.elapsed * 1000, 3),
+                http_version=result.http_version,
+                bytes=len(result.body),
+                headers=result.headers,
+                redirects=result.redirects,
+                noindex=noindex,
+                text=None if noindex else text,
+                body=result.body if keep_body else None,
+            ),
+            links,
+        )
+        self._pages += 1
+        status_class = f"{result.status // 100}xx"
+        self.status_counts[status_class] = self.status_counts.get(status_class, 0) + 1
+        fetch_log.info("GET %s %d %.0fms", lease.url, result.status, result.elapsed * 1000)
+
+        depth = lease.depth + 1
+        follow_all = cfg.politeness.follow_nofollow
+        scope = self._scope
+        new = [
+            NewUrl(url, host_key(url), depth, lease.url_id, "skipped" if reason else "queued", reason)
+            for url, link_nofollow in links
+            if follow_all or not link_nofollow
+            for reason in (scope.skip_reason(url, depth),)
+        ]
+        if result.stopped_redirect is not None:
+            target, reason = result.stopped_redirect
+            new.append(NewUrl(target, host_key(target), lease.depth, lease.url_id, "skipped", reason))
+        self.store.add_urls(new)
+
+    # ---- writer and progress ----------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        while self._writing:
+            try:
+                await asyncio.wait_for(self._flush_wanted.wait(), timeout=FLUSH_INTERVAL)
+            except TimeoutError:
+                pass
+            self._flush_wanted.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        completions = self.frontier.awaiting_commit
+        try:
+            rows = await self.store.flush()
+        except CrawlerError:
+            self.frontier.close()
+            raise
+        self._queued += len(rows)
+        self.frontier.committed(completions, rows)
+
+    async def _reporter(self, started: float) -> None:
+        if self._on_progress is None:
+            return
+        while True:
+            await asyncio.sleep(self._progress_interval)
+            self._on_progress(self._snapshot(started))
+
+    def _snapshot(self, started: float) -> Progress:
+        return Progress(
+            fetched=self._fetched,
+            errors=self._errors,
+            skipped=self._skipped,
+            queued=max(self._queued - self._fetched - self._skipped, 0),
+            in_flight=self.frontier.leased,
+            elapsed=time.monotonic() - started,
+        )
+
+
+def _scope_json(config: Config) -> dict[str, object]:
+    crawl = config.crawl
+    return {"allowed_hosts": list(crawl.allowed_hosts), "include": list(crawl.include), "exclude": list(crawl.exclude)}
+
+
+def _config_json(config: Config) -> dict[str, object]:
+    data = asdict(config)
+    data["storage"]["path"] = str(data["storage"]["path"])
+    return data

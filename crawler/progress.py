@@ -1,0 +1,70 @@
+"""Showing a crawl to a person: a live line on a terminal, periodic lines elsewhere, a summary."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from crawler.engine import CrawlSummary, Progress
+
+
+def _line(p: Progress) -> str:
+    return (
+        f"{p.fetched:,} fetched · {p.queued:,} queued · {p.in_flight} in flight · "
+        f"{p.errors:,} errors · {p.skipped:,} skipped · {p.pages_per_second:,.1f} pages/s · {p.elapsed:,.0f}s"
+    )
+
+
+class ProgressDisplay:
+    """Live on a TTY, a plain line every `every` seconds otherwise; `quiet` shows nothing."""
+
+    def __init__(self, stream: TextIO | None = None, *, quiet: bool = False, every: float = 10.0) -> None:
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.every = every
+        self._last_plain = 0.0
+        self._live: Live | None = None
+        if not quiet and self.stream.isatty():
+            self._live = Live(Text("starting…"), console=Console(file=self.stream), transient=True)
+
+    def __enter__(self) -> ProgressDisplay:
+        if self._live is not None:
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+
+    def __call__(self, progress: Progress) -> None:
+        if self.quiet:
+            return
+        if self._live is not None:
+            self._live.update(Text(_line(progress)))
+            return
+        now = time.monotonic()
+        if now - self._last_plain >= self.every:
+            self._last_plain = now
+            print(_line(progress), file=self.stream, flush=True)
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=self.stream, flush=True)
+
+
+def format_summary(summary: CrawlSummary) -> str:
+    statuses = ", ".join(f"{k}: {v:,}" for k, v in summary.status_counts.items()) or "none"
+    lines = [
+        f"crawl {summary.outcome}: {summary.fetched:,} fetched in {summary.elapsed:,.1f}s "
+        f"({summary.pages_per_second:,.1f} pages/s)",
+        f"  pages stored: {summary.pages:,} ({statuses})",
+        f"  errors: {summary.errors:,} · skipped: {summary.skipped:,} (robots, at fetch time) · "
+        f"still queued: {summary.queued_left:,}",
+        f"  database: {summary.db_path}",
+    ]
+    return "\n".join(lines)

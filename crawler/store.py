@@ -1,0 +1,433 @@
+"""SQLite persistence through aiosqlite: schema, migrations, batched writes, frontier rows."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from crawler.errors import StoreError
+
+# Each entry migrates the schema from version i to i + 1, in its own transaction.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE runs (
+        id          INTEGER PRIMARY KEY,
+        started_at  TEXT NOT NULL,
+        finished_at TEXT,
+        outcome     TEXT NOT NULL DEFAULT 'running',
+        pages       INTEGER NOT NULL DEFAULT 0,
+        config      TEXT NOT NULL
+    );
+    CREATE TABLE urls (
+        id            INTEGER PRIMARY KEY,
+        url           TEXT NOT NULL UNIQUE,
+        host          TEXT NOT NULL,
+        depth         INTEGER NOT NULL,
+        state         TEXT NOT NULL,
+        reason        TEXT,
+        parent_id     INTEGER,
+        discovered_at TEXT NOT NULL,
+        updated_at    TEXT
+    );
+    CREATE INDEX urls_state_host ON urls (state, host, id);
+    CREATE TABLE pages (
+        url_id       INTEGER PRIMARY KEY,
+        url          TEXT NOT NULL,
+        final_url    TEXT NOT NULL,
+        status       INTEGER NOT NULL,
+        content_type TEXT,
+        title        TEXT,
+        depth        INTEGER NOT NULL,
+        fetched_at   TEXT NOT NULL,
+        elapsed_ms   REAL NOT NULL,
+        http_version TEXT,
+        bytes        INTEGER NOT NULL,
+        headers      TEXT NOT NULL,
+        redirects    TEXT NOT NULL,
+        noindex      INTEGER NOT NULL DEFAULT 0,
+        text         TEXT,
+        body         BLOB,
+        run_id       INTEGER
+    );
+    CREATE TABLE links (
+        from_id  INTEGER NOT NULL,
+        to_url   TEXT NOT NULL,
+        nofollow INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (from_id, to_url)
+    ) WITHOUT ROWID;
+    CREATE INDEX links_to ON links (to_url);
+    CREATE TABLE errors (
+        id       INTEGER PRIMARY KEY,
+        url_id   INTEGER,
+        url      TEXT NOT NULL,
+        kind     TEXT NOT NULL,
+        message  TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        at       TEXT NOT NULL,
+        run_id   INTEGER
+    );
+    CREATE INDEX errors_kind ON errors (kind);
+    CREATE TABLE robots (
+        origin      TEXT PRIMARY KEY,
+        status      INTEGER,
+        fetched_at  TEXT NOT NULL,
+        crawl_delay REAL,
+        sitemaps    TEXT NOT NULL,
+        note        TEXT
+    );
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+URL_STATES = ("queued", "in_flight", "done", "failed", "skipped")
+
+# SQLite's default limit on host parameters per statement is 32,766.
+_MAX_PARAMS = 32_000
+
+
+def utc_now() -> str:
+    """The current time as ISO-8601 UTC with milliseconds, the format of every stored time."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class NewUrl:
+    """A URL to add to the frontier; state is 'queued' or 'skipped' (with a reason)."""
+
+    url: str
+    host: str
+    depth: int
+    parent_id: int | None = None
+    state: str = "queued"
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedUrl:
+    """A frontier row that is waiting to be fetched."""
+
+    id: int
+    url: str
+    host: str
+    depth: int
+
+
+@dataclass(slots=True)
+class PageRecord:
+    """Everything stored about one fetched page."""
+
+    url_id: int
+    url: str
+    final_url: str
+    status: int
+    content_type: str | None
+    title: str | None
+    depth: int
+    fetched_at: str
+    elapsed_ms: float
+    http_version: str | None
+    bytes: int
+    headers: list[tuple[str, str]]
+    redirects: list[dict[str, Any]]
+    noindex: bool
+    text: str | None
+    body: bytes | None
+
+
+@dataclass(slots=True)
+class Batch:
+    """Writes gathered between two flushes; a flush commits all of them in one transaction."""
+
+    new_urls: list[NewUrl] = field(default_factory=list)
+    pages: list[PageRecord] = field(default_factory=list)
+    links: list[tuple[int, str, int]] = field(default_factory=list)
+    errors: list[tuple[int | None, str, str, str, int, str]] = field(default_factory=list)
+    states: list[tuple[str, str | None, str, int]] = field(default_factory=list)
+    robots: list[tuple[str, int | None, str, float | None, str, str | None]] = field(default_factory=list)
+    host_skips: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return (
+            len(self.host_skips)
+            + len(self.new_urls)
+            + len(self.pages)
+            + len(self.links)
+            + len(self.errors)
+            + len(self.states)
+            + len(self.robots)
+        )
+
+
+def _translate(exc: BaseException, path: Path) -> StoreError:
+    """The one place sqlite errors become StoreError, with a message a user can act on."""
+    text = str(exc)
+    if "file is not a database" in text or "file is encrypted" in text:
+        return StoreError(f"{path} is not a SQLite database (choose another storage.path or move the file)")
+    if "readonly" in text or "read-only" in text:
+        return StoreError(f"{path} is read-only: {text}")
+    if "disk is full" in text or "database or disk is full" in text:
+        return StoreError(f"the disk holding {path} is full; free space and resume the crawl")
+    if "unable to open" in text:
+        return StoreError(f"cannot open {path}: {text}")
+    if "locked" in text:
+        return StoreError(f"{path} is locked by another process: {text}")
+    return StoreError(f"database error on {path}: {text}")
+
+
+class Store:
+    """One open crawl database. Writes go into a Batch and are committed by `flush`."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path, *, readonly: bool) -> None:
+        self._conn = conn
+        self.path = path
+        self.readonly = readonly
+        self.batch = Batch()
+        self.run_id: int | None = None
+
+    @classmethod
+    async def open(cls, path: Path, *, readonly: bool = False) -> Store:
+        """Open (and, unless readonly, create and migrate) the database at path."""
+        path = Path(path)
+        try:
+            if readonly:
+                if not path.exists():
+                    raise StoreError(f"no database at {path}")
+                conn = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                conn = await aiosqlite.connect(path, isolation_level=None)
+            store = cls(conn, path, readonly=readonly)
+            await store._configure()
+        except (sqlite3.Error, OSError) as exc:
+            raise _translate(exc, path) from exc
+        return store
+
+    async def _configure(self) -> None:
+        conn = self._conn
+        conn.row_factory = sqlite3.Row
+        await conn.execute("PRAGMA busy_timeout = 10000")
+        version = (await (await conn.execute("PRAGMA user_version")).fetchone())[0]  # type: ignore[index]
+        if self.readonly:
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.path} was written by a newer crawler (schema {version})")
+            return
+        await conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode survives a process kill; only an OS crash may lose the last commits.
+        await conn.execute("PRAGMA synchronous = NORMAL")
+        await conn.execute("PRAGMA cache_size = -32000")
+        await conn.execute("PRAGMA temp_store = MEMORY")
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} was written by a newer crawler (schema {version})")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            await conn.execute("BEGIN IMMEDIATE")
+            for statement in _split_sql(MIGRATIONS[target - 1]):
+                await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version = {target}")
+            await conn.execute("COMMIT")
+
+    async def close(self) -> None:
+        try:
+            await self._conn.close()
+        except (sqlite3.Error, OSError) as exc:
+            raise _translate(exc, self.path) from exc
+
+    # ---- reads -------------------------------------------------------------------------
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            cursor = await self._conn.execute(sql, params)
+            return list(await cursor.fetchall())
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
+
+    async def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = await self.fetchall(sql, params)
+        return rows[0][0] if rows else None
+
+    async def state_counts(self) -> dict[str, int]:
+        rows = await self.fetchall("SELECT state, count(*) FROM urls GROUP BY state")
+        counts = dict.fromkeys(URL_STATES, 0)
+        counts.update({row[0]: row[1] for row in rows})
+        return counts
+
+    async def queued_for_host(self, host: str, after_id: int, limit: int) -> list[QueuedUrl]:
+        rows = await self.fetchall(
+            "SELECT id, url, host, depth FROM urls WHERE state = 'queued' AND host = ? AND id > ? ORDER BY id LIMIT ?",
+            (host, after_id, limit),
+        )
+        return [QueuedUrl(*row) for row in rows]
+
+    async def queued_hosts(self) -> list[str]:
+        rows = await self.fetchall("SELECT DISTINCT host FROM urls WHERE state = 'queued'")
+        return [row[0] for row in rows]
+
+    async def fetched_per_host(self) -> dict[str, int]:
+        rows = await self.fetchall("SELECT host, count(*) FROM urls WHERE state IN ('done', 'failed') GROUP BY host")
+        return {row[0]: row[1] for row in rows}
+
+    async def get_meta(self, key: str) -> str | None:
+        value = await self.scalar("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(value) if value is not None else None
+
+    # ---- immediate writes (rare: start, stop, seeds) -----------------------------------
+
+    async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        try:
+            cursor = await self._conn.execute(sql, params)
+            return cursor.rowcount
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._write("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    async def requeue_in_flight(self) -> int:
+        """Put URLs that were in flight when the last run stopped back in the queue."""
+        return await self._write("UPDATE urls SET state = 'queued', updated_at = ? WHERE state = 'in_flight'", (utc_now(),))
+
+    async def start_run(self, config_json: str) -> int:
+        try:
+            cursor = await self._conn.execute(
+                "INSERT INTO runs (started_at, config) VALUES (?, ?)", (utc_now(), config_json)
+            )
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
+        self.run_id = cursor.lastrowid
+        assert self.run_id is not None
+        return self.run_id
+
+    async def finish_run(self, outcome: str, pages: int) -> None:
+        await self._write(
+            "UPDATE runs SET finished_at = ?, outcome = ?, pages = ? WHERE id = ?",
+            (utc_now(), outcome, pages, self.run_id),
+        )
+
+    # ---- batched writes ------------------------------------------------------------------
+
+    def add_urls(self, urls: Iterable[NewUrl]) -> None:
+        self.batch.new_urls.extend(urls)
+
+    def add_page(self, page: PageRecord, links: Iterable[tuple[str, bool]]) -> None:
+        self.batch.pages.append(page)
+        self.batch.links.extend((page.url_id, url, int(nofollow)) for url, nofollow in links)
+        self.batch.states.append(("done", None, page.fetched_at, page.url_id))
+
+    def add_error(self, url_id: int | None, url: str, kind: str, message: str, attempts: int) -> None:
+        now = utc_now()
+        self.batch.errors.append((url_id, url, kind, message, attempts, now))
+        if url_id is not None:
+            self.batch.states.append(("failed", None, now, url_id))
+
+    def set_state(self, url_id: int, state: str, reason: str | None = None) -> None:
+        self.batch.states.append((state, reason, utc_now(), url_id))
+
+    def skip_queued_of_host(self, host: str, reason: str) -> None:
+        """Mark every still-queued URL of host as skipped (a per-host limit was reached)."""
+        self.batch.host_skips.append((reason, utc_now(), host))
+
+    def add_robots(self, origin: str, status: int | None, crawl_delay: float | None, sitemaps: Sequence[str], note: str | None) -> None:
+        self.batch.robots.append((origin, status, utc_now(), crawl_delay, json.dumps(list(sitemaps)), note))
+
+    async def flush(self) -> list[QueuedUrl]:
+        """Commit the pending batch in one transaction; returns the newly queued URLs."""
+        batch, self.batch = self.batch, Batch()
+        if not len(batch):
+            return []
+        conn = self._conn
+        try:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                queued = await self._insert_urls(batch.new_urls)
+                if batch.pages:
+                    await conn.executemany(
+                        "INSERT OR REPLACE INTO pages (url_id, url, final_url, status, content_type, title, depth,"
+                        " fetched_at, elapsed_ms, http_version, bytes, headers, redirects, noindex, text, body, run_id)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        [
+                            (
+                                p.url_id, p.url, p.final_url, p.status, p.content_type, p.title, p.depth,
+                                p.fetched_at, p.elapsed_ms, p.http_version, p.bytes, json.dumps(p.headers),
+                                json.dumps(p.redirects), int(p.noindex), p.text, p.body, self.run_id,
+                            )
+                            for p in batch.pages
+                        ],
+                    )
+                if batch.links:
+                    await conn.executemany(
+                        "INSERT OR IGNORE INTO links (from_id, to_url, nofollow) VALUES (?, ?, ?)", batch.links
+                    )
+                if batch.errors:
+                    await conn.executemany(
+                        "INSERT INTO errors (url_id, url, kind, message, attempts, at, run_id)"
+                        f" VALUES (?, ?, ?, ?, ?, ?, {int(self.run_id or 0)})",
+                        batch.errors,
+                    )
+                if batch.states:
+                    await conn.executemany(
+                        "UPDATE urls SET state = ?, reason = ?, updated_at = ? WHERE id = ?", batch.states
+                    )
+                if batch.host_skips:
+                    await conn.executemany(
+                        "UPDATE urls SET state = 'skipped', reason = ?, updated_at = ? WHERE host = ? AND state = 'queued'",
+                        batch.host_skips,
+                    )
+                if batch.robots:
+                    await conn.executemany(
+                        "INSERT OR REPLACE INTO robots (origin, status, fetched_at, crawl_delay, sitemaps, note)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        batch.robots,
+                    )
+                await conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    await conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
+        return queued
+
+    async def _insert_urls(self, urls: list[NewUrl]) -> list[QueuedUrl]:
+        """INSERT OR IGNORE lets SQLite decide what is new; RETURNING gives only the inserted rows."""
+        if not urls:
+            return []
+        # Dedupe inside the batch first: the same link often appears on many pages of one batch.
+        unique: dict[str, NewUrl] = {}
+        for item in urls:
+            unique.setdefault(item.url, item)
+        now = utc_now()
+        rows: list[QueuedUrl] = []
+        items = list(unique.values())
+        per_row = 7
+        chunk = _MAX_PARAMS // per_row
+        for start in range(0, len(items), chunk):
+            part = items[start : start + chunk]
+            sql = (
+                "INSERT OR IGNORE INTO urls (url, host, depth, parent_id, state, reason, discovered_at) VALUES "
+                + ",".join(["(?,?,?,?,?,?,?)"] * len(part))
+                + " RETURNING id, url, host, depth, state"
+            )
+            params: list[Any] = []
+            for u in part:
+                params += (u.url, u.host, u.depth, u.parent_id, u.state, u.reason, now)
+            cursor = await self._conn.execute(sql, params)
+            for row in await cursor.fetchall():
+                if row[4] == "queued":
+                    rows.append(QueuedUrl(row[0], row[1], row[2], row[3]))
+        # RETURNING order is not guaranteed; the frontier relies on ascending ids per host.
+        rows.sort(key=lambda r: r.id)
+        return rows
+
+
+def _split_sql(script: str) -> list[str]:
+    return [part.strip() for part in script.split(";") if part.strip()]
