@@ -205,7 +205,9 @@ class Fetcher:
         attempts = 0
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.http.retries + 1),
-            wait=wait_exponential_jitter(initial=self.http.retry_backoff, max=self.http.retry_backoff_max),
+            wait=wait_exponential_jitter(
+                multiplier=self.http.retry_backoff, jitter=self.http.retry_backoff, max=self.http.retry_backoff_max
+            ),
             retry=retry_if_exception(_is_transient),
             sleep=self._sleep,
             reraise=True,

@@ -103,9 +103,9 @@ class Frontier:
         return hq
 
     async def _refill(self, host: str) -> None:
+        """Load the next window of host's queued rows; callers set `refilling` before awaiting this."""
         hq = self._host(host)
         hq.refilling = True
-        hq.skipped_while_refilling = False
         try:
             rows = await self._store.queued_for_host(host, hq.high_id, self._window)
         finally:
@@ -119,8 +119,12 @@ class Frontier:
         self._wake(1)
 
     def _start_refill(self, host: str) -> None:
-        if self._hosts[host].refilling:
+        hq = self._hosts[host]
+        if hq.refilling:
             return
+        # Flag it now, not when the task first runs: other leases may look before then.
+        hq.refilling = True
+        hq.skipped_while_refilling = False
         task = asyncio.create_task(self._refill(host))
         self._refills.add(task)
         task.add_done_callback(self._refill_done)

@@ -1,0 +1,24 @@
+"""Shared pytest fixtures: a local HTTP site served for the length of one test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from crawler.localsite import Site, SiteServer
+
+
+@pytest.fixture
+def site_server() -> Iterator[Callable[[Site], SiteServer]]:
+    """Factory: `server = site_server(site)` starts it; all are stopped after the test."""
+    servers: list[SiteServer] = []
+
+    def start(site: Site) -> SiteServer:
+        server = SiteServer(site).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in reversed(servers):
+        server.stop()

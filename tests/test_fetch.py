@@ -1,0 +1,212 @@
+"""The fetch layer against respx mocks: redirects hop by hop, retries, limits, error kinds."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+import respx
+
+from crawler.config import HttpConfig
+from crawler.errors import ErrorKind, FetchError
+from crawler.fetch import Fetcher, parse_retry_after
+
+
+class RecordingGate:
+    """A gate that lets everything through and remembers each request it let start."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+
+    @asynccontextmanager
+    async def request(self, url: str) -> AsyncIterator[None]:
+        self.started.append(url)
+        yield
+
+
+class RecordingFeedback:
+    def __init__(self) -> None:
+        self.observed: list[tuple[str, int | None]] = []
+        self.retry_afters: list[tuple[str, float | None, int]] = []
+
+    def observe_url(self, url: str, status: int | None, latency: float) -> None:
+        self.observed.append((url, status))
+
+    def retry_after(self, url: str, seconds: float | None, status: int) -> None:
+        self.retry_afters.append((url, seconds, status))
+
+
+async def no_sleep(seconds: float) -> None:
+    return None
+
+
+def make_fetcher(feedback: RecordingFeedback | None = None, **http: object) -> Fetcher:
+    settings = {"retries": 2, "max_redirects": 3, **http}
+    return Fetcher(
+        HttpConfig(**settings),  # type: ignore[arg-type]
+        "crawler-test/0.1",
+        concurrency=4,
+        transport=httpx.AsyncHTTPTransport(),  # respx patches httpx's transport layer
+        feedback=feedback,
+        sleep=no_sleep,
+    )
+
+
+@respx.mock
+async def test_follows_redirects_hop_by_hop_through_the_gate() -> None:
+    respx.get("http://a.test/old").mock(return_value=httpx.Response(301, headers={"Location": "/mid"}))
+    respx.get("http://a.test/mid").mock(return_value=httpx.Response(302, headers={"Location": "http://b.test/new"}))
+    respx.get("http://b.test/new").mock(
+        return_value=httpx.Response(200, headers={"Content-Type": "text/html"}, content=b"<p>hi</p>")
+    )
+    gate = RecordingGate()
+    fetcher = make_fetcher()
+    result = await fetcher.fetch("http://a.test/old", gate)
+    await fetcher.aclose()
+    assert gate.started == ["http://a.test/old", "http://a.test/mid", "http://b.test/new"]
+    assert result.final_url == "http://b.test/new"
+    assert result.status == 200
+    assert result.body == b"<p>hi</p>"
+    assert [hop["status"] for hop in result.redirects] == [301, 302]
+    assert result.redirects[0]["location"] == "http://a.test/mid"
+
+
+@respx.mock
+async def test_redirect_loop_and_long_chain_are_too_many_redirects() -> None:
+    respx.get("http://a.test/x").mock(return_value=httpx.Response(301, headers={"Location": "/y"}))
+    respx.get("http://a.test/y").mock(return_value=httpx.Response(301, headers={"Location": "/x"}))
+    for i in range(10):
+        respx.get(f"http://a.test/c{i}").mock(return_value=httpx.Response(302, headers={"Location": f"/c{i + 1}"}))
+    fetcher = make_fetcher()
+    with pytest.raises(FetchError) as loop:
+        await fetcher.fetch("http://a.test/x", RecordingGate())
+    assert loop.value.kind is ErrorKind.TOO_MANY_REDIRECTS
+    assert "loop" in loop.value.message
+    with pytest.raises(FetchError) as chain:
+        await fetcher.fetch("http://a.test/c0", RecordingGate())
+    assert chain.value.kind is ErrorKind.TOO_MANY_REDIRECTS
+    assert "more than 3 redirects" in chain.value.message
+    await fetcher.aclose()
+
+
+@respx.mock
+async def test_redirect_to_non_http_scheme_is_refused() -> None:
+    respx.get("http://a.test/r").mock(return_value=httpx.Response(302, headers={"Location": "ftp://a.test/f"}))
+    fetcher = make_fetcher()
+    with pytest.raises(FetchError) as info:
+        await fetcher.fetch("http://a.test/r", RecordingGate())
+    await fetcher.aclose()
+    assert info.value.kind is ErrorKind.BAD_REDIRECT
+
+
+@respx.mock
+async def test_redirect_check_can_stop_the_chain() -> None:
+    respx.get("http://a.test/r").mock(return_value=httpx.Response(302, headers={"Location": "http://off.test/"}))
+
+    async def check(target: str) -> str | None:
+        return "off_site" if "off.test" in target else None
+
+    fetcher = make_fetcher()
+    result = await fetcher.fetch("http://a.test/r", RecordingGate(), redirect_check=check)
+    await fetcher.aclose()
+    assert result.status == 302
+    assert result.stopped_redirect == ("http://off.test/", "off_site")
+
+
+@respx.mock
+async def test_5xx_is_retried_then_reported_with_attempts() -> None:
+    route = respx.get("http://a.test/flaky").mock(return_value=httpx.Response(503))
+    fetcher = make_fetcher()
+    gate = RecordingGate()
+    with pytest.raises(FetchError) as info:
+        await fetcher.fetch("http://a.test/flaky", gate)
+    await fetcher.aclose()
+    assert route.call_count == 3  # retries = 2 extra attempts
+    assert len(gate.started) == 3  # each retry takes its own turn at the gate
+    assert info.value.kind is ErrorKind.HTTP_STATUS
+    assert info.value.attempts == 3
+    assert info.value.status == 503
+    assert info.value.message == "HTTP 503 after 3 attempts"
+
+
+@respx.mock
+async def test_transient_failure_then_success() -> None:
+    route = respx.get("http://a.test/p")
+    route.side_effect = [httpx.ConnectError("refused"), httpx.Response(200, content=b"ok")]
+    fetcher = make_fetcher()
+    result = await fetcher.fetch("http://a.test/p", RecordingGate())
+    await fetcher.aclose()
+    assert result.status == 200
+    assert result.attempts == 2
+
+
+@respx.mock
+async def test_404_is_a_response_not_an_error() -> None:
+    route = respx.get("http://a.test/missing").mock(return_value=httpx.Response(404, content=b"no"))
+    fetcher = make_fetcher()
+    result = await fetcher.fetch("http://a.test/missing", RecordingGate())
+    await fetcher.aclose()
+    assert result.status == 404
+    assert route.call_count == 1
+
+
+@respx.mock
+async def test_429_reports_retry_after_to_politeness_and_too_long_is_an_error() -> None:
+    feedback = RecordingFeedback()
+    respx.get("http://a.test/busy").mock(
+        side_effect=[httpx.Response(429, headers={"Retry-After": "2"}), httpx.Response(200, content=b"ok")]
+    )
+    respx.get("http://a.test/away").mock(return_value=httpx.Response(503, headers={"Retry-After": "86400"}))
+    fetcher = make_fetcher(feedback)
+    result = await fetcher.fetch("http://a.test/busy", RecordingGate())
+    assert result.status == 200
+    assert feedback.retry_afters == [("http://a.test/busy", 2.0, 429)]
+    with pytest.raises(FetchError) as info:
+        await fetcher.fetch("http://a.test/away", RecordingGate())
+    await fetcher.aclose()
+    assert info.value.kind is ErrorKind.RETRY_AFTER_TOO_LONG
+
+
+@respx.mock
+async def test_declared_content_length_above_limit_is_refused_before_reading() -> None:
+    respx.get("http://a.test/big").mock(
+        return_value=httpx.Response(200, headers={"Content-Length": "999999"}, content=b"x" * 999_999)
+    )
+    fetcher = make_fetcher(max_body_bytes=1000)
+    with pytest.raises(FetchError) as info:
+        await fetcher.fetch("http://a.test/big", RecordingGate())
+    await fetcher.aclose()
+    assert info.value.kind is ErrorKind.TOO_LARGE
+    assert "Content-Length 999,999" in info.value.message
+
+
+@respx.mock
+async def test_timeouts_and_protocol_errors_map_to_kinds() -> None:
+    respx.get("http://a.test/slow").mock(side_effect=httpx.ReadTimeout("slow"))
+    respx.get("http://a.test/reset").mock(side_effect=httpx.RemoteProtocolError("peer closed"))
+    fetcher = make_fetcher(retries=0)
+    with pytest.raises(FetchError) as slow:
+        await fetcher.fetch("http://a.test/slow", RecordingGate())
+    with pytest.raises(FetchError) as reset:
+        await fetcher.fetch("http://a.test/reset", RecordingGate())
+    await fetcher.aclose()
+    assert slow.value.kind is ErrorKind.TIMEOUT
+    assert reset.value.kind is ErrorKind.PROTOCOL
+
+
+@respx.mock
+async def test_sends_an_honest_user_agent() -> None:
+    route = respx.get("http://a.test/").mock(return_value=httpx.Response(200))
+    fetcher = make_fetcher()
+    await fetcher.fetch("http://a.test/", RecordingGate())
+    await fetcher.aclose()
+    assert route.calls.last.request.headers["user-agent"] == "crawler-test/0.1"
+
+
+def test_retry_after_parses_seconds_and_http_dates() -> None:
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == pytest.approx(10.0)
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
