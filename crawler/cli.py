@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from crawler import query
 from crawler.config import Config, config_from_dict, load_config
@@ -142,19 +144,18 @@ def _install_signal_handlers(stop: Callable[[], None], say: Callable[[str], None
             os._exit(EXIT_INTERRUPTED)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
+        # Not available off Unix or outside the main thread; Ctrl-C then raises KeyboardInterrupt.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix or not main thread
-            pass
 
 
 def _event_loop_runner(main: Callable[[], object]) -> CrawlSummary:
     try:
         import uvloop
 
-        return uvloop.run(main())  # type: ignore[arg-type, no-any-return]
+        return uvloop.run(main())  # type: ignore[arg-type]
     except ImportError:  # pragma: no cover
-        return asyncio.run(main())  # type: ignore[arg-type, no-any-return]
+        return asyncio.run(main())  # type: ignore[arg-type]
 
 
 def move_aside(path: Path) -> Path | None:
@@ -188,7 +189,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print()
         print("try next:")
         print(f"  crawler query stats --db {db}")
-        print(f"  sqlite3 {db} \"SELECT status, count(*) FROM pages GROUP BY status\"")
+        print(f'  sqlite3 {db} "SELECT status, count(*) FROM pages GROUP BY status"')
         print(f"  sqlite3 {db} \"SELECT url, reason FROM urls WHERE state = 'skipped' LIMIT 5\"")
     return 0 if summary.outcome is not Outcome.INTERRUPTED else EXIT_INTERRUPTED
 
@@ -222,7 +223,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _format_stats(s: query.Stats) -> str:
-    def block(title: str, pairs: dict[object, int]) -> list[str]:
+    def block(title: str, pairs: Mapping[Any, int]) -> list[str]:
         if not pairs:
             return [f"{title}: none"]
         return [f"{title}:"] + [f"  {key!s:<32} {value:>10,}" for key, value in pairs.items()]

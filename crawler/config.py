@@ -7,7 +7,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, cast, get_args, get_origin, get_type_hints
 
 from crawler.errors import ConfigError
 
@@ -23,7 +23,9 @@ def _spec(default: Any, *, lo: float | None = None, hi: float | None = None, doc
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CrawlConfig:
     seeds: tuple[str, ...] = _spec((), doc="start URLs, depth 0")
-    allowed_hosts: tuple[str, ...] = _spec((), doc='hosts in scope; empty = the seeds\' hosts; "*.x.com" for subdomains')
+    allowed_hosts: tuple[str, ...] = _spec(
+        (), doc='hosts in scope; empty = the seeds\' hosts; "*.x.com" for subdomains'
+    )
     include: tuple[str, ...] = _spec((), doc="regexes; if any are given, a URL must match one")
     exclude: tuple[str, ...] = _spec((), doc="regexes; a URL matching any is skipped")
     max_pages: int = _spec(1000, lo=0, doc="pages to fetch in all; 0 = no limit")
@@ -67,7 +69,9 @@ class HttpConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StorageConfig:
-    path: Path = _spec(Path("data/crawl.db"), doc="SQLite database; relative to the config file's folder")
+    path: Path = _spec(  # noqa: RUF009 - Path is immutable, so a shared default is safe
+        Path("data/crawl.db"), doc="SQLite database; relative to the config file's folder"
+    )
     store_bodies: bool = _spec(True, doc="keep response bodies in pages.body")
 
 
@@ -160,11 +164,12 @@ def _coerce(value: Any, hint: Any, where: str, source: str, lo: float | None, hi
         ok_types: tuple[type, ...] = (int,) if hint is int else (int, float)
         if isinstance(value, bool) or not isinstance(value, ok_types):
             raise bad("an integer" if hint is int else "a number")
-        if lo is not None and value < lo:
+        number = float(cast(float, value))
+        if lo is not None and number < lo:
             raise bad(f"≥ {lo:g}")
-        if hi is not None and value > hi:
+        if hi is not None and number > hi:
             raise bad(f"≤ {hi:g}")
-        return hint(value)
+        return int(cast(int, value)) if hint is int else number
     if hint is str:
         if not isinstance(value, str) or not value.strip():
             raise bad("a non-empty string")
@@ -198,7 +203,7 @@ def _check_whole(config: Config, source: str) -> None:
                 raise ConfigError(source, f"crawl.{key}", f"invalid regex {pattern!r}: {exc}") from None
     for host in crawl.allowed_hosts:
         bare = host.removeprefix("*.")
-        if not bare or "/" in bare or ":" in bare.strip("[]") and not bare.startswith("["):
+        if not bare or "/" in bare or (":" in bare.strip("[]") and not bare.startswith("[")):
             raise ConfigError(source, "crawl.allowed_hosts", f"not a host name: {host!r} (no scheme, path or port)")
     pol = config.politeness
     if pol.max_delay < pol.delay:

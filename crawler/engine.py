@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
@@ -170,9 +171,7 @@ class Crawl:
 
         writer = asyncio.create_task(self._writer(), name="writer")
         reporter = asyncio.create_task(self._reporter(started), name="progress")
-        workers = [
-            asyncio.create_task(self._worker(), name=f"worker-{i}") for i in range(cfg.politeness.concurrency)
-        ]
+        workers = [asyncio.create_task(self._worker(), name=f"worker-{i}") for i in range(cfg.politeness.concurrency)]
         stopper = asyncio.create_task(self._stop_when_asked(workers), name="stopper")
         try:
             await asyncio.wait(workers)
@@ -247,9 +246,7 @@ class Crawl:
             url = normalize_url(seed)
             assert url is not None, "config validation guarantees seeds are valid"
             reason = self._scope.skip_reason(url, 0)
-            self.store.add_urls(
-                [NewUrl(url, host_key(url), 0, None, "skipped" if reason else "queued", reason)]
-            )
+            self.store.add_urls([NewUrl(url, host_key(url), 0, None, "skipped" if reason else "queued", reason)])
 
     async def _stop_when_asked(self, workers: list[asyncio.Task[None]]) -> None:
         await self._stop_requested.wait()
@@ -298,7 +295,9 @@ class Crawl:
                 return _Result.SKIPPED
         self._fetched += 1
         try:
-            result = await self.fetcher.fetch(url, gate, redirect_check=lambda target: self._redirect_check(target, lease))
+            result = await self.fetcher.fetch(
+                url, gate, redirect_check=lambda target: self._redirect_check(target, lease)
+            )
         except FetchError as exc:
             fetch_log.info("GET %s failed: %s", url, exc)
             self.store.add_error(lease.url_id, url, exc.kind, exc.message, exc.attempts)
@@ -384,7 +383,7 @@ class Crawl:
                 fetched_at=utc_now(),
                 elapsed_ms=round(result.elapsed * 1000, 3),
                 http_version=result.http_version,
-                bytes=len(result.body),
+                size=len(result.body),
                 headers=result.headers,
                 redirects=result.redirects,
                 noindex=noindex,
@@ -416,10 +415,8 @@ class Crawl:
 
     async def _writer(self) -> None:
         while self._writing:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flush_wanted.wait(), timeout=FLUSH_INTERVAL)
-            except TimeoutError:
-                pass
             self._flush_wanted.clear()
             await self._flush()
 

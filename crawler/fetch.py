@@ -232,8 +232,9 @@ class Fetcher:
             started = time.monotonic()
             try:
                 async with asyncio.timeout(self.http.total_timeout):
-                    response = await self.client.send(self.client.build_request("GET", url), stream=True,
-                                                      follow_redirects=False)
+                    response = await self.client.send(
+                        self.client.build_request("GET", url), stream=True, follow_redirects=False
+                    )
                     try:
                         body = b"" if response.status_code in REDIRECT_STATUSES else await self._read_body(response)
                     finally:
@@ -254,7 +255,8 @@ class Fetcher:
             if retry_after is not None and retry_after > self._max_retry_after:
                 raise FetchError(
                     ErrorKind.RETRY_AFTER_TOO_LONG,
-                    f"HTTP {status} with Retry-After {retry_after:.0f}s, above max_retry_after {self._max_retry_after:g}s",
+                    f"HTTP {status} with Retry-After {retry_after:.0f}s,"
+                    f" above max_retry_after {self._max_retry_after:g}s",
                 )
             if self._feedback is not None and status in THROTTLE_STATUSES:
                 self._feedback.retry_after(url, retry_after, status)

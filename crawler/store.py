@@ -137,7 +137,7 @@ class PageRecord:
     fetched_at: str
     elapsed_ms: float
     http_version: str | None
-    bytes: int
+    size: int  # stored in the column `bytes`
     headers: list[tuple[str, str]]
     redirects: list[dict[str, Any]]
     noindex: bool
@@ -290,11 +290,16 @@ class Store:
             raise _translate(exc, self.path) from exc
 
     async def set_meta(self, key: str, value: str) -> None:
-        await self._write("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+        await self._write(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
 
     async def requeue_in_flight(self) -> int:
         """Put URLs that were in flight when the last run stopped back in the queue."""
-        return await self._write("UPDATE urls SET state = 'queued', updated_at = ? WHERE state = 'in_flight'", (utc_now(),))
+        return await self._write(
+            "UPDATE urls SET state = 'queued', updated_at = ? WHERE state = 'in_flight'", (utc_now(),)
+        )
 
     async def start_run(self, config_json: str) -> int:
         try:
@@ -336,7 +341,9 @@ class Store:
         """Mark every still-queued URL of host as skipped (a per-host limit was reached)."""
         self.batch.host_skips.append((reason, utc_now(), host))
 
-    def add_robots(self, origin: str, status: int | None, crawl_delay: float | None, sitemaps: Sequence[str], note: str | None) -> None:
+    def add_robots(
+        self, origin: str, status: int | None, crawl_delay: float | None, sitemaps: Sequence[str], note: str | None
+    ) -> None:
         self.batch.robots.append((origin, status, utc_now(), crawl_delay, json.dumps(list(sitemaps)), note))
 
     async def flush(self) -> list[QueuedUrl]:
@@ -356,9 +363,23 @@ class Store:
                         " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         [
                             (
-                                p.url_id, p.url, p.final_url, p.status, p.content_type, p.title, p.depth,
-                                p.fetched_at, p.elapsed_ms, p.http_version, p.bytes, json.dumps(p.headers),
-                                json.dumps(p.redirects), int(p.noindex), p.text, p.body, self.run_id,
+                                p.url_id,
+                                p.url,
+                                p.final_url,
+                                p.status,
+                                p.content_type,
+                                p.title,
+                                p.depth,
+                                p.fetched_at,
+                                p.elapsed_ms,
+                                p.http_version,
+                                p.size,
+                                json.dumps(p.headers),
+                                json.dumps(p.redirects),
+                                int(p.noindex),
+                                p.text,
+                                p.body,
+                                self.run_id,
                             )
                             for p in batch.pages
                         ],
@@ -379,7 +400,8 @@ class Store:
                     )
                 if batch.host_skips:
                     await conn.executemany(
-                        "UPDATE urls SET state = 'skipped', reason = ?, updated_at = ? WHERE host = ? AND state = 'queued'",
+                        "UPDATE urls SET state = 'skipped', reason = ?, updated_at = ?"
+                        " WHERE host = ? AND state = 'queued'",
                         batch.host_skips,
                     )
                 if batch.robots:

@@ -46,17 +46,26 @@ def test_int_accepted_where_float_expected(tmp_path: Path) -> None:
         ('[crawl]\nseeds = ["http://a.test/"]\nmax_pages = "many"\n', "crawl.max_pages", "must be an integer"),
         ('[crawl]\nseeds = ["http://a.test/"]\nmax_pages = -1\n', "crawl.max_pages", "must be ≥ 0"),
         ('[crawl]\nseeds = ["http://a.test/"]\n[politeness]\ndelay = -0.5\n', "politeness.delay", "≥ 0"),
-        ('[crawl]\nseeds = ["http://a.test/"]\n[politeness]\nobey_robots = "yes"\n', "politeness.obey_robots",
-         "true or false"),
+        (
+            '[crawl]\nseeds = ["http://a.test/"]\n[politeness]\nobey_robots = "yes"\n',
+            "politeness.obey_robots",
+            "true or false",
+        ),
         ("[crawl]\nseeds = []\n", "crawl.seeds", "at least one"),
         ('[crawl]\nseeds = ["ftp://a.test/"]\n', "crawl.seeds", "not an absolute http(s) URL"),
         ('[crawl]\nseeds = "http://a.test/"\n', "crawl.seeds", "a list of strings"),
         ('[crawl]\nseeds = ["http://a.test/"]\nexclude = ["("]\n', "crawl.exclude", "invalid regex"),
-        ('[crawl]\nseeds = ["http://a.test/"]\n[politeness]\nconcurrency = 2\nper_host_concurrency = 4\n',
-         "politeness.per_host_concurrency", "≤ politeness.concurrency"),
+        (
+            '[crawl]\nseeds = ["http://a.test/"]\n[politeness]\nconcurrency = 2\nper_host_concurrency = 4\n',
+            "politeness.per_host_concurrency",
+            "≤ politeness.concurrency",
+        ),
         ('[crawl]\nseeds = ["http://a.test/"]\n[http]\ntotal_timeout = 0\n', "http.total_timeout", "≥"),
-        ('[crawl]\nseeds = ["http://a.test/"]\nallowed_hosts = ["http://a.test/"]\n', "crawl.allowed_hosts",
-         "not a host name"),
+        (
+            '[crawl]\nseeds = ["http://a.test/"]\nallowed_hosts = ["http://a.test/"]\n',
+            "crawl.allowed_hosts",
+            "not a host name",
+        ),
     ],
 )
 def test_bad_values_name_file_and_key(tmp_path: Path, text: str, key: str, problem: str) -> None:

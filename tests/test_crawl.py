@@ -19,9 +19,22 @@ def small_shop() -> Site:
     return (
         Site()
         .robots("User-agent: *\nDisallow: /private/\n")
-        .page("/", title="Home", links=["/a", "/b#frag", "/old", "/private/x", "/missing", "/doc.pdf",
-                                         "mailto:x@y.z", "javascript:void(0)", "http://elsewhere.test/",
-                                         "HTTP://127.0.0.1:{port}/a"])
+        .page(
+            "/",
+            title="Home",
+            links=[
+                "/a",
+                "/b#frag",
+                "/old",
+                "/private/x",
+                "/missing",
+                "/doc.pdf",
+                "mailto:x@y.z",
+                "javascript:void(0)",
+                "http://elsewhere.test/",
+                "HTTP://127.0.0.1:{port}/a",
+            ],
+        )
         .page("/a", title="A", links=["/", "/b", "/c?Q=Case"])
         .page("/b", title="B", links=["/a"])
         .page("/c?Q=Case", title="C with query", links=["/c?q=case"])
@@ -35,9 +48,22 @@ def small_shop() -> Site:
 
 def with_port(site: Site, server: SiteServer) -> None:
     """Fill the {port} placeholder that tests use for absolute self-links."""
-    site.page("/", title="Home", links=["/a", "/b#frag", "/old", "/private/x", "/missing", "/doc.pdf",
-                                         "mailto:x@y.z", "javascript:void(0)", "http://elsewhere.test/",
-                                         f"HTTP://127.0.0.1:{server.port}/a"])
+    site.page(
+        "/",
+        title="Home",
+        links=[
+            "/a",
+            "/b#frag",
+            "/old",
+            "/private/x",
+            "/missing",
+            "/doc.pdf",
+            "mailto:x@y.z",
+            "javascript:void(0)",
+            "http://elsewhere.test/",
+            f"HTTP://127.0.0.1:{server.port}/a",
+        ],
+    )
 
 
 async def test_crawl_fetches_and_stores_exactly_the_reachable_pages(site_server: Serve, tmp_path: Path) -> None:
@@ -75,7 +101,8 @@ async def test_pages_hold_metadata_and_links(site_server: Serve, tmp_path: Path)
     await crawl(make_config(db, [server.url + "/"]))
 
     title, depth, ctype, version, size, headers = rows(
-        db, "SELECT title, depth, content_type, http_version, bytes, headers FROM pages WHERE url = ?",
+        db,
+        "SELECT title, depth, content_type, http_version, bytes, headers FROM pages WHERE url = ?",
         (server.url + "/a",),
     )[0]
     assert (title, depth, ctype, version) == ("A", 1, "text/html; charset=utf-8", "HTTP/1.1")
@@ -85,13 +112,16 @@ async def test_pages_hold_metadata_and_links(site_server: Serve, tmp_path: Path)
     pdf = rows(db, "SELECT content_type, title, bytes FROM pages WHERE url = ?", (server.url + "/doc.pdf",))
     assert pdf == [("application/pdf", None, len(b"%PDF-1.4 fake"))]
 
-    links_of_home = {to for (to,) in rows(
-        db, "SELECT to_url FROM links JOIN urls ON urls.id = links.from_id WHERE urls.url = ?", (server.url + "/",)
-    )}
+    links_of_home = {
+        to
+        for (to,) in rows(
+            db, "SELECT to_url FROM links JOIN urls ON urls.id = links.from_id WHERE urls.url = ?", (server.url + "/",)
+        )
+    }
     # Fragments dropped, scheme and host lowercased; mailto/javascript never become links.
-    assert links_of_home == {
-        server.url + p for p in ["/a", "/b", "/old", "/private/x", "/missing", "/doc.pdf"]
-    } | {"http://elsewhere.test/"}
+    assert links_of_home == {server.url + p for p in ["/a", "/b", "/old", "/private/x", "/missing", "/doc.pdf"]} | {
+        "http://elsewhere.test/"
+    }
 
 
 async def test_limits_max_pages_and_max_depth(site_server: Serve, tmp_path: Path) -> None:
@@ -125,8 +155,9 @@ async def test_a_generated_site_is_stored_once_per_page_with_no_errors(site_serv
     server = site_server(build_site(pages, links_per_page=20))
     db = tmp_path / "big.db"
     summary = await crawl(
-        make_config(db, [server.url + "/"], crawl={"max_depth": 1000},
-                    politeness={"per_host_concurrency": 8, "concurrency": 8})
+        make_config(
+            db, [server.url + "/"], crawl={"max_depth": 1000}, politeness={"per_host_concurrency": 8, "concurrency": 8}
+        )
     )
     assert summary.outcome is Outcome.FINISHED
     assert rows(db, "SELECT count(*), count(DISTINCT url) FROM pages") == [(pages, pages)]

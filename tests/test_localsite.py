@@ -313,24 +313,19 @@ def test_stop_closes_connections_and_joins() -> None:
 
 
 def test_cli_serves_in_a_subprocess() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "crawler.localsite", "--pages", "5", "--links", "2"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
-        parts = urlsplit(url)
-        assert parts.scheme == "http" and parts.hostname == "127.0.0.1"
-        conn = http.client.HTTPConnection("127.0.0.1", parts.port, timeout=5)
-        conn.request("GET", "/p/4")
-        resp = conn.getresponse()
-        assert resp.status == 200 and b'href="/"' in resp.read()
-        conn.close()
-    finally:
-        proc.terminate()
+    argv = [sys.executable, "-m", "crawler.localsite", "--pages", "5", "--links", "2"]
+    with subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            parts = urlsplit(proc.stdout.readline().strip())
+            assert parts.scheme == "http" and parts.hostname == "127.0.0.1"
+            conn = http.client.HTTPConnection("127.0.0.1", parts.port, timeout=5)
+            conn.request("GET", "/p/4")
+            resp = conn.getresponse()
+            assert resp.status == 200 and b'href="/"' in resp.read()
+            conn.close()
+        finally:
+            proc.terminate()
         assert proc.wait(5) == 0  # SIGTERM → clean shutdown
 
 
