@@ -181,9 +181,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print(format_stats(results.stats()))
         print()
         print("try next:")
-        print(f"  crawler query stats --db {db}")
-        print(f'  sqlite3 {db} "SELECT status, count(*) FROM pages GROUP BY status"')
-        print(f"  sqlite3 {db} \"SELECT url, reason FROM urls WHERE state = 'skipped' LIMIT 5\"")
+        print(f"  crawler query pages --db {db} --status 4xx")
+        print(f'  crawler query search --db {db} "old quay"')
+        print(f"  crawler query sql --db {db} \"SELECT url, reason FROM urls WHERE state = 'skipped' LIMIT 5\"")
+        print(f"  crawler export --db {db} --format warc -o {db.with_suffix('.warc.gz')}")
     return 0 if summary.outcome is not Outcome.INTERRUPTED else EXIT_INTERRUPTED
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import crawler
+from crawler.cli import main
 from crawler.errors import UsageError
 from crawler.store import MIGRATIONS, PageRecord, Store
 from tests.crawlkit import rows
@@ -140,3 +141,23 @@ async def test_a_schema_1_database_gains_search_when_the_crawler_opens_it(tmp_pa
     with crawler.open_results(db) as results:
         assert [hit.title for hit in results.search("lanterns")] == ["Lantern shop"]
     assert_index_exact(db)
+
+
+async def test_search_says_how_many_pages_are_not_searchable_yet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "s.db"
+    store = await Store.open(db)
+    try:
+        store.add_page(page(1, "Orchard", "red apples"), [])
+        await store.flush()
+    finally:
+        await store.close()
+    assert main(["query", "search", "apples", "--db", str(db)]) == 0
+    assert capsys.readouterr() == (
+        "(no rows)\n",
+        "crawler: 1 page not searchable yet; a crawl indexes pages while it is slow and when it ends"
+        " (`crawler resume` finishes an interrupted one)\n",
+    )
+    assert main(["query", "stats", "--db", str(db)]) == 0
+    assert "\nnot yet searchable: 1\n" in capsys.readouterr().out
