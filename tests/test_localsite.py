@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import http.client
 import socket
@@ -172,21 +173,15 @@ def test_malformed_request_is_400(site_server: Serve, raw: bytes) -> None:
 
 def test_recording_concurrency_and_latency(site_server: Serve) -> None:
     arrived = 0
-    gate: list[object] = []  # the asyncio.Event, created lazily on the server loop
+    everyone_here = asyncio.Event()  # binds to the server's loop on first use
 
     async def rendezvous(request: Request) -> Response:
         # all three requests are held until the third arrives: overlap by construction
-        import asyncio
-
         nonlocal arrived
-        if not gate:
-            gate.append(asyncio.Event())
-        event = gate[0]
-        assert isinstance(event, asyncio.Event)
         arrived += 1
         if arrived == 3:
-            event.set()
-        await event.wait()
+            everyone_here.set()
+        await everyone_here.wait()
         return Response(200, None, "ok")
 
     site = Site().handler("/slow", rendezvous).page("/late", latency=0.2)
@@ -213,10 +208,14 @@ def test_recording_concurrency_and_latency(site_server: Serve) -> None:
 
 
 def test_wait_for(site_server: Serve) -> None:
-    server = site_server(Site().page("/a"))
+    server = site_server(Site().page("/a", latency=0.1))
     assert not server.wait_for(lambda: server.count("/a") > 0, timeout=0.05)
-    threading.Thread(target=get, args=(server, "/a")).start()
+    client = threading.Thread(target=get, args=(server, "/a"))
+    client.start()
+    assert server.wait_for(lambda: server.in_flight == 1, timeout=5)  # arrived, not yet answered
     assert server.wait_for(lambda: server.count("/a") == 1, timeout=5)
+    client.join(5)
+    assert server.in_flight == 0
 
 
 def test_dynamic_retry_after(site_server: Serve) -> None:
