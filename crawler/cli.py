@@ -14,19 +14,18 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
+from crawler.cli_query import DEFAULT_CONFIG, db_path_from, format_stats
 from crawler.cli_query import add_commands as add_query_commands
-from crawler.cli_query import db_path_from, format_stats
 from crawler.config import Config, config_from_dict, load_config
 from crawler.engine import Crawl, CrawlSummary, Outcome
 from crawler.errors import CrawlerError
 from crawler.progress import ProgressDisplay, format_summary
 from crawler.query import open_results
 
-__all__ = ["db_path_from", "main"]
+__all__ = ["DEFAULT_CONFIG", "db_path_from", "main"]
 
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
-DEFAULT_CONFIG = "config.toml"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,7 +29,7 @@ fetch_log = logging.getLogger("crawler.fetch")
 
 FLUSH_INTERVAL = 0.25  # seconds between commits while pages keep coming
 FLUSH_ROWS = 5000  # commit early once a batch holds this many rows
-# Full-text indexing costs about as much CPU as storing a page (bench/fts_cost.py), so the
+# Full-text indexing costs more CPU than storing the page itself (bench/fts_cost.py), so the
 # writer indexes as it goes only while the crawl is slow, and a fast crawl's backlog waits
 # for the end of the run.
 LIVE_INDEX_RATE = 200.0  # pages/s stored, at or below which the writer also indexes
@@ -435,7 +435,14 @@ class Crawl:
             last, stored = now, self._pages
             backlog = backlog or self.store.last_flush_pages > 0
             if backlog and rate <= LIVE_INDEX_RATE and self._writing and not self._flush_wanted.is_set():
-                backlog = await self.store.index_pending(INDEX_CHUNK) == INDEX_CHUNK
+                backlog = await self._index(INDEX_CHUNK) == INDEX_CHUNK
+
+    async def _index(self, limit: int) -> int:
+        try:
+            return await self.store.index_pending(limit)
+        except CrawlerError:
+            self.frontier.close()  # as in _flush: workers must not wait for a writer that is gone
+            raise
 
     async def _index_backlog(self) -> None:
         """Bring the full-text index up to date; each chunk commits, so stopping here loses nothing."""
