@@ -410,7 +410,7 @@ class Crawl:
         follow_all = cfg.politeness.follow_nofollow
         scope = self._scope
         new = [
-            NewUrl(url, host_key(url), depth, lease.url_id, "skipped" if reason else "queued", reason)
+            NewUrl(url, host_key(url, normalized=True), depth, lease.url_id, "skipped" if reason else "queued", reason)
             for url, link_nofollow in links
             if follow_all or not link_nofollow
             for reason in (scope.skip_reason(url, depth),)

@@ -145,9 +145,6 @@ _PAGE_COLUMNS = (
 )  # fmt: skip
 _PAGE_UPDATE = ", ".join(f"{name} = excluded.{name}" for name in _PAGE_COLUMNS)
 
-# SQLite's default limit on host parameters per statement is 32,766.
-_MAX_PARAMS = 32_000
-
 
 def utc_now() -> str:
     """The current time as ISO-8601 UTC with milliseconds, the format of every stored time."""
@@ -281,6 +278,10 @@ class Store:
         await conn.execute("PRAGMA synchronous = NORMAL")
         await conn.execute("PRAGMA cache_size = -32000")
         await conn.execute("PRAGMA temp_store = MEMORY")
+        await conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS new_urls"
+            " (url TEXT, host TEXT, depth INTEGER, parent_id INTEGER, state TEXT, reason TEXT)"
+        )
         if version > SCHEMA_VERSION:
             raise StoreError(f"{self.path} was written by a newer crawler (schema {version})")
         for target in range(version + 1, SCHEMA_VERSION + 1):
@@ -514,25 +515,22 @@ class Store:
         unique: dict[str, NewUrl] = {}
         for item in urls:
             unique.setdefault(item.url, item)
-        now = utc_now()
-        rows: list[QueuedUrl] = []
-        items = list(unique.values())
-        per_row = 7
-        chunk = _MAX_PARAMS // per_row
-        for start in range(0, len(items), chunk):
-            part = items[start : start + chunk]
-            sql = (
-                "INSERT OR IGNORE INTO urls (url, host, depth, parent_id, state, reason, discovered_at) VALUES "
-                + ",".join(["(?,?,?,?,?,?,?)"] * len(part))
-                + " RETURNING id, url, host, depth, state"
-            )
-            params: list[Any] = []
-            for u in part:
-                params += (u.url, u.host, u.depth, u.parent_id, u.state, u.reason, now)
-            cursor = await self._conn.execute(sql, params)
-            for row in await cursor.fetchall():
-                if row[4] == "queued":
-                    rows.append(QueuedUrl(row[0], row[1], row[2], row[3]))
+        # Staged through a temp table so the SQL text is fixed: a VALUES list sized to each
+        # batch made every batch a new prepared statement, and sqlite3 caches 128 of them
+        # (megabytes each for large batches), which showed up as RSS growing with the crawl.
+        conn = self._conn
+        await conn.executemany(
+            "INSERT INTO temp.new_urls (url, host, depth, parent_id, state, reason) VALUES (?, ?, ?, ?, ?, ?)",
+            [(u.url, u.host, u.depth, u.parent_id, u.state, u.reason) for u in unique.values()],
+        )
+        cursor = await conn.execute(
+            "INSERT OR IGNORE INTO urls (url, host, depth, parent_id, state, reason, discovered_at)"
+            " SELECT url, host, depth, parent_id, state, reason, ? FROM temp.new_urls ORDER BY rowid"
+            " RETURNING id, url, host, depth, state",
+            (utc_now(),),
+        )
+        rows = [QueuedUrl(r[0], r[1], r[2], r[3]) for r in await cursor.fetchall() if r[4] == "queued"]
+        await conn.execute("DELETE FROM temp.new_urls")
         # RETURNING order is not guaranteed; the frontier relies on ascending ids per host.
         rows.sort(key=lambda r: r.id)
         return rows

@@ -207,9 +207,12 @@ def _split_normalized(url: str) -> tuple[str, str, int, int]:
     return scheme, host, int(port), m.end()
 
 
-def host_key(url: str) -> str:
-    """ "host:port" with the port always explicit: the unit of politeness."""
-    normal = normalize_url(url)
+def host_key(url: str, *, normalized: bool = False) -> str:
+    """ "host:port" with the port always explicit: the unit of politeness.
+
+    normalized=True promises `url` came from normalize_url, skipping a second pass on the
+    crawl's hot path (every discovered link)."""
+    normal = url if normalized else normalize_url(url)
     if normal is None:
         raise ValueError(f"not an absolute http(s) URL: {url!r}")
     _, host, port, _ = _split_normalized(normal)
