@@ -118,6 +118,8 @@ class Crawl:
         self._fetched = self._pages = self._errors = self._skipped = 0
         self._queued = 0
         self._recorded_robots: set[tuple[str, float]] = set()
+        self._robots_misses: dict[str, int] = {}  # origin → unreachable robots.txt fetches in a row
+        self._robots_errors: dict[str, FetchError] = {}  # origin → why its robots.txt fetch last failed
         self.status_counts: dict[str, int] = {}
 
     def request_stop(self) -> None:
@@ -285,10 +287,14 @@ class Crawl:
     async def _process(self, lease: Lease, gate: HostGate) -> _Result:
         url = lease.url
         if self.config.politeness.obey_robots:
-            rules = await self._rules_for(url, gate)
-            if rules.unavailable:
-                self._hold_host(lease.host, url)
-                return _Result.REQUEUED
+            site = origin(url)
+            rules = None if self._robots_given_up(site) else await self._rules_for(url, gate)
+            if rules is None or rules.unavailable:
+                if not self._robots_given_up(site):
+                    self._hold_host(lease.host, url)
+                    return _Result.REQUEUED
+                self._fail_unreachable_robots(lease, site)
+                return _Result.FETCHED
             if not rules.allowed(url):
                 self.store.set_state(lease.url_id, "skipped", SkipReason.ROBOTS)
                 self._skipped += 1
@@ -305,6 +311,25 @@ class Crawl:
             return _Result.FETCHED
         self._record(lease, result)
         return _Result.FETCHED
+
+    def _robots_given_up(self, site: str) -> bool:
+        """robots.txt of site was unreachable robots_max_attempts times in a row this run."""
+        return self._robots_misses.get(site, 0) >= self.config.politeness.robots_max_attempts
+
+    def _fail_unreachable_robots(self, lease: Lease, site: str) -> None:
+        """RFC 9309 says stay out while robots.txt is unreachable; after the last try, record why."""
+        exc = self._robots_errors.get(site)
+        tries = self._robots_misses[site]
+        detail = exc.message if exc is not None else "no usable answer"
+        self._fetched += 1
+        self.store.add_error(
+            lease.url_id,
+            lease.url,
+            exc.kind if exc is not None else ErrorKind.OTHER,
+            f"not fetched: {site}/robots.txt was unreachable {tries} times: {detail}",
+            exc.attempts if exc is not None else 0,
+        )
+        self._errors += 1
 
     def _hold_host(self, host: str, url: str) -> None:
         """robots.txt is unreachable: no request to the host until it may be retried."""
@@ -325,6 +350,10 @@ class Crawl:
             if key not in self._recorded_robots:
                 self._recorded_robots.add(key)
                 self.store.add_robots(site, rules.status, rules.crawl_delay, rules.sitemaps, rules.describe())
+                if rules.unavailable:  # counted per fetch, not per URL that waited for it
+                    self._robots_misses[site] = self._robots_misses.get(site, 0) + 1
+                else:
+                    self._robots_misses.pop(site, None)
         self.politeness.set_crawl_delay(host_key(url), rules.crawl_delay)
         return rules
 
@@ -333,6 +362,7 @@ class Crawl:
         try:
             result = await self.fetcher.fetch(robots_url, gate, max_redirects=5)
         except FetchError as exc:
+            self._robots_errors[origin(robots_url)] = exc
             return RobotsResponse(exc.status, b"", exc.message)
         if result.stopped_redirect is not None:  # pragma: no cover - robots fetch has no check
             return RobotsResponse(None, b"", "redirect not followed")
