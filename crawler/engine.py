@@ -20,7 +20,7 @@ from crawler.fetch import Fetcher, FetchResult
 from crawler.frontier import Frontier
 from crawler.parse import decode_html, is_html, parse_html, robots_directives
 from crawler.politeness import HostGate, Lease, Politeness
-from crawler.robots import RobotsCache, RobotsResponse, RobotsRules, product_token
+from crawler.robots import MAX_ROBOTS_BYTES, RobotsCache, RobotsResponse, RobotsRules, product_token
 from crawler.store import NewUrl, PageRecord, Store, utc_now
 from crawler.urls import Scope, host_key, normalize_url, origin
 
@@ -360,7 +360,7 @@ class Crawl:
     async def _fetch_robots(self, robots_url: str) -> RobotsResponse:
         gate = _current_gate.get()
         try:
-            result = await self.fetcher.fetch(robots_url, gate, max_redirects=5)
+            result = await self.fetcher.fetch(robots_url, gate, max_redirects=5, truncate_at=MAX_ROBOTS_BYTES + 1)
         except FetchError as exc:
             self._robots_errors[origin(robots_url)] = exc
             return RobotsResponse(exc.status, b"", exc.message)

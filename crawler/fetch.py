@@ -181,15 +181,20 @@ class Fetcher:
         *,
         max_redirects: int | None = None,
         redirect_check: RedirectCheck | None = None,
+        truncate_at: int | None = None,
     ) -> FetchResult:
-        """GET url following redirects; each hop and each retry takes its own turn at the gate."""
+        """GET url following redirects; each hop and each retry takes its own turn at the gate.
+
+        truncate_at: keep that many body bytes and drop the rest instead of failing too_large
+        (robots.txt, of which RFC 9309 asks us to parse the first 500 KiB, whatever its size).
+        """
         limit = self.http.max_redirects if max_redirects is None else max_redirects
         chain: list[dict[str, object]] = []
         seen = {url}
         current = url
         attempts_total = 0
         while True:
-            result = await self._fetch_with_retries(current, gate)
+            result = await self._fetch_with_retries(current, gate, truncate_at)
             attempts_total += result.attempts
             if result.status not in REDIRECT_STATUSES:
                 break
@@ -221,7 +226,7 @@ class Fetcher:
         result.attempts = attempts_total
         return result
 
-    async def _fetch_with_retries(self, url: str, gate: Gate) -> FetchResult:
+    async def _fetch_with_retries(self, url: str, gate: Gate, truncate_at: int | None) -> FetchResult:
         attempts = 0
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.http.retries + 1),
@@ -236,7 +241,7 @@ class Fetcher:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    result = await self._fetch_once(url, gate)
+                    result = await self._fetch_once(url, gate, truncate_at)
                     result.attempts = attempts
                     return result
         except _Retryable as exc:
@@ -247,7 +252,7 @@ class Fetcher:
             raise
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
-    async def _fetch_once(self, url: str, gate: Gate) -> FetchResult:
+    async def _fetch_once(self, url: str, gate: Gate, truncate_at: int | None) -> FetchResult:
         async with gate.request(url):
             started = time.monotonic()
             try:
@@ -256,7 +261,8 @@ class Fetcher:
                         self.client.build_request("GET", url), stream=True, follow_redirects=False
                     )
                     try:
-                        body = b"" if response.status_code in REDIRECT_STATUSES else await self._read_body(response)
+                        redirect = response.status_code in REDIRECT_STATUSES
+                        body = b"" if redirect else await self._read_body(response, truncate_at)
                     finally:
                         await response.aclose()
             except TimeoutError:
@@ -296,16 +302,16 @@ class Fetcher:
         if self._feedback is not None:
             self._feedback.observe_url(url, status, elapsed)
 
-    async def _read_body(self, response: httpx.Response) -> bytes:
+    async def _read_body(self, response: httpx.Response, truncate_at: int | None = None) -> bytes:
         """Stream and decode the body ourselves, stopping at max_body_bytes of decoded bytes.
 
         httpx's decoders inflate each network chunk in one call: 16 KiB of a gzip bomb becomes
         16 MB, and a stacked `gzip, gzip` bomb of 10 KB becomes gigabytes before any cap can
         look.  _Inflater never produces more than _PIECE bytes per call instead.
         """
-        cap = self.http.max_body_bytes
+        cap = self.http.max_body_bytes if truncate_at is None else truncate_at
         declared = response.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > cap:
+        if truncate_at is None and declared is not None and declared.isdigit() and int(declared) > cap:
             raise FetchError(
                 ErrorKind.TOO_LARGE, f"Content-Length {int(declared):,} bytes is above max_body_bytes {cap:,}"
             )
@@ -316,6 +322,9 @@ class Fetcher:
             for piece in _decode(layers, raw):
                 size += len(piece)
                 if size > cap:
+                    if truncate_at is not None:
+                        chunks.append(piece[: len(piece) - (size - cap)])
+                        return b"".join(chunks)
                     what = "decompressed body" if layers else "body"
                     raise FetchError(ErrorKind.TOO_LARGE, f"{what} exceeded max_body_bytes {cap:,} while streaming")
                 chunks.append(piece)

@@ -270,6 +270,21 @@ async def test_an_unreachable_robots_txt_fails_the_hosts_urls_and_the_crawl_ends
     assert stored_paths(db, server.url) == {"/", "/ok"}
 
 
+async def test_a_huge_or_bombed_robots_txt_is_read_up_to_500_kib(site_server: Serve, tmp_path: Path) -> None:
+    huge = "User-agent: *\nDisallow: /private\n" + "# padding\n" * 1_000_000  # 10 MB
+    bombed = site_server(Site().raw("/robots.txt", gzip_bomb(1 << 30, content_type="text/plain")).page("/b"))
+    site = Site().robots(huge).page("/", body=hub(["/private", bombed.url + "/b"])).page("/ok").page("/private")
+    server = site_server(site)
+    db = tmp_path / "c.db"
+    await crawl(make_config(db, [server.url + "/"], http={"max_body_bytes": 1_000_000}))
+
+    # RFC 9309 §2.5: parse at least 500 KiB and ignore the rest; neither size is an error.
+    assert rows(db, "SELECT count(*) FROM errors") == [(0,)]
+    assert stored_paths(db, server.url) == {"/", "/ok"}
+    assert skipped(db) == {server.url + "/private": "robots"}
+    assert stored_paths(db, bombed.url) == {"/b"}
+
+
 @pytest.fixture(scope="module")
 def untrusted_tls() -> ssl.SSLContext:
     """A server context whose certificate comes from a CA the crawler has never heard of."""
