@@ -354,6 +354,7 @@ class Crawl:
                     self._robots_misses[site] = self._robots_misses.get(site, 0) + 1
                 else:
                     self._robots_misses.pop(site, None)
+                    self._robots_errors.pop(site, None)
         self.politeness.set_crawl_delay(host_key(url), rules.crawl_delay)
         return rules
 
@@ -362,7 +363,8 @@ class Crawl:
         try:
             result = await self.fetcher.fetch(robots_url, gate, max_redirects=5, truncate_at=MAX_ROBOTS_BYTES + 1)
         except FetchError as exc:
-            self._robots_errors[origin(robots_url)] = exc
+            # A copy without the traceback, whose frames would outlive the fetch.
+            self._robots_errors[origin(robots_url)] = FetchError(exc.kind, exc.message, attempts=exc.attempts)
             return RobotsResponse(exc.status, b"", exc.message)
         if result.stopped_redirect is not None:  # pragma: no cover - robots fetch has no check
             return RobotsResponse(None, b"", "redirect not followed")

@@ -318,16 +318,22 @@ class Fetcher:
         layers = _inflaters(response.headers.get_list("content-encoding", split_commas=True))
         chunks: list[bytes] = []
         size = 0
-        async for raw in response.aiter_raw():
-            for piece in _decode(layers, raw):
-                size += len(piece)
-                if size > cap:
-                    if truncate_at is not None:
-                        chunks.append(piece[: len(piece) - (size - cap)])
-                        return b"".join(chunks)
-                    what = "decompressed body" if layers else "body"
-                    raise FetchError(ErrorKind.TOO_LARGE, f"{what} exceeded max_body_bytes {cap:,} while streaming")
-                chunks.append(piece)
+        try:
+            async for raw in response.aiter_raw():
+                for piece in _decode(layers, raw):
+                    size += len(piece)
+                    if size > cap:
+                        if truncate_at is not None:
+                            chunks.append(piece[: len(piece) - (size - cap)])
+                            return b"".join(chunks)
+                        what = "decompressed body" if layers else "body"
+                        raise FetchError(ErrorKind.TOO_LARGE, f"{what} exceeded max_body_bytes {cap:,} while streaming")
+                    chunks.append(piece)
+        except BaseException:
+            # The exception's traceback keeps this frame alive in a reference cycle, which only
+            # the cyclic GC frees, and it counts objects, not bytes: let go of the body now.
+            chunks.clear()
+            raise
         return b"".join(chunks)
 
 
