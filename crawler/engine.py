@@ -288,13 +288,16 @@ class Crawl:
         url = lease.url
         if self.config.politeness.obey_robots:
             site = origin(url)
-            rules = None if self._robots_given_up(site) else await self._rules_for(url, gate)
-            if rules is None or rules.unavailable:
-                if not self._robots_given_up(site):
-                    self._hold_host(lease.host, url)
-                    return _Result.REQUEUED
+            if self._robots_given_up(site):
                 self._fail_unreachable_robots(lease, site)
                 return _Result.FETCHED
+            rules = await self._rules_for(url, gate)
+            if rules.unavailable:
+                if self._robots_given_up(site):  # that fetch was the last try
+                    self._fail_unreachable_robots(lease, site)
+                    return _Result.FETCHED
+                self._hold_host(lease.host, url)
+                return _Result.REQUEUED
             if not rules.allowed(url):
                 self.store.set_state(lease.url_id, "skipped", SkipReason.ROBOTS)
                 self._skipped += 1

@@ -270,6 +270,31 @@ async def test_an_unreachable_robots_txt_fails_the_hosts_urls_and_the_crawl_ends
     assert stored_paths(db, server.url) == {"/", "/ok"}
 
 
+async def test_a_robots_txt_that_always_answers_503_ends_in_errors_not_an_endless_wait(
+    site_server: Serve, tmp_path: Path
+) -> None:
+    busy = site_server(Site().robots("", status=503).page("/a"))
+    server = site_server(Site().page("/", body=hub([busy.url + "/a"])).page("/ok"))
+    db = tmp_path / "c.db"
+    config = make_config(
+        db,
+        [server.url + "/"],
+        politeness={"robots_retry_interval": 0.05, "robots_max_attempts": 3},
+        http={"retries": 1},
+    )
+    await crawl(config)
+
+    assert errors_by_path(db, busy.url) == {
+        "/a": (
+            "http_status",
+            f"not fetched: {busy.url}/robots.txt was unreachable 3 times: HTTP 503 after 2 attempts",
+            2,
+        )
+    }
+    assert busy.count("/robots.txt") == 6 and busy.count("/a") == 0  # 3 fetches of 2 attempts; the page never
+    assert stored_paths(db, server.url) == {"/", "/ok"}
+
+
 async def test_a_huge_or_bombed_robots_txt_is_read_up_to_500_kib(site_server: Serve, tmp_path: Path) -> None:
     huge = "User-agent: *\nDisallow: /private\n" + "# padding\n" * 1_000_000  # 10 MB
     bombed = site_server(Site().raw("/robots.txt", gzip_bomb(1 << 30, content_type="text/plain")).page("/b"))
