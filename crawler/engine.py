@@ -29,6 +29,12 @@ fetch_log = logging.getLogger("crawler.fetch")
 
 FLUSH_INTERVAL = 0.25  # seconds between commits while pages keep coming
 FLUSH_ROWS = 5000  # commit early once a batch holds this many rows
+# Full-text indexing costs more CPU than storing the page itself (bench/fts_cost.py), so the
+# writer indexes as it goes only while the crawl is slow, and a fast crawl's backlog waits
+# for the end of the run.
+LIVE_INDEX_RATE = 200.0  # pages/s stored, at or below which the writer also indexes
+INDEX_CHUNK = 200  # pages per indexing transaction while crawling (tens of ms)
+INDEX_BULK = 2000  # pages per indexing transaction at the end of a run
 
 
 class Outcome(StrEnum):
@@ -200,6 +206,9 @@ class Crawl:
         else:
             outcome = Outcome.FINISHED
         await store.finish_run(outcome, self._pages)
+        elapsed = time.monotonic() - started
+        if outcome is not Outcome.INTERRUPTED:
+            await self._index_backlog()
         counts = await store.state_counts()
         if self._on_progress is not None:
             self._on_progress(self._snapshot(started))
@@ -211,7 +220,7 @@ class Crawl:
             errors=self._errors,
             skipped=self._skipped,
             queued_left=counts["queued"],
-            elapsed=time.monotonic() - started,
+            elapsed=elapsed,
             resumed=resumed,
             status_counts=dict(sorted(self.status_counts.items())),
         )
@@ -449,11 +458,34 @@ class Crawl:
     # ---- writer and progress ----------------------------------------------------------------
 
     async def _writer(self) -> None:
+        backlog = True  # a resumed or migrated database may hold unindexed pages
+        last, stored = time.monotonic(), self._pages
         while self._writing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flush_wanted.wait(), timeout=FLUSH_INTERVAL)
             self._flush_wanted.clear()
             await self._flush()
+            now = time.monotonic()
+            rate = (self._pages - stored) / max(now - last, 1e-6)
+            last, stored = now, self._pages
+            backlog = backlog or self.store.last_flush_pages > 0
+            if backlog and rate <= LIVE_INDEX_RATE and self._writing and not self._flush_wanted.is_set():
+                backlog = await self._index(INDEX_CHUNK) == INDEX_CHUNK
+
+    async def _index(self, limit: int) -> int:
+        try:
+            return await self.store.index_pending(limit)
+        except CrawlerError:
+            self.frontier.close()  # as in _flush: workers must not wait for a writer that is gone
+            raise
+
+    async def _index_backlog(self) -> None:
+        """Bring the full-text index up to date; each chunk commits, so stopping here loses nothing."""
+        pending = await self.store.pending_index()
+        if pending > INDEX_BULK:
+            self._say(f"indexing {pending:,} pages for full-text search")
+        while pending > 0 and await self.store.index_pending(INDEX_BULK) == INDEX_BULK:
+            pending -= INDEX_BULK
 
     async def _flush(self) -> None:
         completions = self.frontier.awaiting_commit

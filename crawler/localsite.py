@@ -784,8 +784,8 @@ class SiteServer:
             writer.transport.abort()
             return
         self._conns[task] = writer
-        # high-water 0: drain() returns only once the kernel has every byte, so `end`
-        # in the record means "fully written"
+        # high-water 0: drain() returns only once the kernel has every byte, which is what
+        # `end` of a large response and a fault's "reach the peer before the RST" rely on
         writer.transport.set_write_buffer_limits(high=0)
         try:
             while await self._one_request(reader, writer):

@@ -89,10 +89,63 @@ MIGRATIONS: tuple[str, ...] = (
         value TEXT NOT NULL
     );
     """,
+    # 2: full-text search over title and visible text, and two views for generic SQLite tools.
+    # pages_fts is an external-content FTS5 table: it holds only the index, the text stays in
+    # pages. Indexing costs more than the rest of a page's write (bench/fts_cost.py), so it is
+    # kept out of the flush: a trigger only queues the page in search_pending, and
+    # Store.index_pending() indexes the queue while the crawl is slow and when a run ends.
+    # The index holds exactly the rows of searchable_pages (noindex = 0, not pending), which
+    # FTS5's integrity-check verifies: INSERT INTO pages_fts (pages_fts, rank) VALUES ('integrity-check', 1).
+    """
+    CREATE TABLE search_pending (
+        url_id INTEGER PRIMARY KEY
+    );
+    CREATE VIEW searchable_pages AS
+        SELECT url_id, title, text FROM pages
+        WHERE noindex = 0 AND url_id NOT IN (SELECT url_id FROM search_pending);
+    CREATE VIRTUAL TABLE pages_fts USING fts5(
+        title, text,
+        content = 'searchable_pages', content_rowid = 'url_id',
+        tokenize = 'unicode61 remove_diacritics 2'
+    );
+    INSERT INTO search_pending (url_id) SELECT url_id FROM pages WHERE noindex = 0;
+    CREATE TRIGGER pages_search_insert AFTER INSERT ON pages WHEN new.noindex = 0 BEGIN
+        INSERT OR IGNORE INTO search_pending (url_id) VALUES (new.url_id);
+    END;
+    CREATE TRIGGER pages_search_delete AFTER DELETE ON pages BEGIN
+        INSERT INTO pages_fts (pages_fts, rowid, title, text)
+            SELECT 'delete', old.url_id, old.title, old.text
+            WHERE old.noindex = 0 AND old.url_id NOT IN (SELECT url_id FROM search_pending);
+        DELETE FROM search_pending WHERE url_id = old.url_id;
+    END;
+    CREATE TRIGGER pages_search_update AFTER UPDATE OF url_id, title, text, noindex ON pages BEGIN
+        INSERT INTO pages_fts (pages_fts, rowid, title, text)
+            SELECT 'delete', old.url_id, old.title, old.text
+            WHERE old.noindex = 0 AND old.url_id NOT IN (SELECT url_id FROM search_pending);
+        DELETE FROM search_pending WHERE url_id = old.url_id;
+        INSERT INTO search_pending (url_id) SELECT new.url_id WHERE new.noindex = 0;
+    END;
+    CREATE VIEW link_urls AS
+        SELECT f.url AS from_url, l.to_url, l.nofollow, t.state AS to_state, p.status AS to_status
+        FROM links l
+        JOIN urls f ON f.id = l.from_id
+        LEFT JOIN urls t ON t.url = l.to_url
+        LEFT JOIN pages p ON p.url_id = t.id;
+    CREATE VIEW page_overview AS
+        SELECT p.url_id, p.url, p.final_url, u.host, p.status, p.content_type, p.title, p.depth,
+               p.fetched_at, p.elapsed_ms, p.http_version, p.bytes, p.noindex, p.run_id
+        FROM pages p JOIN urls u ON u.id = p.url_id;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
 URL_STATES = ("queued", "in_flight", "done", "failed", "skipped")
+
+_PAGE_COLUMNS = (
+    "url", "final_url", "status", "content_type", "title", "depth", "fetched_at", "elapsed_ms",
+    "http_version", "bytes", "headers", "redirects", "noindex", "text", "body", "run_id",
+)  # fmt: skip
+_PAGE_UPDATE = ", ".join(f"{name} = excluded.{name}" for name in _PAGE_COLUMNS)
 
 # SQLite's default limit on host parameters per statement is 32,766.
 _MAX_PARAMS = 32_000
@@ -204,6 +257,7 @@ class Store:
         self.readonly = readonly
         self.batch = Batch()
         self.run_id: int | None = None
+        self.last_flush_pages = 0  # pages committed by the latest flush
 
     @classmethod
     async def open(cls, path: Path, *, readonly: bool = False) -> Store:
@@ -293,6 +347,10 @@ class Store:
         rows = await self.fetchall("SELECT host, count(*) FROM urls WHERE state IN ('done', 'failed') GROUP BY host")
         return {row[0]: row[1] for row in rows}
 
+    async def pending_index(self) -> int:
+        """Pages stored but not yet in the full-text index."""
+        return int(await self.scalar("SELECT count(*) FROM search_pending"))
+
     async def get_meta(self, key: str) -> str | None:
         value = await self.scalar("SELECT value FROM meta WHERE key = ?", (key,))
         return str(value) if value is not None else None
@@ -366,6 +424,7 @@ class Store:
     async def flush(self) -> list[QueuedUrl]:
         """Commit the pending batch in one transaction; returns the newly queued URLs."""
         batch, self.batch = self.batch, Batch()
+        self.last_flush_pages = len(batch.pages)
         if not len(batch):
             return []
         conn = self._conn
@@ -375,9 +434,12 @@ class Store:
                 queued = await self._insert_urls(batch.new_urls)
                 if batch.pages:
                     await conn.executemany(
-                        "INSERT OR REPLACE INTO pages (url_id, url, final_url, status, content_type, title, depth,"
+                        # An upsert, not INSERT OR REPLACE: REPLACE deletes without firing the
+                        # delete trigger, which would leave a stale entry in pages_fts.
+                        "INSERT INTO pages (url_id, url, final_url, status, content_type, title, depth,"
                         " fetched_at, elapsed_ms, http_version, bytes, headers, redirects, noindex, text, body, run_id)"
-                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                        f" ON CONFLICT (url_id) DO UPDATE SET {_PAGE_UPDATE}",
                         [
                             (
                                 p.url_id,
@@ -436,6 +498,31 @@ class Store:
             raise _translate(exc, self.path) from exc
         return queued
 
+    async def index_pending(self, limit: int) -> int:
+        """Move up to `limit` pages from search_pending into pages_fts in one transaction; returns how many."""
+        conn = self._conn
+        try:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = await conn.execute("SELECT url_id FROM search_pending ORDER BY url_id LIMIT ?", (limit,))
+                ids = [row[0] for row in await cursor.fetchall()]
+                if ids:
+                    marks = ",".join("?" * len(ids))
+                    await conn.execute(
+                        f"INSERT INTO pages_fts (rowid, title, text) SELECT url_id, title, text FROM pages"
+                        f" WHERE url_id IN ({marks}) AND noindex = 0",
+                        ids,
+                    )
+                    await conn.execute(f"DELETE FROM search_pending WHERE url_id IN ({marks})", ids)
+                await conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    await conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
+        return len(ids)
+
     async def _insert_urls(self, urls: list[NewUrl]) -> list[QueuedUrl]:
         """INSERT OR IGNORE lets SQLite decide what is new; RETURNING gives only the inserted rows."""
         if not urls:
@@ -469,4 +556,15 @@ class Store:
 
 
 def _split_sql(script: str) -> list[str]:
-    return [part.strip() for part in script.split(";") if part.strip()]
+    """Statements of a migration; a trigger body's inner semicolons do not end its statement."""
+    statements: list[str] = []
+    current = ""
+    for part in script.split(";"):
+        current += part + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \n;"):
+                statements.append(current.strip())
+            current = ""
+    if current.strip(" \n;"):
+        statements.append(current.strip())
+    return statements
