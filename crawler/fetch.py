@@ -386,18 +386,25 @@ class _Inflater:
         return zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
 
 
+# Registered codings we cannot undo: the body would be stored compressed, so it is an error.
+_UNSUPPORTED_CODINGS = frozenset({"br", "zstd", "compress", "x-compress", "dcb", "dcz"})
+
+
 def _inflaters(codings: list[str]) -> list[_Inflater]:
-    """Decoders for a Content-Encoding list, in the order to apply them (last applied, first undone)."""
+    """Decoders for a Content-Encoding list, in the order to apply them (last applied, first undone).
+
+    Junk values (`utf-8`, `none`, `binary` are all seen in the wild) are ignored, as httpx and
+    browsers do; a real coding we do not support is an error.
+    """
     layers = []
     for coding in reversed(codings):
         name = coding.strip().lower()
-        if name in ("", "identity"):
-            continue
-        if name not in ("gzip", "x-gzip", "deflate"):
+        if name in ("gzip", "x-gzip", "deflate"):
+            layers.append(_Inflater(name))
+        elif name in _UNSUPPORTED_CODINGS:
             raise FetchError(
-                ErrorKind.PROTOCOL, f"unsupported Content-Encoding {_clip(coding)!r} (we accept gzip, deflate)"
+                ErrorKind.PROTOCOL, f"unsupported Content-Encoding {coding.strip()!r} (we accept gzip, deflate)"
             )
-        layers.append(_Inflater(name))
     return layers
 
 

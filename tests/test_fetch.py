@@ -236,6 +236,7 @@ def test_inflating_gzip_and_deflate_agrees_with_zlib_at_any_chunking(chunk: int)
         (["deflate"], zlib.compress(text), text),  # zlib-wrapped, as RFC 9110 says
         (["Deflate"], raw.compress(text) + raw.flush(), text),  # raw deflate, as many servers send it
         (["gzip", "identity"], gzip.compress(text), text),
+        (["utf-8", "gzip", "none"], gzip.compress(text), text),  # junk labels are ignored
         (["deflate", "gzip"], gzip.compress(zlib.compress(text)), text),  # listed in the order applied
         (["gzip"], gzip.compress(text) + gzip.compress(second), text + second),  # two gzip members
     ]

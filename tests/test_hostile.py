@@ -447,6 +447,7 @@ async def test_weird_hrefs_are_skipped_or_normalised_never_fatal(site_server: Se
         "//",
         long_path,
         "http://bücher.example/",
+        "http://xn--bcher-kva.example/",  # the same host spelled in punycode
         "/caf\u00e9?q=\u00fc",
         "/ok#frag",
     ]
