@@ -16,6 +16,7 @@ from typing import Protocol
 
 import aiohttp
 import httpx
+from aiohttp.http_exceptions import HttpProcessingError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from crawler.config import HttpConfig
@@ -505,7 +506,14 @@ def _aiohttp_kind(cause: BaseException) -> tuple[ErrorKind, str] | None:
         else:
             reason = os.strerror(err.errno)  # asyncio's own text repeats the address
         return ErrorKind.CONNECT, f"connection failed: {reason} ({cause.host}:{cause.port})"
-    if isinstance(cause, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError)):
+    if isinstance(cause, aiohttp.ClientPayloadError):
+        # aiohttp's text nests reprs; the parser's own message says what went wrong.
+        why = (c.message for c in _causes(cause) if isinstance(c, HttpProcessingError) and c.message)
+        detail = next(why, text).rstrip(".")
+        if "ConnectionResetError" in text:
+            detail += "; connection reset by peer"
+        return ErrorKind.PROTOCOL, f"body cut short: {detail}"
+    if isinstance(cause, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
         return ErrorKind.PROTOCOL, f"connection broken: {text}"
     if isinstance(cause, aiohttp.ClientError):
         return ErrorKind.PROTOCOL, f"{type(cause).__name__}: {text}"
