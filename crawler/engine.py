@@ -20,7 +20,7 @@ from crawler.fetch import Fetcher, FetchResult
 from crawler.frontier import Frontier
 from crawler.parse import decode_html, is_html, parse_html, robots_directives
 from crawler.politeness import HostGate, Lease, Politeness
-from crawler.robots import RobotsCache, RobotsResponse, RobotsRules, product_token
+from crawler.robots import MAX_ROBOTS_BYTES, RobotsCache, RobotsResponse, RobotsRules, product_token
 from crawler.store import NewUrl, PageRecord, Store, utc_now
 from crawler.urls import Scope, host_key, normalize_url, origin
 
@@ -124,6 +124,8 @@ class Crawl:
         self._fetched = self._pages = self._errors = self._skipped = 0
         self._queued = 0
         self._recorded_robots: set[tuple[str, float]] = set()
+        self._robots_misses: dict[str, int] = {}  # origin → unreachable robots.txt fetches in a row
+        self._robots_errors: dict[str, FetchError] = {}  # origin → why its robots.txt fetch last failed
         self.status_counts: dict[str, int] = {}
 
     def request_stop(self) -> None:
@@ -294,8 +296,15 @@ class Crawl:
     async def _process(self, lease: Lease, gate: HostGate) -> _Result:
         url = lease.url
         if self.config.politeness.obey_robots:
+            site = origin(url)
+            if self._robots_given_up(site):
+                self._fail_unreachable_robots(lease, site)
+                return _Result.FETCHED
             rules = await self._rules_for(url, gate)
             if rules.unavailable:
+                if self._robots_given_up(site):  # that fetch was the last try
+                    self._fail_unreachable_robots(lease, site)
+                    return _Result.FETCHED
                 self._hold_host(lease.host, url)
                 return _Result.REQUEUED
             if not rules.allowed(url):
@@ -314,6 +323,25 @@ class Crawl:
             return _Result.FETCHED
         self._record(lease, result)
         return _Result.FETCHED
+
+    def _robots_given_up(self, site: str) -> bool:
+        """robots.txt of site was unreachable robots_max_attempts times in a row this run."""
+        return self._robots_misses.get(site, 0) >= self.config.politeness.robots_max_attempts
+
+    def _fail_unreachable_robots(self, lease: Lease, site: str) -> None:
+        """RFC 9309 says stay out while robots.txt is unreachable; after the last try, record why."""
+        exc = self._robots_errors.get(site)
+        tries = self._robots_misses[site]
+        detail = exc.message if exc is not None else "no usable answer"
+        self._fetched += 1
+        self.store.add_error(
+            lease.url_id,
+            lease.url,
+            exc.kind if exc is not None else ErrorKind.OTHER,
+            f"not fetched: {site}/robots.txt was unreachable {tries} times: {detail}",
+            exc.attempts if exc is not None else 0,
+        )
+        self._errors += 1
 
     def _hold_host(self, host: str, url: str) -> None:
         """robots.txt is unreachable: no request to the host until it may be retried."""
@@ -334,14 +362,21 @@ class Crawl:
             if key not in self._recorded_robots:
                 self._recorded_robots.add(key)
                 self.store.add_robots(site, rules.status, rules.crawl_delay, rules.sitemaps, rules.describe())
+                if rules.unavailable:  # counted per fetch, not per URL that waited for it
+                    self._robots_misses[site] = self._robots_misses.get(site, 0) + 1
+                else:
+                    self._robots_misses.pop(site, None)
+                    self._robots_errors.pop(site, None)
         self.politeness.set_crawl_delay(host_key(url), rules.crawl_delay)
         return rules
 
     async def _fetch_robots(self, robots_url: str) -> RobotsResponse:
         gate = _current_gate.get()
         try:
-            result = await self.fetcher.fetch(robots_url, gate, max_redirects=5)
+            result = await self.fetcher.fetch(robots_url, gate, max_redirects=5, truncate_at=MAX_ROBOTS_BYTES + 1)
         except FetchError as exc:
+            # A copy without the traceback, whose frames would outlive the fetch.
+            self._robots_errors[origin(robots_url)] = FetchError(exc.kind, exc.message, attempts=exc.attempts)
             return RobotsResponse(exc.status, b"", exc.message)
         if result.stopped_redirect is not None:  # pragma: no cover - robots fetch has no check
             return RobotsResponse(None, b"", "redirect not followed")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -222,15 +224,23 @@ class Batch:
 def _translate(exc: BaseException, path: Path) -> StoreError:
     """The one place sqlite errors become StoreError, with a message a user can act on."""
     text = str(exc)
-    if "file is not a database" in text or "file is encrypted" in text:
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None  # extended codes keep the primary in the low byte
+    os_errno = exc.errno if isinstance(exc, OSError) else None
+    if primary == sqlite3.SQLITE_NOTADB or "file is not a database" in text or "file is encrypted" in text:
         return StoreError(f"{path} is not a SQLite database (choose another storage.path or move the file)")
-    if "readonly" in text or "read-only" in text:
-        return StoreError(f"{path} is read-only: {text}")
-    if "disk is full" in text or "database or disk is full" in text:
-        return StoreError(f"the disk holding {path} is full; free space and resume the crawl")
-    if "unable to open" in text:
+    if primary == sqlite3.SQLITE_READONLY or os_errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return StoreError(
+            f"{path} is read-only ({text}); the file and its folder must be writable,"
+            " since SQLite keeps -wal and -shm files next to it"
+        )
+    if primary == sqlite3.SQLITE_FULL or os_errno in (errno.ENOSPC, errno.EDQUOT) or "disk is full" in text:
+        return StoreError(
+            f"the disk holding {path} is full; free space and resume the crawl (what was stored is intact)"
+        )
+    if primary == sqlite3.SQLITE_CANTOPEN or "unable to open" in text:
         return StoreError(f"cannot open {path}: {text}")
-    if "locked" in text:
+    if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in text:
         return StoreError(f"{path} is locked by another process: {text}")
     return StoreError(f"database error on {path}: {text}")
 
@@ -250,6 +260,7 @@ class Store:
     async def open(cls, path: Path, *, readonly: bool = False) -> Store:
         """Open (and, unless readonly, create and migrate) the database at path."""
         path = Path(path)
+        conn: aiosqlite.Connection | None = None
         try:
             if readonly:
                 if not path.exists():
@@ -260,8 +271,14 @@ class Store:
                 conn = await aiosqlite.connect(path, isolation_level=None)
             store = cls(conn, path, readonly=readonly)
             await store._configure()
-        except (sqlite3.Error, OSError) as exc:
-            raise _translate(exc, path) from exc
+        except BaseException as exc:
+            if conn is not None:
+                # aiosqlite's thread is not a daemon: left open, it keeps the process from exiting.
+                with contextlib.suppress(sqlite3.Error, OSError):
+                    await conn.close()
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                raise _translate(exc, path) from exc
+            raise
         return store
 
     async def _configure(self) -> None:
