@@ -17,7 +17,7 @@ import httpx
 from crawler.config import Config
 from crawler.errors import ConfigError, CrawlerError, ErrorKind, FetchError, NothingToResume, SkipReason
 from crawler.fetch import Fetcher, FetchResult
-from crawler.frontier import Frontier
+from crawler.frontier import Frontier, RecentUrls
 from crawler.parse import decode_html, is_html, parse_html, robots_directives
 from crawler.politeness import HostGate, Lease, Politeness
 from crawler.robots import MAX_ROBOTS_BYTES, RobotsCache, RobotsResponse, RobotsRules, product_token
@@ -124,6 +124,7 @@ class Crawl:
         self._fetched = self._pages = self._errors = self._skipped = 0
         self._queued = 0
         self._recorded_robots: set[tuple[str, float]] = set()
+        self._recent = RecentUrls()
         self._robots_misses: dict[str, int] = {}  # origin → unreachable robots.txt fetches in a row
         self._robots_errors: dict[str, FetchError] = {}  # origin → why its robots.txt fetch last failed
         self.status_counts: dict[str, int] = {}
@@ -444,10 +445,11 @@ class Crawl:
         depth = lease.depth + 1
         follow_all = cfg.politeness.follow_nofollow
         scope = self._scope
+        first_sight = self._recent.first_sight
         new = [
             NewUrl(url, host_key(url, normalized=True), depth, lease.url_id, "skipped" if reason else "queued", reason)
             for url, link_nofollow in links
-            if follow_all or not link_nofollow
+            if (follow_all or not link_nofollow) and first_sight(url)
             for reason in (scope.skip_reason(url, depth),)
         ]
         if result.stopped_redirect is not None:
