@@ -20,7 +20,7 @@ from crawler.fetch import Fetcher, FetchResult
 from crawler.frontier import Frontier
 from crawler.parse import decode_html, is_html, parse_html, robots_directives
 from crawler.politeness import HostGate, Lease, Politeness
-from crawler.robots import RobotsCache, RobotsResponse, RobotsRules, product_token
+from crawler.robots import MAX_ROBOTS_BYTES, RobotsCache, RobotsResponse, RobotsRules, product_token
 from crawler.store import NewUrl, PageRecord, Store, utc_now
 from crawler.urls import Scope, host_key, normalize_url, origin
 
@@ -81,8 +81,13 @@ class CrawlSummary:
         return self.fetched / self.elapsed if self.elapsed > 0 else 0.0
 
 
-# The gate of the worker whose request needs robots.txt; the robots fetch runs under it.
+# The gate of the worker whose request needs robots.txt; the robots fetch runs under it,
+# in that worker's task (RobotsCache calls the fetch function from the caller's task).
 _current_gate: contextvars.ContextVar[HostGate] = contextvars.ContextVar("current_gate")
+
+# A redirect whose target host's robots.txt is unavailable: the target is queued, not skipped,
+# and fetched once that robots.txt answers.
+_HOLD_TARGET = "robots_unavailable"
 
 
 class _Result(StrEnum):
@@ -286,6 +291,8 @@ class Crawl:
         url = lease.url
         if self.config.politeness.obey_robots:
             rules = await self._rules_for(url, gate)
+            if rules is None:  # another worker is fetching this host's robots.txt
+                return _Result.REQUEUED
             if rules.unavailable:
                 self._hold_host(lease.host, url)
                 return _Result.REQUEUED
@@ -296,7 +303,7 @@ class Crawl:
         self._fetched += 1
         try:
             result = await self.fetcher.fetch(
-                url, gate, redirect_check=lambda target: self._redirect_check(target, lease)
+                url, gate, redirect_check=lambda target: self._redirect_check(target, lease, gate)
             )
         except FetchError as exc:
             fetch_log.info("GET %s failed: %s", url, exc)
@@ -308,46 +315,63 @@ class Crawl:
 
     def _hold_host(self, host: str, url: str) -> None:
         """robots.txt is unreachable: no request to the host until it may be retried."""
-        retry_at = self.robots.retry_at(origin(url))
-        wait = (retry_at - time.monotonic()) if retry_at is not None else self.config.politeness.robots_retry_interval
-        self.politeness.pause(host, max(wait, 0.0))
-
-    async def _rules_for(self, url: str, gate: HostGate) -> RobotsRules:
         site = origin(url)
+        retry_at = self.robots.retry_at(site)
+        wait = (retry_at - time.monotonic()) if retry_at is not None else self.config.politeness.robots_retry_interval
+        wait = max(wait, 0.0)
+        if self.politeness.slot(host).paused_until < time.monotonic() + wait:
+            rules = self.robots.cached(site)
+            why = rules.describe() if rules is not None else "unavailable"
+            log.warning("%s/robots.txt: %s; its URLs wait, asking again in %.3gs", site, why, wait)
+        self.politeness.pause(host, wait)
+
+    async def _rules_for(self, url: str, gate: HostGate) -> RobotsRules | None:
+        """The robots.txt rules for url's origin, fetched under gate if need be.
+
+        None when another worker is fetching them: the caller puts its URL back rather than
+        wait while holding its host's capacity (see Politeness.fetching_robots).
+        """
+        site = origin(url)
+        host = host_key(url)
         rules = self.robots.cached(site)
         if rules is None:
+            if self.robots.fetching(site):
+                return None
             token = _current_gate.set(gate)
             try:
-                rules = await self.robots.rules_for(site)
+                with self.politeness.fetching_robots(host):
+                    rules = await self.robots.rules_for(site)
             finally:
                 _current_gate.reset(token)
             key = (site, rules.fetched_at)
             if key not in self._recorded_robots:
                 self._recorded_robots.add(key)
                 self.store.add_robots(site, rules.status, rules.crawl_delay, rules.sitemaps, rules.describe())
-        self.politeness.set_crawl_delay(host_key(url), rules.crawl_delay)
+        self.politeness.set_crawl_delay(host, rules.crawl_delay)
         return rules
 
     async def _fetch_robots(self, robots_url: str) -> RobotsResponse:
         gate = _current_gate.get()
         try:
-            result = await self.fetcher.fetch(robots_url, gate, max_redirects=5)
+            # RFC 9309 §2.3.1.2 and §2.5: follow 5 redirects, read (at least) 500 KiB.
+            result = await self.fetcher.fetch(robots_url, gate, max_redirects=5, body_limit=MAX_ROBOTS_BYTES + 1)
         except FetchError as exc:
-            return RobotsResponse(exc.status, b"", exc.message)
+            too_many = exc.kind is ErrorKind.TOO_MANY_REDIRECTS
+            return RobotsResponse(exc.status, b"", exc.message, too_many_redirects=too_many)
         if result.stopped_redirect is not None:  # pragma: no cover - robots fetch has no check
             return RobotsResponse(None, b"", "redirect not followed")
         return RobotsResponse(result.status, result.body, None)
 
-    async def _redirect_check(self, target: str, lease: Lease) -> str | None:
+    async def _redirect_check(self, target: str, lease: Lease, gate: HostGate) -> str | None:
+        """Whether to follow a redirect; its target host's robots.txt is fetched first if need be."""
         reason = self._scope.skip_reason(target, lease.depth)
         if reason is not None:
             return reason
         if self.config.politeness.obey_robots:
-            gate = _current_gate.get(None)
-            rules = self.robots.cached(origin(target))
-            if rules is None and gate is not None:
-                rules = await self._rules_for(target, gate)
-            if rules is not None and (rules.unavailable or not rules.allowed(target)):
+            rules = await self._rules_for(target, gate)
+            if rules is None or rules.unavailable:
+                return _HOLD_TARGET
+            if not rules.allowed(target):
                 return SkipReason.ROBOTS
         return None
 
@@ -365,6 +389,7 @@ class Crawl:
                 decode_html(result.body, content_type),
                 result.final_url,
                 max_links=cfg.crawl.max_links_per_page,
+                robots_name=self._token,
             )
             title, text = parsed.title, parsed.text
             noindex = noindex or parsed.noindex
@@ -408,7 +433,10 @@ class Crawl:
         ]
         if result.stopped_redirect is not None:
             target, reason = result.stopped_redirect
-            new.append(NewUrl(target, host_key(target), lease.depth, lease.url_id, "skipped", reason))
+            if reason == _HOLD_TARGET:
+                new.append(NewUrl(target, host_key(target), lease.depth, lease.url_id, "queued", None))
+            else:
+                new.append(NewUrl(target, host_key(target), lease.depth, lease.url_id, "skipped", reason))
         self.store.add_urls(new)
 
     # ---- writer and progress ----------------------------------------------------------------

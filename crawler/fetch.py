@@ -158,15 +158,20 @@ class Fetcher:
         *,
         max_redirects: int | None = None,
         redirect_check: RedirectCheck | None = None,
+        body_limit: int | None = None,
     ) -> FetchResult:
-        """GET url following redirects; each hop and each retry takes its own turn at the gate."""
+        """GET url following redirects; each hop and each retry takes its own turn at the gate.
+
+        body_limit: read at most this many body bytes and keep them (robots.txt), instead of
+        failing with too_large above max_body_bytes.
+        """
         limit = self.http.max_redirects if max_redirects is None else max_redirects
         chain: list[dict[str, object]] = []
         seen = {url}
         current = url
         attempts_total = 0
         while True:
-            result = await self._fetch_with_retries(current, gate)
+            result = await self._fetch_with_retries(current, gate, body_limit)
             attempts_total += result.attempts
             if result.status not in REDIRECT_STATUSES:
                 break
@@ -201,7 +206,7 @@ class Fetcher:
         result.attempts = attempts_total
         return result
 
-    async def _fetch_with_retries(self, url: str, gate: Gate) -> FetchResult:
+    async def _fetch_with_retries(self, url: str, gate: Gate, body_limit: int | None) -> FetchResult:
         attempts = 0
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.http.retries + 1),
@@ -216,7 +221,7 @@ class Fetcher:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    result = await self._fetch_once(url, gate)
+                    result = await self._fetch_once(url, gate, body_limit)
                     result.attempts = attempts
                     return result
         except _Retryable as exc:
@@ -227,7 +232,7 @@ class Fetcher:
             raise
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
-    async def _fetch_once(self, url: str, gate: Gate) -> FetchResult:
+    async def _fetch_once(self, url: str, gate: Gate, body_limit: int | None) -> FetchResult:
         async with gate.request(url):
             started = time.monotonic()
             try:
@@ -236,7 +241,12 @@ class Fetcher:
                         self.client.build_request("GET", url), stream=True, follow_redirects=False
                     )
                     try:
-                        body = b"" if response.status_code in REDIRECT_STATUSES else await self._read_body(response)
+                        if response.status_code in REDIRECT_STATUSES:
+                            body = b""
+                        elif body_limit is not None:
+                            body = await _read_prefix(response, body_limit)
+                        else:
+                            body = await self._read_body(response)
                     finally:
                         await response.aclose()
             except TimeoutError:
@@ -253,6 +263,8 @@ class Fetcher:
         if status in RETRY_STATUSES:
             retry_after = parse_retry_after(response.headers.get("retry-after"))
             if retry_after is not None and retry_after > self._max_retry_after:
+                if self._feedback is not None and status in THROTTLE_STATUSES:
+                    self._feedback.retry_after(url, None, status)  # no waiting, but a 429 still backs off
                 raise FetchError(
                     ErrorKind.RETRY_AFTER_TOO_LONG,
                     f"HTTP {status} with Retry-After {retry_after:.0f}s,"
@@ -291,6 +303,18 @@ class Fetcher:
                 raise FetchError(ErrorKind.TOO_LARGE, f"body exceeded max_body_bytes {cap:,} while streaming")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+async def _read_prefix(response: httpx.Response, limit: int) -> bytes:
+    """The first `limit` decoded body bytes; the rest is never read."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in _decoded(response):
+        chunks.append(chunk[: limit - size])
+        size += len(chunks[-1])
+        if size >= limit:
+            break
+    return b"".join(chunks)
 
 
 async def _decoded(response: httpx.Response) -> AsyncIterator[bytes]:
