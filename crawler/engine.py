@@ -122,7 +122,6 @@ class Crawl:
         self._writing = True
         self._fetched = self._pages = self._errors = self._skipped = 0
         self._queued = 0
-        self._recorded_robots: set[tuple[str, float]] = set()
         self.status_counts: dict[str, int] = {}
 
     def request_stop(self) -> None:
@@ -291,8 +290,6 @@ class Crawl:
         url = lease.url
         if self.config.politeness.obey_robots:
             rules = await self._rules_for(url, gate)
-            if rules is None:  # another worker is fetching this host's robots.txt
-                return _Result.REQUEUED
             if rules.unavailable:
                 self._hold_host(lease.host, url)
                 return _Result.REQUEUED
@@ -325,28 +322,28 @@ class Crawl:
             log.warning("%s/robots.txt: %s; its URLs wait, asking again in %.3gs", site, why, wait)
         self.politeness.pause(host, wait)
 
-    async def _rules_for(self, url: str, gate: HostGate) -> RobotsRules | None:
+    async def _rules_for(self, url: str, gate: HostGate) -> RobotsRules:
         """The robots.txt rules for url's origin, fetched under gate if need be.
 
-        None when another worker is fetching them: the caller puts its URL back rather than
-        wait while holding its host's capacity (see Politeness.fetching_robots).
+        When another worker is fetching them (a redirect hop into a host whose robots.txt
+        is on its way), the gate first lets go of its host: nobody waits for robots.txt
+        while holding a host's capacity (see Politeness.fetching_robots).
         """
         site = origin(url)
         host = host_key(url)
-        rules = self.robots.cached(site)
-        if rules is None:
+        while (rules := self.robots.cached(site)) is None:
             if self.robots.fetching(site):
-                return None
+                gate.let_go()
+                await self.robots.wait(site)
+                continue
             token = _current_gate.set(gate)
             try:
                 with self.politeness.fetching_robots(host):
                     rules = await self.robots.rules_for(site)
             finally:
                 _current_gate.reset(token)
-            key = (site, rules.fetched_at)
-            if key not in self._recorded_robots:
-                self._recorded_robots.add(key)
-                self.store.add_robots(site, rules.status, rules.crawl_delay, rules.sitemaps, rules.describe())
+            self.store.add_robots(site, rules.status, rules.crawl_delay, rules.sitemaps, rules.describe())
+            break
         self.politeness.set_crawl_delay(host, rules.crawl_delay)
         return rules
 
@@ -369,7 +366,7 @@ class Crawl:
             return reason
         if self.config.politeness.obey_robots:
             rules = await self._rules_for(target, gate)
-            if rules is None or rules.unavailable:
+            if rules.unavailable:
                 return _HOLD_TARGET
             if not rules.allowed(target):
                 return SkipReason.ROBOTS

@@ -182,10 +182,10 @@ class Politeness:
     def fetching_robots(self, host: str) -> Iterator[None]:
         """While robots.txt of host is fetched, the frontier leases none of its URLs.
 
-        Workers that already hold a lease of the host put it back rather than wait for the
-        fetch while holding capacity: nobody ever waits for robots.txt with a host's
-        capacity in hand, so a fetch that must wait for capacity (robots.txt redirected to
-        a busy host) cannot deadlock.
+        So no worker sits on a lease waiting for it; and one that must wait (a redirect hop
+        into the host) lets go of its capacity first.  Nobody ever waits for robots.txt
+        with a host's capacity in hand, so a fetch that itself waits for capacity
+        (robots.txt redirected to a busy host) cannot deadlock.
         """
         slot = self.slot(host)
         slot.fetching_robots = True
@@ -333,9 +333,13 @@ class HostGate:
         if reservation is not None:
             self._politeness.give_back(self.host, reservation)
 
-    def release(self) -> None:
-        """Let go of the host: an unused reserved turn is given back, the capacity freed."""
+    def let_go(self) -> None:
+        """Give back an unused reserved turn and the host's capacity; the next request takes them anew."""
         self._give_back()
         if self._held:
             self._held = False
             self._politeness.release(self.host)
+
+    def release(self) -> None:
+        """At the end of the lease."""
+        self.let_go()

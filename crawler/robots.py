@@ -409,6 +409,12 @@ class RobotsCache:
             return None
         return entry.rules
 
+    async def wait(self, origin: str) -> None:
+        """Wait until no caller is fetching the origin's robots.txt (it may have failed)."""
+        pending = self._inflight.get(origin.rstrip("/"))
+        if pending is not None:
+            await asyncio.shield(pending)
+
     def fetching(self, origin: str) -> bool:
         """Whether a caller is fetching the origin's robots.txt right now."""
         return origin.rstrip("/") in self._inflight

@@ -57,8 +57,9 @@ def text(body: str, status: int = 200) -> Response:
 
 
 async def test_no_host_ever_exceeds_its_concurrency_or_delay(site_server: Serve, tmp_path: Path) -> None:
-    delay, per_host = 0.1, 2
-    sites = [Site(default_latency=0.3) for _ in range(3)]
+    # Answers take longer than the delay, so without a cap more than per_host would overlap.
+    delay, per_host = 0.05, 2
+    sites = [Site(default_latency=0.25) for _ in range(3)]
     servers = [site_server(site) for site in sites]
     for i, site in enumerate(sites):
         neighbour = servers[(i + 1) % len(servers)]
@@ -73,9 +74,9 @@ async def test_no_host_ever_exceeds_its_concurrency_or_delay(site_server: Serve,
     db = tmp_path / "c.db"
     config = make_config(
         db,
-        [servers[0].url + "/"],
+        [server.url + "/" for server in servers],
         crawl=ALL_LOCAL,
-        politeness={"delay": delay, "per_host_concurrency": per_host, "concurrency": 8, "adaptive": True},
+        politeness={"delay": delay, "per_host_concurrency": per_host, "concurrency": 8},
     )
     await crawl(config)
 
@@ -92,8 +93,8 @@ async def test_no_host_ever_exceeds_its_concurrency_or_delay(site_server: Serve,
 
 
 async def test_redirects_count_against_the_target_host_and_obey_its_robots(site_server: Serve, tmp_path: Path) -> None:
-    delay = 0.15
-    target_site = Site(default_latency=0.1).robots("User-agent: *\nDisallow: /secret\n")
+    delay, per_host = 0.05, 2
+    target_site = Site(default_latency=0.3).robots("User-agent: *\nDisallow: /secret\n")
     target = site_server(target_site)
     own = [f"/u{i}" for i in range(4)]
     target_site.page("/", links=own)
@@ -104,7 +105,8 @@ async def test_redirects_count_against_the_target_host_and_obey_its_robots(site_
     target_site.page("/secret")
     source_site = Site()
     redirects = [f"/r{i}" for i in range(4)]
-    source_site.page("/", links=[*redirects, "/to-secret"])
+    # A slow start, so most hops arrive while the target is busy with its own pages.
+    source_site.page("/", links=[*redirects, "/to-secret"], latency=0.35)
     for i, path in enumerate(redirects):
         source_site.redirect(path, target.url + f"/t{i}")
     source_site.redirect("/to-secret", target.url + "/secret")
@@ -114,12 +116,12 @@ async def test_redirects_count_against_the_target_host_and_obey_its_robots(site_
         db,
         [source.url + "/", target.url + "/"],
         crawl=ALL_LOCAL,
-        politeness={"delay": delay, "per_host_concurrency": 1, "concurrency": 8},
+        politeness={"delay": delay, "per_host_concurrency": per_host, "concurrency": 8},
     )
     await crawl(config)
 
-    # The target's own pages and the redirect hops into it share its one unit and its turns.
-    assert_polite(target, delay=delay, concurrency=1)
+    # The target's own pages and the redirect hops into it share its capacity and its turns.
+    assert_polite(target, delay=delay, concurrency=per_host)
     assert target.paths()[0] == "/robots.txt"
     assert target.count("/robots.txt") == 1
     assert "/secret" not in target.paths()
@@ -202,7 +204,8 @@ async def test_robots_txt_failing_holds_the_host_until_it_answers(site_server: S
     db = tmp_path / "c.db"
     config = make_config(
         db,
-        [server.url + "/" for server in servers],
+        # Several seeds per host: leases taken together before robots.txt is known.
+        [server.url + path for server in servers for path in ("/", "/a", "/b")],
         crawl=ALL_LOCAL,
         politeness={"robots_retry_interval": retry_interval},
     )
@@ -252,6 +255,20 @@ async def test_robots_txt_redirects_apply_to_the_original_host(site_server: Serv
     assert notes[five_host.url] == "200, 1 rule for *"
     assert notes[six_host.url].endswith(": allow all")
     assert "more than 5 redirects" in notes[six_host.url]
+
+
+async def test_a_huge_robots_txt_is_read_up_to_500_kib_not_refused(site_server: Serve, tmp_path: Path) -> None:
+    # 2 MB of robots.txt, above max_body_bytes: a page that large would be too_large, but
+    # robots.txt is read up to 500 KiB and parsed; what lies beyond is not read at all.
+    filler = "# " + "x" * 98 + "\n"
+    body = "User-agent: *\nDisallow: /early\n" + filler * 20_000 + "Disallow: /late\n"
+    site = Site().robots(body).page("/", links=["/early", "/late", "/ok"]).page("/early").page("/late").page("/ok")
+    server = site_server(site)
+    db = tmp_path / "c.db"
+    await crawl(make_config(db, [server.url + "/"], http={"max_body_bytes": 1_000_000}))
+    assert stored_paths(db, server.url) == {"/", "/late", "/ok"}
+    assert "/early" not in server.paths()
+    assert rows(db, "SELECT status, note FROM robots") == [(200, "200, 1 rule for *")]
 
 
 async def test_robots_txt_is_fetched_again_after_robots_ttl(site_server: Serve, tmp_path: Path) -> None:
@@ -411,10 +428,10 @@ async def test_follow_nofollow_queues_nofollow_links(site_server: Serve, tmp_pat
     assert noindex == [(server.url + "/meta-noindex",), (server.url + "/xrt-us",)]  # noindex still holds
 
 
-def test_robots_rows_keep_the_sitemaps(tmp_path: Path, site_server: Serve) -> None:
+async def test_robots_rows_keep_the_sitemaps(tmp_path: Path, site_server: Serve) -> None:
     site = Site().robots("Sitemap: http://x.test/a.xml\nUser-agent: *\nDisallow:\nSitemap: /b.xml\n").page("/")
     server = site_server(site)
     db = tmp_path / "c.db"
-    asyncio.run(crawl(make_config(db, [server.url + "/"])))
+    await crawl(make_config(db, [server.url + "/"]))
     (sitemaps,) = rows(db, "SELECT sitemaps FROM robots")[0]
     assert json.loads(sitemaps) == ["http://x.test/a.xml", "/b.xml"]
