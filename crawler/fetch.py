@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -309,15 +310,16 @@ async def _read_prefix(response: httpx.Response, limit: int) -> bytes:
     """The first `limit` decoded body bytes; the rest is never read."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in _decoded(response):
-        chunks.append(chunk[: limit - size])
-        size += len(chunks[-1])
-        if size >= limit:
-            break
+    async with contextlib.aclosing(_decoded(response)) as stream:
+        async for chunk in stream:
+            chunks.append(chunk[: limit - size])
+            size += len(chunks[-1])
+            if size >= limit:
+                break
     return b"".join(chunks)
 
 
-async def _decoded(response: httpx.Response) -> AsyncIterator[bytes]:
+async def _decoded(response: httpx.Response) -> AsyncGenerator[bytes, None]:
     async for chunk in response.aiter_bytes():
         yield chunk
 
