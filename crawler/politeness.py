@@ -10,15 +10,20 @@ and redirects is going on:
   takes a *turn* (`wait_turn`), which waits until `last_start + delay` and any pause are
   over, then moves `last_start` to now.  The delay is read when the turn is taken, not when
   the previous one was, so a delay that grows in between (Crawl-delay learnt from
-  robots.txt, a 429 back-off, a slow answer) already applies to the next start.
+  robots.txt, a 429 back-off, a slow answer) already applies to the next start.  It is
+  the largest of `delay`, the capped Crawl-delay, the adaptive delay and the 429 back-off.
 
 The frontier reserves a turn at lease time (Mercator's ready-time heap), so no other lease
 of that host is handed out before the worker has used it.  The reservation is a
 placeholder, not a licence: the worker's first request starts on it only if it is still
 the host's latest turn and the delay, as it is by then, has passed since the turn before;
-otherwise the turn is given back and the request waits like any other.  A worker that
-waited on someone else's robots.txt fetch therefore cannot start right on its heels, and
-a lease that never makes a request (robots.txt said no) gives its turn back unused.
+otherwise the turn is given back and the request waits like any other.  A reservation
+that sat unused while others took turns, or while robots.txt raised the delay, therefore
+cannot put two starts closer than the delay, and a lease that never makes a request
+(robots.txt said no) gives its turn back unused.
+
+Turns are taken just before a request is handed to the HTTP client; a server sees the
+starts shifted by the client's send lag (a few milliseconds, more on a loaded machine).
 
 The adaptive delay follows Scrapy's AutoThrottle rule (see `Politeness.observe`).
 """
