@@ -49,6 +49,9 @@ class PolitenessConfig:
     max_retry_after: float = _spec(600.0, lo=0.0, doc="longest Retry-After honoured; longer is an error")
     follow_nofollow: bool = _spec(False, doc="queue links marked rel=nofollow, meta or X-Robots-Tag nofollow")
     robots_retry_interval: float = _spec(60.0, lo=0.0, doc="seconds before retrying an unreachable robots.txt")
+    robots_max_attempts: int = _spec(
+        3, lo=1, hi=100, doc="robots.txt fetches (each with http.retries) before an unreachable host's URLs fail"
+    )
     robots_ttl: float = _spec(86400.0, lo=0.0, hi=86400.0, doc="seconds a robots.txt is trusted (RFC 9309: ≤ 24 h)")
 
 

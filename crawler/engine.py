@@ -29,6 +29,12 @@ fetch_log = logging.getLogger("crawler.fetch")
 
 FLUSH_INTERVAL = 0.25  # seconds between commits while pages keep coming
 FLUSH_ROWS = 5000  # commit early once a batch holds this many rows
+# Full-text indexing costs more CPU than storing the page itself (bench/fts_cost.py), so the
+# writer indexes as it goes only while the crawl is slow, and a fast crawl's backlog waits
+# for the end of the run.
+LIVE_INDEX_RATE = 200.0  # pages/s stored, at or below which the writer also indexes
+INDEX_CHUNK = 200  # pages per indexing transaction while crawling (tens of ms)
+INDEX_BULK = 2000  # pages per indexing transaction at the end of a run
 
 
 class Outcome(StrEnum):
@@ -122,6 +128,8 @@ class Crawl:
         self._writing = True
         self._fetched = self._pages = self._errors = self._skipped = 0
         self._queued = 0
+        self._robots_misses: dict[str, int] = {}  # origin → unreachable robots.txt fetches in a row
+        self._robots_errors: dict[str, FetchError] = {}  # origin → why its robots.txt fetch last failed
         self.status_counts: dict[str, int] = {}
 
     def request_stop(self) -> None:
@@ -202,6 +210,9 @@ class Crawl:
         else:
             outcome = Outcome.FINISHED
         await store.finish_run(outcome, self._pages)
+        elapsed = time.monotonic() - started
+        if outcome is not Outcome.INTERRUPTED:
+            await self._index_backlog()
         counts = await store.state_counts()
         if self._on_progress is not None:
             self._on_progress(self._snapshot(started))
@@ -213,7 +224,7 @@ class Crawl:
             errors=self._errors,
             skipped=self._skipped,
             queued_left=counts["queued"],
-            elapsed=time.monotonic() - started,
+            elapsed=elapsed,
             resumed=resumed,
             status_counts=dict(sorted(self.status_counts.items())),
         )
@@ -289,8 +300,15 @@ class Crawl:
     async def _process(self, lease: Lease, gate: HostGate) -> _Result:
         url = lease.url
         if self.config.politeness.obey_robots:
+            site = origin(url)
+            if self._robots_given_up(site):
+                self._fail_unreachable_robots(lease, site)
+                return _Result.FETCHED
             rules = await self._rules_for(url, gate)
             if rules.unavailable:
+                if self._robots_given_up(site):  # that fetch was the last try
+                    self._fail_unreachable_robots(lease, site)
+                    return _Result.FETCHED
                 self._hold_host(lease.host, url)
                 return _Result.REQUEUED
             if not rules.allowed(url):
@@ -309,6 +327,25 @@ class Crawl:
             return _Result.FETCHED
         self._record(lease, result)
         return _Result.FETCHED
+
+    def _robots_given_up(self, site: str) -> bool:
+        """robots.txt of site was unreachable robots_max_attempts times in a row this run."""
+        return self._robots_misses.get(site, 0) >= self.config.politeness.robots_max_attempts
+
+    def _fail_unreachable_robots(self, lease: Lease, site: str) -> None:
+        """RFC 9309 says stay out while robots.txt is unreachable; after the last try, record why."""
+        exc = self._robots_errors.get(site)
+        tries = self._robots_misses[site]
+        detail = exc.message if exc is not None else "no usable answer"
+        self._fetched += 1
+        self.store.add_error(
+            lease.url_id,
+            lease.url,
+            exc.kind if exc is not None else ErrorKind.OTHER,
+            f"not fetched: {site}/robots.txt was unreachable {tries} times: {detail}",
+            exc.attempts if exc is not None else 0,
+        )
+        self._errors += 1
 
     def _hold_host(self, host: str, url: str) -> None:
         """robots.txt is unreachable: no request to the host until it may be retried."""
@@ -342,7 +379,13 @@ class Crawl:
                     rules = await self.robots.rules_for(site)
             finally:
                 _current_gate.reset(token)
+            # Only the fetching worker gets here, so each fetch is recorded and counted once.
             self.store.add_robots(site, rules.status, rules.crawl_delay, rules.sitemaps, rules.describe())
+            if rules.unavailable:
+                self._robots_misses[site] = self._robots_misses.get(site, 0) + 1
+            else:
+                self._robots_misses.pop(site, None)
+                self._robots_errors.pop(site, None)
             break
         self.politeness.set_crawl_delay(host, rules.crawl_delay)
         return rules
@@ -351,8 +394,10 @@ class Crawl:
         gate = _current_gate.get()
         try:
             # RFC 9309 §2.3.1.2 and §2.5: follow 5 redirects, read (at least) 500 KiB.
-            result = await self.fetcher.fetch(robots_url, gate, max_redirects=5, body_limit=MAX_ROBOTS_BYTES + 1)
+            result = await self.fetcher.fetch(robots_url, gate, max_redirects=5, truncate_at=MAX_ROBOTS_BYTES + 1)
         except FetchError as exc:
+            # A copy without the traceback, whose frames would outlive the fetch.
+            self._robots_errors[origin(robots_url)] = FetchError(exc.kind, exc.message, attempts=exc.attempts)
             too_many = exc.kind is ErrorKind.TOO_MANY_REDIRECTS
             return RobotsResponse(exc.status, b"", exc.message, too_many_redirects=too_many)
         if result.stopped_redirect is not None:  # pragma: no cover - robots fetch has no check
@@ -423,7 +468,7 @@ class Crawl:
         follow_all = cfg.politeness.follow_nofollow
         scope = self._scope
         new = [
-            NewUrl(url, host_key(url), depth, lease.url_id, "skipped" if reason else "queued", reason)
+            NewUrl(url, host_key(url, normalized=True), depth, lease.url_id, "skipped" if reason else "queued", reason)
             for url, link_nofollow in links
             if follow_all or not link_nofollow
             for reason in (scope.skip_reason(url, depth),)
@@ -439,11 +484,34 @@ class Crawl:
     # ---- writer and progress ----------------------------------------------------------------
 
     async def _writer(self) -> None:
+        backlog = True  # a resumed or migrated database may hold unindexed pages
+        last, stored = time.monotonic(), self._pages
         while self._writing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flush_wanted.wait(), timeout=FLUSH_INTERVAL)
             self._flush_wanted.clear()
             await self._flush()
+            now = time.monotonic()
+            rate = (self._pages - stored) / max(now - last, 1e-6)
+            last, stored = now, self._pages
+            backlog = backlog or self.store.last_flush_pages > 0
+            if backlog and rate <= LIVE_INDEX_RATE and self._writing and not self._flush_wanted.is_set():
+                backlog = await self._index(INDEX_CHUNK) == INDEX_CHUNK
+
+    async def _index(self, limit: int) -> int:
+        try:
+            return await self.store.index_pending(limit)
+        except CrawlerError:
+            self.frontier.close()  # as in _flush: workers must not wait for a writer that is gone
+            raise
+
+    async def _index_backlog(self) -> None:
+        """Bring the full-text index up to date; each chunk commits, so stopping here loses nothing."""
+        pending = await self.store.pending_index()
+        if pending > INDEX_BULK:
+            self._say(f"indexing {pending:,} pages for full-text search")
+        while pending > 0 and await self.store.index_pending(INDEX_BULK) == INDEX_BULK:
+            pending -= INDEX_BULK
 
     async def _flush(self) -> None:
         completions = self.frontier.awaiting_commit

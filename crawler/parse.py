@@ -144,8 +144,9 @@ def _link_nodes(tree: LexborHTMLParser, html: str, max_links: int) -> Iterator[L
         return iter(())
     # css() builds a Python object for every match up front, which dominates on pages
     # with far more anchors than we keep; a lazy walk can stop at the cap instead.
-    # "<a" also counts <abbr>, <aside> ..., which only errs towards the lazy walk.
-    if html.count("<a") + html.count("<A") > 4 * max_links:
+    # "<a" also counts <abbr>, <aside> ..., which only errs towards the lazy walk. A page
+    # shorter than 4 * max_links minimal anchors cannot qualify, so most pages skip the count.
+    if len(html) > 4 * max_links * len("<a href>") and html.count("<a") + html.count("<A") > 4 * max_links:
         return (node for node in root.traverse() if node.tag in _LINK_TAGS)
     return iter(tree.css("a[href], area[href]"))
 

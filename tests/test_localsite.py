@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import http.client
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urldefrag, urljoin, urlsplit
 
 import pytest
+import trustme
 
 from crawler.demo import DEMO_EXPECTED, build_demo_site
 from crawler.localsite import (
@@ -26,7 +28,9 @@ from crawler.localsite import (
     Response,
     Site,
     SiteServer,
+    bomb_body,
     build_site,
+    deflate_bomb_body,
     empty_reply,
     gzip_bomb,
     gzip_bomb_body,
@@ -289,6 +293,41 @@ def test_gzip_bomb_inflates_to_stated_size(site_server: Serve) -> None:
     total += len(inflater.flush())
     conn.close()
     assert inflater.eof and total == inflated
+
+
+def test_deflate_and_stacked_bombs_inflate_to_stated_size() -> None:
+    assert zlib.decompress(deflate_bomb_body(3_000_123)) == bytes(3_000_123)  # exact, incl. Adler-32
+    stacked = bomb_body(2_000_001, ("deflate", "gzip"))
+    assert zlib.decompress(gzip.decompress(stacked)) == bytes(2_000_001)
+    assert len(bomb_body(1 << 30, ("gzip", "gzip"))) < 10_000  # 1 GiB behind a few KB
+
+
+def test_prefix_routes_answer_a_whole_space_and_exact_routes_win(site_server: Serve) -> None:
+    def echo(request: Request) -> Response:
+        return Response(200, [("Content-Type", "text/plain")], f"prefix {request.path}")
+
+    site = Site().prefix("/cal?", echo).prefix("/cal?month=1", lambda r: Response(200, None, "longer"))
+    server = site_server(site.page("/cal?month=0", body="exact"))
+    assert get(server, "/cal?month=5")[1] == b"prefix /cal?month=5"
+    assert get(server, "/cal?month=12")[1] == b"longer"
+    assert get(server, "/cal?month=0")[1] == b"exact"
+    assert get(server, "/other")[0].status == 404
+
+
+def test_serves_https_with_a_given_certificate() -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    with SiteServer(Site().page("/", title="Secure"), ssl=server_context) as server:
+        assert server.url == f"https://127.0.0.1:{server.port}"
+        conn = http.client.HTTPSConnection("127.0.0.1", server.port, timeout=5, context=client_context)
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        assert (resp.status, parse(resp.read()).title) == (200, "Secure")
+        conn.close()
+        assert server.paths() == ["/"]
 
 
 # --------------------------------------------------------------------------- lifecycle
