@@ -410,6 +410,8 @@ class Crawl:
         if reason is not None:
             return reason
         if self.config.politeness.obey_robots:
+            if self._robots_given_up(origin(target)):
+                return _HOLD_TARGET  # queued, to fail with the robots.txt error like its host's other URLs
             rules = await self._rules_for(target, gate)
             if rules.unavailable:
                 return _HOLD_TARGET

@@ -132,6 +132,24 @@ async def test_redirects_count_against_the_target_host_and_obey_its_robots(site_
     assert skipped == [(target.url + "/secret", "robots")]
 
 
+async def test_a_redirect_into_a_host_whose_robots_txt_fails_is_queued_for_later(
+    site_server: Serve, tmp_path: Path
+) -> None:
+    held_site = Site().handler("/robots.txt", counter_handler([text("", 503)] * 2 + [text("User-agent: *\n")]))
+    held = site_server(held_site.page("/page"))
+    source = site_server(Site().page("/", links=["/go"]).redirect("/go", held.url + "/page"))
+    db = tmp_path / "c.db"
+    config = make_config(db, [source.url + "/"], crawl=ALL_LOCAL, politeness={"robots_retry_interval": 0.2})
+    await crawl(config)
+
+    # The hop was not taken while robots.txt failed; the target waited in the queue instead
+    # of being skipped, and was fetched once robots.txt answered.
+    assert held.paths() == ["/robots.txt", "/robots.txt", "/robots.txt", "/page"]
+    go = rows(db, "SELECT status, final_url FROM pages WHERE url = ?", (source.url + "/go",))
+    assert go == [(301, source.url + "/go")]
+    assert rows(db, "SELECT state FROM urls WHERE url = ?", (held.url + "/page",)) == [("done",)]
+
+
 # ---- Crawl-delay --------------------------------------------------------------------------
 
 
