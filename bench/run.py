@@ -225,7 +225,7 @@ def measure_raw(site: Site, server: Server, workdir: Path, smoke: bool) -> list[
 def busy_seconds() -> float:
     """CPU seconds the whole machine has spent busy (all cores, neither idle nor waiting on I/O)."""
     times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
 
 
 def wait_for_quiet(max_wait: float, threshold_pct: float = NOISY_PCT) -> None:
@@ -393,7 +393,7 @@ def markdown(
 def context_header(server: str, contestants: dict[str, Contestant]) -> list[str]:
     """Lines naming the machine and versions, for quoting the figures."""
     versions = [f"Python {platform.python_version()}"]
-    for dist in ("aiohttp", "scrapy", "httpx"):
+    for dist in ("aiohttp", "httpx", *(["scrapy"] if "scrapy" in contestants else [])):
         try:
             versions.append(f"{dist} {metadata.version(dist)}")
         except metadata.PackageNotFoundError:

@@ -34,7 +34,7 @@ FLUSH_ROWS = 5000  # commit early once a batch holds this many rows
 # for the end of the run.
 LIVE_INDEX_RATE = 200.0  # pages/s stored, at or below which the writer also indexes
 INDEX_CHUNK = 200  # pages per indexing transaction while crawling (tens of ms)
-INDEX_BULK = 2000  # pages per indexing transaction at the end of a run
+INDEX_BULK = 500  # pages per indexing transaction at the end of a run (FTS5 holds them in RAM)
 
 
 class Outcome(StrEnum):

@@ -505,16 +505,20 @@ class Store:
         try:
             await conn.execute("BEGIN IMMEDIATE")
             try:
-                cursor = await conn.execute("SELECT url_id FROM search_pending ORDER BY url_id LIMIT ?", (limit,))
-                ids = [row[0] for row in await cursor.fetchall()]
-                if ids:
-                    marks = ",".join("?" * len(ids))
-                    await conn.execute(
-                        f"INSERT INTO pages_fts (rowid, title, text) SELECT url_id, title, text FROM pages"
-                        f" WHERE url_id IN ({marks}) AND noindex = 0",
-                        ids,
-                    )
-                    await conn.execute(f"DELETE FROM search_pending WHERE url_id IN ({marks})", ids)
+                # Fixed SQL text (no IN-list sized per call): every distinct text is a prepared
+                # statement that sqlite3 keeps cached, which grew RSS. Both subqueries pick the
+                # same rows: nothing else writes inside this IMMEDIATE transaction.
+                await conn.execute(
+                    "INSERT INTO pages_fts (rowid, title, text) SELECT p.url_id, p.title, p.text FROM pages p"
+                    " WHERE p.url_id IN (SELECT url_id FROM search_pending ORDER BY url_id LIMIT ?) AND p.noindex = 0",
+                    (limit,),
+                )
+                cursor = await conn.execute(
+                    "DELETE FROM search_pending WHERE url_id IN"
+                    " (SELECT url_id FROM search_pending ORDER BY url_id LIMIT ?)",
+                    (limit,),
+                )
+                done = cursor.rowcount
                 await conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -522,7 +526,7 @@ class Store:
                 raise
         except sqlite3.Error as exc:
             raise _translate(exc, self.path) from exc
-        return len(ids)
+        return done
 
     async def _insert_urls(self, urls: list[NewUrl]) -> list[QueuedUrl]:
         """INSERT OR IGNORE lets SQLite decide what is new; RETURNING gives only the inserted rows."""
