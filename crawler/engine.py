@@ -87,8 +87,13 @@ class CrawlSummary:
         return self.fetched / self.elapsed if self.elapsed > 0 else 0.0
 
 
-# The gate of the worker whose request needs robots.txt; the robots fetch runs under it.
+# The gate of the worker whose request needs robots.txt; the robots fetch runs under it,
+# in that worker's task (RobotsCache calls the fetch function from the caller's task).
 _current_gate: contextvars.ContextVar[HostGate] = contextvars.ContextVar("current_gate")
+
+# A redirect whose target host's robots.txt is unavailable: the target is queued, not skipped,
+# and fetched once that robots.txt answers.
+_HOLD_TARGET = "robots_unavailable"
 
 
 class _Result(StrEnum):
@@ -123,7 +128,6 @@ class Crawl:
         self._writing = True
         self._fetched = self._pages = self._errors = self._skipped = 0
         self._queued = 0
-        self._recorded_robots: set[tuple[str, float]] = set()
         self._recent = RecentUrls()
         self._robots_misses: dict[str, int] = {}  # origin → unreachable robots.txt fetches in a row
         self._robots_errors: dict[str, FetchError] = {}  # origin → why its robots.txt fetch last failed
@@ -315,7 +319,7 @@ class Crawl:
         self._fetched += 1
         try:
             result = await self.fetcher.fetch(
-                url, gate, redirect_check=lambda target: self._redirect_check(target, lease)
+                url, gate, redirect_check=lambda target: self._redirect_check(target, lease, gate)
             )
         except FetchError as exc:
             fetch_log.info("GET %s failed: %s", url, exc)
@@ -346,53 +350,73 @@ class Crawl:
 
     def _hold_host(self, host: str, url: str) -> None:
         """robots.txt is unreachable: no request to the host until it may be retried."""
-        retry_at = self.robots.retry_at(origin(url))
+        site = origin(url)
+        retry_at = self.robots.retry_at(site)
         wait = (retry_at - time.monotonic()) if retry_at is not None else self.config.politeness.robots_retry_interval
-        self.politeness.pause(host, max(wait, 0.0))
+        wait = max(wait, 0.0)
+        if self.politeness.slot(host).paused_until < time.monotonic() + wait:
+            rules = self.robots.cached(site)
+            why = rules.describe() if rules is not None else "unavailable"
+            log.warning("%s/robots.txt: %s; its URLs wait, asking again in %.3gs", site, why, wait)
+        self.politeness.pause(host, wait)
 
     async def _rules_for(self, url: str, gate: HostGate) -> RobotsRules:
+        """The robots.txt rules for url's origin, fetched under gate if need be.
+
+        When another worker is fetching them (a redirect hop into a host whose robots.txt
+        is on its way), the gate first lets go of its host: nobody waits for robots.txt
+        while holding a host's capacity (see Politeness.fetching_robots).
+        """
         site = origin(url)
-        rules = self.robots.cached(site)
-        if rules is None:
+        host = host_key(url)
+        while (rules := self.robots.cached(site)) is None:
+            if self.robots.fetching(site):
+                gate.let_go()
+                await self.robots.wait(site)
+                continue
             token = _current_gate.set(gate)
             try:
-                rules = await self.robots.rules_for(site)
+                with self.politeness.fetching_robots(host):
+                    rules = await self.robots.rules_for(site)
             finally:
                 _current_gate.reset(token)
-            key = (site, rules.fetched_at)
-            if key not in self._recorded_robots:
-                self._recorded_robots.add(key)
-                self.store.add_robots(site, rules.status, rules.crawl_delay, rules.sitemaps, rules.describe())
-                if rules.unavailable:  # counted per fetch, not per URL that waited for it
-                    self._robots_misses[site] = self._robots_misses.get(site, 0) + 1
-                else:
-                    self._robots_misses.pop(site, None)
-                    self._robots_errors.pop(site, None)
-        self.politeness.set_crawl_delay(host_key(url), rules.crawl_delay)
+            # Only the fetching worker gets here, so each fetch is recorded and counted once.
+            self.store.add_robots(site, rules.status, rules.crawl_delay, rules.sitemaps, rules.describe())
+            if rules.unavailable:
+                self._robots_misses[site] = self._robots_misses.get(site, 0) + 1
+            else:
+                self._robots_misses.pop(site, None)
+                self._robots_errors.pop(site, None)
+            break
+        self.politeness.set_crawl_delay(host, rules.crawl_delay)
         return rules
 
     async def _fetch_robots(self, robots_url: str) -> RobotsResponse:
         gate = _current_gate.get()
         try:
+            # RFC 9309 §2.3.1.2 and §2.5: follow 5 redirects, read (at least) 500 KiB.
             result = await self.fetcher.fetch(robots_url, gate, max_redirects=5, truncate_at=MAX_ROBOTS_BYTES + 1)
         except FetchError as exc:
             # A copy without the traceback, whose frames would outlive the fetch.
             self._robots_errors[origin(robots_url)] = FetchError(exc.kind, exc.message, attempts=exc.attempts)
-            return RobotsResponse(exc.status, b"", exc.message)
+            too_many = exc.kind is ErrorKind.TOO_MANY_REDIRECTS
+            return RobotsResponse(exc.status, b"", exc.message, too_many_redirects=too_many)
         if result.stopped_redirect is not None:  # pragma: no cover - robots fetch has no check
             return RobotsResponse(None, b"", "redirect not followed")
         return RobotsResponse(result.status, result.body, None)
 
-    async def _redirect_check(self, target: str, lease: Lease) -> str | None:
+    async def _redirect_check(self, target: str, lease: Lease, gate: HostGate) -> str | None:
+        """Whether to follow a redirect; its target host's robots.txt is fetched first if need be."""
         reason = self._scope.skip_reason(target, lease.depth)
         if reason is not None:
             return reason
         if self.config.politeness.obey_robots:
-            gate = _current_gate.get(None)
-            rules = self.robots.cached(origin(target))
-            if rules is None and gate is not None:
-                rules = await self._rules_for(target, gate)
-            if rules is not None and (rules.unavailable or not rules.allowed(target)):
+            if self._robots_given_up(origin(target)):
+                return _HOLD_TARGET  # queued, to fail with the robots.txt error like its host's other URLs
+            rules = await self._rules_for(target, gate)
+            if rules.unavailable:
+                return _HOLD_TARGET
+            if not rules.allowed(target):
                 return SkipReason.ROBOTS
         return None
 
@@ -410,6 +434,7 @@ class Crawl:
                 decode_html(result.body, content_type),
                 result.final_url,
                 max_links=cfg.crawl.max_links_per_page,
+                robots_name=self._token,
             )
             title, text = parsed.title, parsed.text
             noindex = noindex or parsed.noindex
@@ -454,7 +479,10 @@ class Crawl:
         ]
         if result.stopped_redirect is not None:
             target, reason = result.stopped_redirect
-            new.append(NewUrl(target, host_key(target), lease.depth, lease.url_id, "skipped", reason))
+            if reason == _HOLD_TARGET:
+                new.append(NewUrl(target, host_key(target), lease.depth, lease.url_id, "queued", None))
+            else:
+                new.append(NewUrl(target, host_key(target), lease.depth, lease.url_id, "skipped", reason))
         self.store.add_urls(new)
 
     # ---- writer and progress ----------------------------------------------------------------

@@ -305,6 +305,8 @@ class Fetcher:
         if status in RETRY_STATUSES:
             retry_after = parse_retry_after(response.headers.get("retry-after"))
             if retry_after is not None and retry_after > self._max_retry_after:
+                if self._feedback is not None and status in THROTTLE_STATUSES:
+                    self._feedback.retry_after(url, None, status)  # no waiting, but a 429 still backs off
                 raise FetchError(
                     ErrorKind.RETRY_AFTER_TOO_LONG,
                     f"HTTP {status} with Retry-After {retry_after:.0f}s,"

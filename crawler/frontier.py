@@ -169,7 +169,7 @@ class Frontier:
         if hq.in_heap or not (hq.queue or hq.overflow):
             return
         slot = self._pol.slot(host)
-        if not slot.has_capacity:
+        if not slot.leasable:
             return
         self._seq += 1
         hq.heap_seq = self._seq
@@ -199,10 +199,10 @@ class Frontier:
                 heapq.heappop(heap)
                 continue
             slot = self._pol.slot(host)
-            if not slot.has_capacity or not hq.queue:
+            if not slot.leasable or not hq.queue:
                 heapq.heappop(heap)
                 hq.in_heap = False
-                if slot.has_capacity and hq.overflow:
+                if slot.leasable and hq.overflow:
                     self._start_refill(host)
                 continue
             if slot.ready_at > key:
@@ -219,14 +219,13 @@ class Frontier:
             hq.in_heap = False
             item = hq.queue.popleft()
             self._in_memory -= 1
-            previous = slot.next_start
-            reserved = self._pol.try_reserve(host, now)
-            assert reserved, "a ready host with capacity must accept a reservation"
+            reservation = self._pol.try_reserve(host, now)
+            assert reservation is not None, "a ready host with capacity must accept a reservation"
             hq.leased += 1
             self.leased += 1
             self._schedule(host)
             self._store.set_state(item.id, "in_flight")
-            return Lease(item.id, item.url, host, item.depth, previous, slot.next_start)
+            return Lease(item.id, item.url, host, item.depth, reservation)
         return None
 
     def _drop_host(self, host: str) -> None:

@@ -497,6 +497,16 @@ def test_unreachable_keeps_the_reason() -> None:
     assert "timed out" in got.describe()
 
 
+def test_more_than_five_redirects_means_unavailable_so_allow_all() -> None:
+    # RFC 9309 §2.3.1.2: past five redirects robots.txt MAY be taken as unavailable,
+    # and §2.3.1.3: unavailable means no rules apply.
+    resp = RobotsResponse(301, error="more than 5 redirects", too_many_redirects=True)
+    got = RobotsRules.from_response(resp, UA, fetched_at=0.0)
+    assert got.allowed(SITE + "/page")
+    assert not got.unavailable
+    assert got.describe() == "301 (more than 5 redirects): allow all"
+
+
 def test_describe() -> None:
     robots_txt = "Sitemap: https://example.com/s.xml\nUser-agent: crawler\nDisallow: /a\nAllow: /a/b\nCrawl-delay: 2\n"
     assert rules(robots_txt).describe() == ("200, 2 rules for crawler, crawl-delay 2, 1 sitemap")
@@ -566,9 +576,11 @@ class FakeSite:
         self.answers = list(answers)
         self.fetched: list[str] = []
         self.gate: asyncio.Event | None = None  # set to hold fetches until released
+        self.fetch_began = asyncio.Event()  # set whenever a fetch begins
 
     async def fetch(self, url: str) -> RobotsResponse:
         self.fetched.append(url)
+        self.fetch_began.set()
         if self.gate is not None:
             await self.gate.wait()
         answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
@@ -692,21 +704,47 @@ def test_concurrent_callers_share_one_fetch() -> None:
     asyncio.run(story())
 
 
-def test_a_cancelled_caller_does_not_cancel_the_shared_fetch() -> None:
+def test_a_cancelled_waiter_does_not_cancel_the_shared_fetch() -> None:
     site, clock = FakeSite(DISALLOW_X), FakeClock()
     cache = make_cache(site, clock)
 
     async def story() -> None:
         site.gate = asyncio.Event()
+        fetching = asyncio.create_task(cache.rules_for(ORIGIN))
         impatient = asyncio.create_task(cache.rules_for(ORIGIN))
-        patient = asyncio.create_task(cache.rules_for(ORIGIN))
         await asyncio.sleep(0)
         impatient.cancel()
         await asyncio.sleep(0)
         site.gate.set()
-        assert not (await patient).unavailable
+        assert not (await fetching).unavailable
         assert impatient.cancelled()
         assert len(site.fetched) == 1
+
+    asyncio.run(story())
+
+
+def test_a_cancelled_fetching_caller_hands_the_fetch_to_a_waiter() -> None:
+    # The fetch runs in the first caller's task (under its politeness gate), so it
+    # ends with that task; a caller that was waiting for it fetches in its place.
+    site, clock = FakeSite(DISALLOW_X), FakeClock()
+    cache = make_cache(site, clock)
+
+    async def story() -> None:
+        site.gate = asyncio.Event()
+        first = asyncio.create_task(cache.rules_for(ORIGIN))
+        second = asyncio.create_task(cache.rules_for(ORIGIN))
+        await site.fetch_began.wait()
+        site.fetch_began.clear()
+        assert len(site.fetched) == 1
+        first.cancel()
+        await site.fetch_began.wait()
+        assert len(site.fetched) == 2  # the waiter took over
+        site.gate.set()
+        rules = await second
+        assert not rules.allowed(ORIGIN + "/x")
+        assert first.cancelled()
+        assert cache.cached(ORIGIN) is rules
+        assert len(site.fetched) == 2
 
     asyncio.run(story())
 
