@@ -151,7 +151,7 @@ class Crawl:
         cfg = self.config
         started = time.monotonic()
         resumed = await self._prepare(store, require_resume=require_resume)
-        await store.start_run(json.dumps(_config_json(cfg)))
+        await store.start_run(json.dumps(_config_json(cfg), default=str))
 
         self.store = store
         self.politeness = Politeness(cfg.politeness)
