@@ -110,7 +110,7 @@ def _run(config: Config, args: argparse.Namespace, *, require_resume: bool) -> i
 
 
 def run_crawl(config: Config, *, quiet: bool, require_resume: bool = False) -> CrawlSummary:
-    """Run a crawl on a fresh event loop (uvloop when installed), stopping cleanly on SIGINT/SIGTERM."""
+    """Run a crawl on a fresh event loop, stopping cleanly on SIGINT/SIGTERM."""
     with ProgressDisplay(quiet=quiet) as display:
         crawl = Crawl(config, on_progress=display, on_message=display.message)
 
@@ -141,12 +141,9 @@ def _install_signal_handlers(stop: Callable[[], None], say: Callable[[str], None
 
 
 def _event_loop_runner(main: Callable[[], object]) -> CrawlSummary:
-    try:
-        import uvloop
-
-        return uvloop.run(main())  # type: ignore[arg-type]
-    except ImportError:  # pragma: no cover
-        return asyncio.run(main())  # type: ignore[arg-type]
+    # The standard loop, not uvloop: on the 50-host benchmark uvloop was no faster
+    # (323-332 vs 345 pages/s) and doubled peak RSS (306-334 MB vs 166 MB).
+    return asyncio.run(main())  # type: ignore[arg-type]
 
 
 def move_aside(path: Path) -> Path | None:

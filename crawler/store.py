@@ -293,7 +293,7 @@ class Store:
         await conn.execute("PRAGMA journal_mode = WAL")
         # NORMAL in WAL mode survives a process kill; only an OS crash may lose the last commits.
         await conn.execute("PRAGMA synchronous = NORMAL")
-        await conn.execute("PRAGMA cache_size = -32000")
+        await conn.execute("PRAGMA cache_size = -8000")
         await conn.execute("PRAGMA temp_store = MEMORY")
         await conn.execute(
             "CREATE TEMP TABLE IF NOT EXISTS new_urls"
