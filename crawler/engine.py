@@ -15,11 +15,12 @@ from enum import StrEnum
 import httpx
 
 from crawler.config import Config
-from crawler.errors import ConfigError, CrawlerError, ErrorKind, FetchError, NothingToResume, SkipReason
+from crawler.errors import CrawlerError, ErrorKind, FetchError, SkipReason
 from crawler.fetch import Fetcher, FetchResult
 from crawler.frontier import Frontier
 from crawler.parse import decode_html, is_html, parse_html, robots_directives
 from crawler.politeness import HostGate, Lease, Politeness
+from crawler.resume import ResumeInfo, prepare
 from crawler.robots import RobotsCache, RobotsResponse, RobotsRules, product_token
 from crawler.store import NewUrl, PageRecord, Store, utc_now
 from crawler.urls import Scope, host_key, normalize_url, origin
@@ -51,16 +52,6 @@ class Progress:
     @property
     def pages_per_second(self) -> float:
         return self.fetched / self.elapsed if self.elapsed > 0 else 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class ResumeInfo:
-    done: int
-    queued: int
-    in_flight: int
-
-    def describe(self) -> str:
-        return f"resuming: {self.done:,} done, {self.queued:,} queued, {self.in_flight:,} were in flight"
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +128,8 @@ class Crawl:
     async def _run(self, store: Store, *, require_resume: bool) -> CrawlSummary:
         cfg = self.config
         started = time.monotonic()
-        resumed = await self._prepare(store, require_resume=require_resume)
+        stored = await prepare(store, cfg, self._scope, require_resume=require_resume, say=self._say)
+        resumed = stored.resumed
         await store.start_run(json.dumps(_config_json(cfg)))
 
         self.store = store
@@ -149,9 +141,8 @@ class Crawl:
             max_pages_per_host=cfg.crawl.max_pages_per_host,
         )
         self.frontier.on_starving = self._flush_wanted.set
-        counts = await store.state_counts()
-        await self.frontier.load(fetched=counts["done"] + counts["failed"])
-        self._queued = counts["queued"]
+        await self.frontier.load(fetched=stored.fetched)
+        self._queued = stored.queued
         self._add_seeds()
         self.fetcher = Fetcher(
             cfg.http,
@@ -168,6 +159,8 @@ class Crawl:
             retry_interval=cfg.politeness.robots_retry_interval,
         )
         await self._flush()
+        if resumed is not None and not self._queued:
+            self._say(f"nothing left to fetch in {store.path} ({resumed.done:,} done); --fresh starts over")
 
         writer = asyncio.create_task(self._writer(), name="writer")
         reporter = asyncio.create_task(self._reporter(started), name="progress")
@@ -213,33 +206,6 @@ class Crawl:
             resumed=resumed,
             status_counts=dict(sorted(self.status_counts.items())),
         )
-
-    async def _prepare(self, store: Store, *, require_resume: bool) -> ResumeInfo | None:
-        """Fresh store: record the scope. Existing one: check the scope and requeue in-flight URLs."""
-        scope_json = json.dumps(_scope_json(self.config), sort_keys=True)
-        stored_scope = await store.get_meta("scope")
-        counts = await store.state_counts()
-        unfinished = counts["queued"] + counts["in_flight"]
-        if require_resume and not unfinished:
-            raise NothingToResume(f"{store.path} holds no unfinished crawl: nothing to resume")
-        if stored_scope is None:
-            await store.set_meta("scope", scope_json)
-            return None
-        if stored_scope != scope_json:
-            old = json.loads(stored_scope)
-            new = json.loads(scope_json)
-            changed = next(key for key in new if old.get(key) != new[key])
-            raise ConfigError(
-                self.config.source,
-                f"crawl.{changed}",
-                f"differs from the crawl stored in {store.path} (was {old.get(changed)!r}); "
-                "use `crawler crawl --fresh` to start over or restore the old value",
-            )
-        in_flight = await store.requeue_in_flight()
-        info = ResumeInfo(done=counts["done"], queued=counts["queued"] + in_flight, in_flight=in_flight)
-        if unfinished:
-            self._say(info.describe())
-        return info
 
     def _add_seeds(self) -> None:
         for seed in self.config.crawl.seeds:
@@ -421,7 +387,8 @@ class Crawl:
             await self._flush()
 
     async def _flush(self) -> None:
-        completions = self.frontier.awaiting_commit
+        # No await between these two: the batch store.flush swaps out holds exactly these completions.
+        completions = self.frontier.take_completions()
         try:
             rows = await self.store.flush()
         except CrawlerError:
@@ -446,11 +413,6 @@ class Crawl:
             in_flight=self.frontier.leased,
             elapsed=time.monotonic() - started,
         )
-
-
-def _scope_json(config: Config) -> dict[str, object]:
-    crawl = config.crawl
-    return {"allowed_hosts": list(crawl.allowed_hosts), "include": list(crawl.include), "exclude": list(crawl.exclude)}
 
 
 def _config_json(config: Config) -> dict[str, object]:

@@ -270,9 +270,7 @@ class RobotsRules:
     _allows: tuple[bool, ...] = field(default=(), repr=False)
 
     @classmethod
-    def from_response(
-        cls, resp: RobotsResponse, user_agent: str, *, fetched_at: float
-    ) -> RobotsRules:
+    def from_response(cls, resp: RobotsResponse, user_agent: str, *, fetched_at: float) -> RobotsRules:
         """RFC 9309 §2.3.1: 2xx parse, 4xx but 429 allow all, the rest disallow all."""
         status = resp.status
         if status is not None and 200 <= status < 300:
@@ -293,9 +291,7 @@ class RobotsRules:
             return cls(status, fetched_at)
         # 429, 5xx, an unfollowed 3xx, 1xx or no answer: the site may be
         # overloaded or hiding its rules, so stay out until a retry succeeds.
-        return cls(
-            status, fetched_at, unavailable=True, error=resp.error, _verdict=False
-        )
+        return cls(status, fetched_at, unavailable=True, error=resp.error, _verdict=False)
 
     def allowed(self, url: str) -> bool:
         """Whether an absolute URL may be fetched; /robots.txt itself always may."""
