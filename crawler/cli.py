@@ -157,11 +157,11 @@ def _event_loop_runner(main: Callable[[], object]) -> CrawlSummary:
         return asyncio.run(main())  # type: ignore[arg-type]
 
 
-def move_aside(path: Path) -> Path | None:
+def move_aside(path: Path, *, now: datetime | None = None) -> Path | None:
     """Keep an old database (and its WAL files) next to it under a timestamped name."""
     if not path.exists():
         return None
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
     target = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
     n = 1
     while any(Path(str(target) + suffix).exists() for suffix in ("", "-wal", "-shm")):
