@@ -30,6 +30,7 @@ fetch_log = logging.getLogger("crawler.fetch")
 
 FLUSH_INTERVAL = 0.25  # seconds between commits while pages keep coming
 FLUSH_ROWS = 5000  # commit early once a batch holds this many rows
+MAX_PENDING_ROWS = 2 * FLUSH_ROWS  # workers wait for the writer beyond this (bounds memory)
 
 
 class Outcome(StrEnum):
@@ -105,6 +106,7 @@ class Crawl:
         self._token = product_token(config.politeness.user_agent)
         self._stop_requested = asyncio.Event()
         self._flush_wanted = asyncio.Event()
+        self._committed = asyncio.Condition()  # notified after every flush
         self._writing = True
         self._fetched = self._pages = self._errors = self._skipped = 0
         self._queued = 0
@@ -225,6 +227,7 @@ class Crawl:
 
     async def _worker(self) -> None:
         while True:
+            await self._wait_for_writer()
             lease = await self.frontier.next()
             if lease is None:
                 return
@@ -375,6 +378,8 @@ class Crawl:
         if result.stopped_redirect is not None:
             target, reason = result.stopped_redirect
             new.append(NewUrl(target, host_key(target), lease.depth, lease.url_id, "skipped", reason))
+        # Same batch as add_page above, with no await in between: page, links, discoveries and
+        # the done state commit together or not at all (see Store.flush).
         self.store.add_urls(new)
 
     # ---- writer and progress ----------------------------------------------------------------
@@ -385,6 +390,17 @@ class Crawl:
                 await asyncio.wait_for(self._flush_wanted.wait(), timeout=FLUSH_INTERVAL)
             self._flush_wanted.clear()
             await self._flush()
+            async with self._committed:
+                self._committed.notify_all()
+
+    async def _wait_for_writer(self) -> None:
+        """Backpressure: while the writer is behind (SQLite slower than the fetching), take no new
+        work, so uncommitted rows (all held in memory) stay bounded."""
+        if len(self.store.batch) < MAX_PENDING_ROWS:
+            return
+        self._flush_wanted.set()
+        async with self._committed:
+            await self._committed.wait_for(lambda: len(self.store.batch) < MAX_PENDING_ROWS)
 
     async def _flush(self) -> None:
         # No await between these two: the batch store.flush swaps out holds exactly these completions.

@@ -14,7 +14,7 @@ from crawler.politeness import Lease, Politeness
 from crawler.store import QueuedUrl, Store
 
 REFILL_TASKS = 4  # window reads in flight at once; more would only queue on the one connection
-MIN_WINDOW = 16  # rows a refill reads even when the memory budget is spent, so no host starves
+MIN_WINDOW = 8  # rows a refill reads even when the memory budget is spent, so no host starves
 SCAN_CHUNK = 256  # host names read per query when waking dormant hosts
 
 
@@ -55,8 +55,8 @@ class Frontier:
         max_pages: int = 0,
         max_pages_per_host: int = 0,
         window: int = 1000,
-        max_in_memory: int = 100_000,
-        max_hosts: int = 10_000,
+        max_in_memory: int = 50_000,
+        max_hosts: int = 5_000,
     ) -> None:
         self._store = store
         self._pol = politeness

@@ -214,19 +214,20 @@ def test_sigint_stops_cleanly_exits_130_and_resume_finishes(site_server: Serve, 
     assert_complete(db, server)
 
 
-def test_sigint_messages(site_server: Serve, tmp_path: Path) -> None:
-    """The first Ctrl-C says what happens; the interrupted crawl says how to resume."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_says_how_to_resume_even_when_quiet(site_server: Serve, tmp_path: Path, sig: int) -> None:
     server = site_server(build_site(200, links_per_page=4))
     server.site.default_latency = 0.01
     config = write_config(tmp_path, server)
     db = tmp_path / "crawl.db"
     proc = launch(config, "crawl", "-q")
     wait_until(lambda: len(done_paths(db, server.url)) >= 20, "20 stored pages", proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=DEADLINE)
     assert proc.returncode == 130
     # --quiet hides progress and the summary, not the way to continue.
-    assert err.strip().splitlines()[-1] == f"interrupted: continue with `crawler resume {config}`"
+    assert err == f"interrupted: continue with `crawler resume {config}`\n"
+    assert rows(db, "SELECT outcome FROM runs") == [("interrupted",)]
 
 
 class LineReader:
