@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 import threading
@@ -70,7 +71,7 @@ def run_measured(
     poll_interval: float = 0.1,
 ) -> Measurement:
     """Run `cmd` to completion (or until `timeout` seconds) and measure it."""
-    reaped: list[tuple[int, os.struct_rusage, float]] = []
+    reaped: list[tuple[int, resource.struct_rusage, float]] = []
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import scrapy
 from scrapy.crawler import CrawlerProcess
-from scrapy.http import Response
+from scrapy.http import Response, TextResponse
 from scrapy.linkextractors import LinkExtractor
 
 
@@ -52,6 +52,8 @@ class BenchSpider(scrapy.Spider):
 
     def parse(self, response: Response, **kwargs: Any) -> Iterator[Any]:
         """One item per page, then a request per extracted link (the scheduler dedupes)."""
+        if not isinstance(response, TextResponse):
+            return
         yield {"url": response.url, "status": response.status, "title": response.css("title::text").get()}
         for link in self.link_extractor.extract_links(response):
             yield response.follow(link.url, callback=self.parse)

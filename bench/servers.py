@@ -48,7 +48,7 @@ def pick_port(hosts: tuple[str, ...]) -> int:
     for _ in range(100):
         with socket.socket() as probe:
             probe.bind((hosts[0], 0))
-            port = probe.getsockname()[1]
+            port: int = probe.getsockname()[1]
         try:
             for host in hosts:
                 with socket.socket() as s:

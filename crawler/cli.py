@@ -10,20 +10,23 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-from crawler import query
+from crawler.cli_query import DEFAULT_CONFIG, db_path_from, format_stats
+from crawler.cli_query import add_commands as add_query_commands
 from crawler.config import Config, config_from_dict, load_config
 from crawler.engine import Crawl, CrawlSummary, Outcome
 from crawler.errors import CrawlerError, NothingToResume
 from crawler.progress import ProgressDisplay, format_summary
+from crawler.query import open_results
 from crawler.store import writer_lock
 
+__all__ = ["DEFAULT_CONFIG", "db_path_from", "main"]
+
 EXIT_INTERRUPTED = 130
-DEFAULT_CONFIG = "config.toml"
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`crawler query pages | head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,29 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     _output_flags(demo)
     demo.set_defaults(handler=_cmd_demo)
 
-    q = sub.add_parser("query", help="ask questions of a crawl database")
-    qsub = q.add_subparsers(dest="query_command", required=True, metavar="QUERY")
-    stats = qsub.add_parser("stats", help="counts by state, status, host, type, error kind, depth")
-    _db_flags(stats)
-    stats.set_defaults(handler=_cmd_stats)
+    add_query_commands(sub)
     return parser
 
 
 def _output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display or summary")
     p.add_argument("-v", "--verbose", action="store_true", help="log one line per fetch")
-
-
-def _db_flags(p: argparse.ArgumentParser) -> None:
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--db", type=Path, help="crawl database")
-    group.add_argument("-c", "--config", type=Path, help="use this config's storage.path (default ./config.toml)")
-
-
-def db_path_from(args: argparse.Namespace) -> Path:
-    if args.db is not None:
-        return Path(args.db)
-    return load_config(args.config or DEFAULT_CONFIG).storage.path
 
 
 # ---- crawl, resume, demo --------------------------------------------------------------------
@@ -189,12 +180,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(format_summary(summary))
         print()
-        print(_format_stats(query.stats(query.connect_readonly(db))))
+        with open_results(db) as results:
+            print(format_stats(results.stats()))
         print()
         print("try next:")
-        print(f"  crawler query stats --db {db}")
-        print(f'  sqlite3 {db} "SELECT status, count(*) FROM pages GROUP BY status"')
-        print(f"  sqlite3 {db} \"SELECT url, reason FROM urls WHERE state = 'skipped' LIMIT 5\"")
+        print(f"  crawler query pages --db {db} --status 4xx")
+        print(f'  crawler query search --db {db} "old quay"')
+        print(f"  crawler query sql --db {db} \"SELECT url, reason FROM urls WHERE state = 'skipped' LIMIT 5\"")
+        print(f"  crawler export --db {db} --format warc -o {db.with_suffix('.warc.gz')}")
     return 0 if summary.outcome is not Outcome.INTERRUPTED else EXIT_INTERRUPTED
 
 
@@ -215,39 +208,6 @@ def demo_config(base_url: str, db: Path) -> Config:
         },
         source="<demo>",
     )
-
-
-# ---- queries ------------------------------------------------------------------------------------
-
-
-def _cmd_stats(args: argparse.Namespace) -> int:
-    conn = query.connect_readonly(db_path_from(args))
-    print(_format_stats(query.stats(conn)))
-    return 0
-
-
-def _format_stats(s: query.Stats) -> str:
-    def block(title: str, pairs: Mapping[Any, int]) -> list[str]:
-        if not pairs:
-            return [f"{title}: none"]
-        return [f"{title}:"] + [f"  {key!s:<32} {value:>10,}" for key, value in pairs.items()]
-
-    lines = [f"pages stored: {s.pages:,} ({s.bytes:,} bytes)", f"still queued: {s.queued:,}"]
-    lines += block("urls by state", s.urls_by_state)
-    lines += block("pages by status", s.pages_by_status_class)
-    lines += block("pages by host", s.pages_by_host)
-    lines += block("content types", s.content_types)
-    lines += block("errors by kind", s.errors_by_kind)
-    lines += block("skipped by reason", s.skipped_by_reason)
-    lines += block("pages by depth", s.depths)
-    for run in s.runs:
-        seconds = run["seconds"] or 0.0
-        rate = run["pages"] / seconds if seconds else 0.0
-        lines.append(
-            f"run {run['id']}: {run['started_at']} → {run['finished_at'] or '(running or killed)'}"
-            f" · {run['outcome']} · {run['pages']:,} pages · {seconds:,.1f}s · {rate:,.1f} pages/s"
-        )
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover

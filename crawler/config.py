@@ -45,10 +45,13 @@ class PolitenessConfig:
     delay: float = _spec(1.0, lo=0.0, hi=3600.0, doc="minimum seconds between request starts to one host")
     max_crawl_delay: float = _spec(30.0, lo=0.0, hi=3600.0, doc="cap on a robots.txt Crawl-delay")
     adaptive: bool = _spec(True, doc="raise a host's delay when it answers slowly")
-    max_delay: float = _spec(60.0, lo=0.0, hi=3600.0, doc="ceiling of the adaptive delay")
+    max_delay: float = _spec(60.0, lo=0.0, hi=3600.0, doc="ceiling of the adaptive delay and of the 429 back-off")
     max_retry_after: float = _spec(600.0, lo=0.0, doc="longest Retry-After honoured; longer is an error")
-    follow_nofollow: bool = _spec(False, doc="queue links marked rel=nofollow / meta nofollow")
+    follow_nofollow: bool = _spec(False, doc="queue links marked rel=nofollow, meta or X-Robots-Tag nofollow")
     robots_retry_interval: float = _spec(60.0, lo=0.0, doc="seconds before retrying an unreachable robots.txt")
+    robots_max_attempts: int = _spec(
+        3, lo=1, hi=100, doc="robots.txt fetches (each with http.retries) before an unreachable host's URLs fail"
+    )
     robots_ttl: float = _spec(86400.0, lo=0.0, hi=86400.0, doc="seconds a robots.txt is trusted (RFC 9309: ≤ 24 h)")
 
 

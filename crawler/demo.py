@@ -46,25 +46,25 @@ _PDF = (
 # (slug, name, blurb, vocabulary that only this category's books use, so searches discriminate)
 _CATEGORIES: list[tuple[str, str, str, list[str]]] = [
     ("fiction", "Fiction", "Novels of families, friendships and quiet revolutions.",
-     ["inheritance", "estranged sister", "family farm", "small-town bakery", "second marriage"]),
+     ["an inheritance", "an estranged sister", "a family farm", "a small-town bakery", "a second marriage"]),
     ("mystery", "Mystery", "Detectives, alibis and locked rooms.",
-     ["detective inspector", "locked-room murder", "missing heiress", "poisoned teacup", "unreliable alibi"]),
+     ["a detective inspector", "a locked-room death", "a missing heiress", "a poisoned teacup", "an unreliable alibi"]),
     ("science-fiction", "Science Fiction", "Starships, colonies and thinking machines.",
-     ["generation starship", "android archivist", "terraformed moon", "first contact", "time dilation"]),
+     ["a generation starship", "an android archivist", "a terraformed moon", "first contact", "time dilation"]),
     ("history", "History", "Empires, archives and ordinary lives of the past.",
-     ["medieval guild", "Victorian railway", "lost empire", "parish records", "wartime letters"]),
+     ["a medieval guild", "the Victorian railway", "a lost empire", "parish records", "wartime letters"]),
     ("poetry", "Poetry", "Sonnets, ballads and free verse.",
-     ["sonnet sequence", "sea ballads", "elegies", "haiku", "prose poems"]),
+     ["a sonnet sequence", "sea ballads", "elegies", "haiku", "prose poems"]),
     ("travel", "Travel", "Journeys by rail, river and mountain pass.",
-     ["night train", "mountain pass", "river barge", "coastal path", "desert caravan"]),
+     ["a night train", "a mountain pass", "a river barge", "the coastal path", "a desert caravan"]),
     ("science", "Science", "Stars, cells and the people who study them.",
      ["black holes", "coral reefs", "gene editing", "plate tectonics", "quantum entanglement"]),
     ("philosophy", "Philosophy", "Old questions asked with new urgency.",
      ["free will", "stoic virtue", "the problem of induction", "personal identity", "moral luck"]),
     ("cookery", "Cookery", "Recipes from sourdough to saffron.",
-     ["sourdough starter", "saffron risotto", "preserved lemons", "slow-cooked ragù", "rye crispbread"]),
+     ["a sourdough starter", "saffron risotto", "preserved lemons", "slow-cooked ragù", "rye crispbread"]),
     ("childrens", "Children's", "Picture books and first chapter books.",
-     ["talking badger", "treehouse club", "runaway kite", "dragon who could not roar", "bedtime moon"]),
+     ["a talking badger", "a treehouse club", "a runaway kite", "a dragon who could not roar", "the bedtime moon"]),
 ]  # fmt: skip
 
 _ADJECTIVES = [
@@ -187,7 +187,7 @@ def _layout(title: str, main: str) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{_esc(title)} | {SHOP_NAME}</title>\n"
-        f'<meta name="description" content="{_esc(title)} at {SHOP_NAME}, an independent bookshop.">\n'
+        f'<meta name="description" content="{_esc(title)} | {SHOP_NAME}, an independent bookshop by the harbour.">\n'
         "</head>\n<body>\n"
         f'<header><a class="brand" href="/">{SHOP_NAME}</a>\n<nav><ul>{nav}</ul></nav></header>\n'
         f"<main>\n<h1>{_esc(title)}</h1>\n{main}</main>\n"
@@ -203,26 +203,25 @@ def _paras(paragraphs: list[str] | tuple[str, ...]) -> str:
 
 def _make_books(rng: random.Random) -> list[_Book]:
     books: list[_Book] = []
-    titles: set[str] = set()
+    slugs: set[str] = set()
     for cat, (_, cat_name, _, vocab) in enumerate(_CATEGORIES):
         for _ in range(_BOOKS_PER_CATEGORY):
-            while True:
-                adj, noun, noun2, place = (
-                    rng.choice(_ADJECTIVES), rng.choice(_NOUNS), rng.choice(_NOUNS), rng.choice(_PLACES),
-                )  # fmt: skip
+            while True:  # redraw until the slug is new, so every book has its own URL
+                adj, place = rng.choice(_ADJECTIVES), rng.choice(_PLACES)
+                noun, noun2 = rng.sample(_NOUNS, 2)
                 title = rng.choice([
                     f"The {adj} {noun}", f"{noun} of {place}", f"The {noun}'s {noun2}",
-                    f"A {adj} Season in {place}", f"{adj} {noun}s",
+                    f"One {adj} Season in {place}", f"Tales of the {adj} {noun}",
                 ])  # fmt: skip
-                if title not in titles:
-                    titles.add(title)
+                if _slugify(title) not in slugs:
+                    slugs.add(_slugify(title))
                     break
             author = f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
             theme, theme2 = rng.sample(vocab, 2)
             season, praise = rng.choice(_SEASONS), rng.choice(_PRAISE)
             paragraphs = (
                 f"{title} is a {cat_name.lower()} title by {author}, set around {place} one {season}.",
-                f"At its heart are {theme} and {theme2}; readers who loved {author.split()[0]}'s earlier "
+                f"At its heart lie {theme} and {theme2}; readers who loved {author.split()[0]}'s earlier "
                 f"work will find the same patience here, and new daring.",
                 f"Booksellers' note: {praise}. Shelved in {cat_name}.",
             )

@@ -17,11 +17,11 @@ import httpx
 from crawler.config import Config
 from crawler.errors import CrawlerError, ErrorKind, FetchError, SkipReason
 from crawler.fetch import Fetcher, FetchResult
-from crawler.frontier import Frontier
+from crawler.frontier import Frontier, RecentUrls
 from crawler.parse import decode_html, is_html, parse_html, robots_directives
 from crawler.politeness import HostGate, Lease, Politeness
 from crawler.resume import ResumeInfo, prepare
-from crawler.robots import RobotsCache, RobotsResponse, RobotsRules, product_token
+from crawler.robots import MAX_ROBOTS_BYTES, RobotsCache, RobotsResponse, RobotsRules, product_token
 from crawler.store import NewUrl, PageRecord, Store, utc_now
 from crawler.urls import Scope, host_key, normalize_url, origin
 
@@ -31,6 +31,12 @@ fetch_log = logging.getLogger("crawler.fetch")
 FLUSH_INTERVAL = 0.25  # seconds between commits while pages keep coming
 FLUSH_ROWS = 5000  # commit early once a batch holds this many rows
 MAX_PENDING_ROWS = 2 * FLUSH_ROWS  # workers wait for the writer beyond this (bounds memory)
+# Full-text indexing costs more CPU than storing the page itself (bench/fts_cost.py), so the
+# writer indexes as it goes only while the crawl is slow, and a fast crawl's backlog waits
+# for the end of the run.
+LIVE_INDEX_RATE = 200.0  # pages/s stored, at or below which the writer also indexes
+INDEX_CHUNK = 200  # pages per indexing transaction while crawling (tens of ms)
+INDEX_BULK = 500  # pages per indexing transaction at the end of a run (FTS5 holds them in RAM)
 
 
 class Outcome(StrEnum):
@@ -73,8 +79,13 @@ class CrawlSummary:
         return self.fetched / self.elapsed if self.elapsed > 0 else 0.0
 
 
-# The gate of the worker whose request needs robots.txt; the robots fetch runs under it.
+# The gate of the worker whose request needs robots.txt; the robots fetch runs under it,
+# in that worker's task (RobotsCache calls the fetch function from the caller's task).
 _current_gate: contextvars.ContextVar[HostGate] = contextvars.ContextVar("current_gate")
+
+# A redirect whose target host's robots.txt is unavailable: the target is queued, not skipped,
+# and fetched once that robots.txt answers.
+_HOLD_TARGET = "robots_unavailable"
 
 
 class _Result(StrEnum):
@@ -110,7 +121,9 @@ class Crawl:
         self._writing = True
         self._fetched = self._pages = self._errors = self._skipped = 0
         self._queued = 0
-        self._recorded_robots: set[tuple[str, float]] = set()
+        self._recent = RecentUrls()
+        self._robots_misses: dict[str, int] = {}  # origin → unreachable robots.txt fetches in a row
+        self._robots_errors: dict[str, FetchError] = {}  # origin → why its robots.txt fetch last failed
         self.status_counts: dict[str, int] = {}
 
     def request_stop(self) -> None:
@@ -193,6 +206,9 @@ class Crawl:
         else:
             outcome = Outcome.FINISHED
         await store.finish_run(outcome, self._pages)
+        elapsed = time.monotonic() - started
+        if outcome is not Outcome.INTERRUPTED:
+            await self._index_backlog()
         counts = await store.state_counts()
         if self._on_progress is not None:
             self._on_progress(self._snapshot(started))
@@ -204,7 +220,7 @@ class Crawl:
             errors=self._errors,
             skipped=self._skipped,
             queued_left=counts["queued"],
-            elapsed=time.monotonic() - started,
+            elapsed=elapsed,
             resumed=resumed,
             status_counts=dict(sorted(self.status_counts.items())),
         )
@@ -254,8 +270,15 @@ class Crawl:
     async def _process(self, lease: Lease, gate: HostGate) -> _Result:
         url = lease.url
         if self.config.politeness.obey_robots:
+            site = origin(url)
+            if self._robots_given_up(site):
+                self._fail_unreachable_robots(lease, site)
+                return _Result.FETCHED
             rules = await self._rules_for(url, gate)
             if rules.unavailable:
+                if self._robots_given_up(site):  # that fetch was the last try
+                    self._fail_unreachable_robots(lease, site)
+                    return _Result.FETCHED
                 self._hold_host(lease.host, url)
                 return _Result.REQUEUED
             if not rules.allowed(url):
@@ -265,7 +288,7 @@ class Crawl:
         self._fetched += 1
         try:
             result = await self.fetcher.fetch(
-                url, gate, redirect_check=lambda target: self._redirect_check(target, lease)
+                url, gate, redirect_check=lambda target: self._redirect_check(target, lease, gate)
             )
         except FetchError as exc:
             fetch_log.info("GET %s failed: %s", url, exc)
@@ -275,48 +298,94 @@ class Crawl:
         self._record(lease, result)
         return _Result.FETCHED
 
+    def _robots_given_up(self, site: str) -> bool:
+        """robots.txt of site was unreachable robots_max_attempts times in a row this run."""
+        return self._robots_misses.get(site, 0) >= self.config.politeness.robots_max_attempts
+
+    def _fail_unreachable_robots(self, lease: Lease, site: str) -> None:
+        """RFC 9309 says stay out while robots.txt is unreachable; after the last try, record why."""
+        exc = self._robots_errors.get(site)
+        tries = self._robots_misses[site]
+        detail = exc.message if exc is not None else "no usable answer"
+        self._fetched += 1
+        self.store.add_error(
+            lease.url_id,
+            lease.url,
+            exc.kind if exc is not None else ErrorKind.OTHER,
+            f"not fetched: {site}/robots.txt was unreachable {tries} times: {detail}",
+            exc.attempts if exc is not None else 0,
+        )
+        self._errors += 1
+
     def _hold_host(self, host: str, url: str) -> None:
         """robots.txt is unreachable: no request to the host until it may be retried."""
-        retry_at = self.robots.retry_at(origin(url))
+        site = origin(url)
+        retry_at = self.robots.retry_at(site)
         wait = (retry_at - time.monotonic()) if retry_at is not None else self.config.politeness.robots_retry_interval
-        self.politeness.pause(host, max(wait, 0.0))
+        wait = max(wait, 0.0)
+        if self.politeness.slot(host).paused_until < time.monotonic() + wait:
+            rules = self.robots.cached(site)
+            why = rules.describe() if rules is not None else "unavailable"
+            log.warning("%s/robots.txt: %s; its URLs wait, asking again in %.3gs", site, why, wait)
+        self.politeness.pause(host, wait)
 
     async def _rules_for(self, url: str, gate: HostGate) -> RobotsRules:
+        """The robots.txt rules for url's origin, fetched under gate if need be.
+
+        When another worker is fetching them (a redirect hop into a host whose robots.txt
+        is on its way), the gate first lets go of its host: nobody waits for robots.txt
+        while holding a host's capacity (see Politeness.fetching_robots).
+        """
         site = origin(url)
-        rules = self.robots.cached(site)
-        if rules is None:
+        host = host_key(url)
+        while (rules := self.robots.cached(site)) is None:
+            if self.robots.fetching(site):
+                gate.let_go()
+                await self.robots.wait(site)
+                continue
             token = _current_gate.set(gate)
             try:
-                rules = await self.robots.rules_for(site)
+                with self.politeness.fetching_robots(host):
+                    rules = await self.robots.rules_for(site)
             finally:
                 _current_gate.reset(token)
-            key = (site, rules.fetched_at)
-            if key not in self._recorded_robots:
-                self._recorded_robots.add(key)
-                self.store.add_robots(site, rules.status, rules.crawl_delay, rules.sitemaps, rules.describe())
-        self.politeness.set_crawl_delay(host_key(url), rules.crawl_delay)
+            # Only the fetching worker gets here, so each fetch is recorded and counted once.
+            self.store.add_robots(site, rules.status, rules.crawl_delay, rules.sitemaps, rules.describe())
+            if rules.unavailable:
+                self._robots_misses[site] = self._robots_misses.get(site, 0) + 1
+            else:
+                self._robots_misses.pop(site, None)
+                self._robots_errors.pop(site, None)
+            break
+        self.politeness.set_crawl_delay(host, rules.crawl_delay)
         return rules
 
     async def _fetch_robots(self, robots_url: str) -> RobotsResponse:
         gate = _current_gate.get()
         try:
-            result = await self.fetcher.fetch(robots_url, gate, max_redirects=5)
+            # RFC 9309 §2.3.1.2 and §2.5: follow 5 redirects, read (at least) 500 KiB.
+            result = await self.fetcher.fetch(robots_url, gate, max_redirects=5, truncate_at=MAX_ROBOTS_BYTES + 1)
         except FetchError as exc:
-            return RobotsResponse(exc.status, b"", exc.message)
+            # A copy without the traceback, whose frames would outlive the fetch.
+            self._robots_errors[origin(robots_url)] = FetchError(exc.kind, exc.message, attempts=exc.attempts)
+            too_many = exc.kind is ErrorKind.TOO_MANY_REDIRECTS
+            return RobotsResponse(exc.status, b"", exc.message, too_many_redirects=too_many)
         if result.stopped_redirect is not None:  # pragma: no cover - robots fetch has no check
             return RobotsResponse(None, b"", "redirect not followed")
         return RobotsResponse(result.status, result.body, None)
 
-    async def _redirect_check(self, target: str, lease: Lease) -> str | None:
+    async def _redirect_check(self, target: str, lease: Lease, gate: HostGate) -> str | None:
+        """Whether to follow a redirect; its target host's robots.txt is fetched first if need be."""
         reason = self._scope.skip_reason(target, lease.depth)
         if reason is not None:
             return reason
         if self.config.politeness.obey_robots:
-            gate = _current_gate.get(None)
-            rules = self.robots.cached(origin(target))
-            if rules is None and gate is not None:
-                rules = await self._rules_for(target, gate)
-            if rules is not None and (rules.unavailable or not rules.allowed(target)):
+            if self._robots_given_up(origin(target)):
+                return _HOLD_TARGET  # queued, to fail with the robots.txt error like its host's other URLs
+            rules = await self._rules_for(target, gate)
+            if rules.unavailable:
+                return _HOLD_TARGET
+            if not rules.allowed(target):
                 return SkipReason.ROBOTS
         return None
 
@@ -334,6 +403,7 @@ class Crawl:
                 decode_html(result.body, content_type),
                 result.final_url,
                 max_links=cfg.crawl.max_links_per_page,
+                robots_name=self._token,
             )
             title, text = parsed.title, parsed.text
             noindex = noindex or parsed.noindex
@@ -369,15 +439,19 @@ class Crawl:
         depth = lease.depth + 1
         follow_all = cfg.politeness.follow_nofollow
         scope = self._scope
+        first_sight = self._recent.first_sight
         new = [
-            NewUrl(url, host_key(url), depth, lease.url_id, "skipped" if reason else "queued", reason)
+            NewUrl(url, host_key(url, normalized=True), depth, lease.url_id, "skipped" if reason else "queued", reason)
             for url, link_nofollow in links
-            if follow_all or not link_nofollow
+            if (follow_all or not link_nofollow) and first_sight(url)
             for reason in (scope.skip_reason(url, depth),)
         ]
         if result.stopped_redirect is not None:
             target, reason = result.stopped_redirect
-            new.append(NewUrl(target, host_key(target), lease.depth, lease.url_id, "skipped", reason))
+            if reason == _HOLD_TARGET:
+                new.append(NewUrl(target, host_key(target), lease.depth, lease.url_id, "queued", None))
+            else:
+                new.append(NewUrl(target, host_key(target), lease.depth, lease.url_id, "skipped", reason))
         # Same batch as add_page above, with no await in between: page, links, discoveries and
         # the done state commit together or not at all (see Store.flush).
         self.store.add_urls(new)
@@ -385,6 +459,8 @@ class Crawl:
     # ---- writer and progress ----------------------------------------------------------------
 
     async def _writer(self) -> None:
+        backlog = True  # a resumed or migrated database may hold unindexed pages
+        last, stored = time.monotonic(), self._pages
         while self._writing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flush_wanted.wait(), timeout=FLUSH_INTERVAL)
@@ -392,6 +468,12 @@ class Crawl:
             await self._flush()
             async with self._committed:
                 self._committed.notify_all()
+            now = time.monotonic()
+            rate = (self._pages - stored) / max(now - last, 1e-6)
+            last, stored = now, self._pages
+            backlog = backlog or self.store.last_flush_pages > 0
+            if backlog and rate <= LIVE_INDEX_RATE and self._writing and not self._flush_wanted.is_set():
+                backlog = await self._index(INDEX_CHUNK) == INDEX_CHUNK
 
     async def _wait_for_writer(self) -> None:
         """Backpressure: while the writer is behind (SQLite slower than the fetching), take no new
@@ -401,6 +483,21 @@ class Crawl:
         self._flush_wanted.set()
         async with self._committed:
             await self._committed.wait_for(lambda: len(self.store.batch) < MAX_PENDING_ROWS)
+
+    async def _index(self, limit: int) -> int:
+        try:
+            return await self.store.index_pending(limit)
+        except CrawlerError:
+            self.frontier.close()  # as in _flush: workers must not wait for a writer that is gone
+            raise
+
+    async def _index_backlog(self) -> None:
+        """Bring the full-text index up to date; each chunk commits, so stopping here loses nothing."""
+        pending = await self.store.pending_index()
+        if pending > INDEX_BULK:
+            self._say(f"indexing {pending:,} pages for full-text search")
+        while pending > 0 and await self.store.index_pending(INDEX_BULK) == INDEX_BULK:
+            pending -= INDEX_BULK
 
     async def _flush(self) -> None:
         # No await between these two: the batch store.flush swaps out holds exactly these completions.

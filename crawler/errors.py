@@ -55,33 +55,33 @@ class NothingToResume(CrawlerError):
 
 
 class ErrorKind(StrEnum):
-    """Why a URL ended in `errors`; stored as text in `errors.kind`."""
+    """Why a URL ended in `errors`; stored as text in `errors.kind`.  The README lists these."""
 
-    TIMEOUT = "timeout"  # connect/read/write/pool timeout, or the total deadline
+    TIMEOUT = "timeout"  # connect/read/write/pool timeout, or the total deadline (total_timeout)
     CONNECT = "connect"  # refused, DNS failure, unreachable
-    TLS = "tls"  # certificate or handshake failure
-    PROTOCOL = "protocol"  # reset mid-body, empty reply, malformed response
-    HTTP_STATUS = "http_status"  # 4xx/5xx after retries
+    TLS = "tls"  # certificate or handshake failure; not retried
+    PROTOCOL = "protocol"  # reset mid-body, empty reply, malformed response, undecodable or unknown encoding
+    HTTP_STATUS = "http_status"  # 429/5xx still failing after retries
     TOO_MANY_REDIRECTS = "too_many_redirects"  # loop, or chain longer than max_redirects
     BAD_REDIRECT = "bad_redirect"  # Location missing, malformed or not http(s)
     TOO_LARGE = "too_large"  # body (decompressed) above max_body_bytes
     RETRY_AFTER_TOO_LONG = "retry_after_too_long"  # server asked for a pause above max_retry_after
-    PARSE = "parse"  # the body could not be parsed
-    OTHER = "other"  # anything unexpected; the message holds the detail
+    PARSE = "parse"  # reserved: the body could not be parsed (the parser never raises today)
+    OTHER = "other"  # anything unexpected, e.g. an internal error; the message holds the detail
 
 
 class SkipReason(StrEnum):
-    """Why a discovered URL was not fetched; stored as text in `urls.reason`."""
+    """Why a discovered URL was not fetched; stored as text in `urls.reason`.  The README lists these."""
 
     ROBOTS = "robots"  # disallowed by robots.txt
     OFF_SITE = "off_site"  # host not in allowed_hosts
     EXCLUDED = "excluded"  # matched an exclude regex
     NOT_INCLUDED = "not_included"  # include regexes given and none matched
     DEPTH = "depth"  # deeper than max_depth
-    URL_TOO_LONG = "url_too_long"  # longer than max_url_length
-    REPEATED_SEGMENTS = "repeated_segments"  # a path segment repeats more than allowed
-    HOST_LIMIT = "host_limit"  # host already has max_pages_per_host pages
-    REDIRECT_SEEN = "redirect_seen"  # a redirect led to a URL crawled on its own
+    URL_TOO_LONG = "url_too_long"  # longer than max_url_length (trap guard)
+    REPEATED_SEGMENTS = "repeated_segments"  # a path segment repeats more than max_repeated_segments (trap guard)
+    HOST_LIMIT = "host_limit"  # host already has max_pages_per_host pages (trap guard)
+    REDIRECT_SEEN = "redirect_seen"  # reserved: a redirect led to a URL crawled on its own (not produced today)
 
 
 class FetchError(CrawlerError):

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import os
+import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import zlib
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
+import aiohttp
 import httpx
+from aiohttp.http_exceptions import HttpProcessingError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from crawler.config import HttpConfig
@@ -21,6 +26,9 @@ from crawler.urls import join_url
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 THROTTLE_STATUSES = frozenset({429, 503})
+# Only what _Inflater can undo with a bounded output; httpx would also offer br/zstd when installed.
+ACCEPT_ENCODING = "gzip, deflate"
+_PIECE = 64 * 1024  # the most one zlib call may inflate, so a bomb is undone a piece at a time
 
 
 class Gate(Protocol):
@@ -117,6 +125,42 @@ class SchemeRouter(httpx.AsyncBaseTransport):
         await self._tls.aclose()
 
 
+class _SetCookiesOnly(httpx.Cookies):
+    """A cookie jar that skips httpx's per-response cookie parsing when nothing sets a cookie.
+
+    That parsing builds urllib request/response shims for every response and was a fifth of
+    the fetch path's CPU; crawled pages rarely set cookies."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        if "set-cookie" in response.headers:
+            super().extract_cookies(response)
+
+
+class CrawlClient(httpx.AsyncClient):
+    """The crawl's one AsyncClient: httpx's own, with a cheaper cookie jar, leaving redirects
+    to Fetcher.fetch entirely.
+
+    httpx builds the next request of every redirect even when it will not follow it, and a
+    Location such as `javascript:alert(1)` makes that raise InvalidURL, losing the response
+    before fetch() could record a bad_redirect.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._jar = _SetCookiesOnly()
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._jar
+
+    @cookies.setter
+    def cookies(self, cookies: httpx._types.CookieTypes) -> None:
+        self._jar = _SetCookiesOnly(cookies)
+
+    def _build_redirect_request(self, request: httpx.Request, response: httpx.Response) -> httpx.Request:
+        return request  # only stored as response.next_request, which nothing reads
+
+
 class Fetcher:
     """Fetches URLs through ONE shared httpx.AsyncClient that lives for the whole crawl."""
 
@@ -133,15 +177,19 @@ class Fetcher:
     ) -> None:
         self.http = http
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        self.client = httpx.AsyncClient(
+        self.client = CrawlClient(
             http2=http.http2,
-            follow_redirects=True,  # for direct users of the client; fetch() follows hop by hop
+            follow_redirects=False,  # fetch() follows hop by hop
             max_redirects=http.max_redirects,
             timeout=httpx.Timeout(
                 connect=http.connect_timeout, read=http.read_timeout, write=http.write_timeout, pool=http.pool_timeout
             ),
             limits=limits,
-            headers={"User-Agent": user_agent, "Accept": "text/html,application/xhtml+xml,*/*;q=0.8"},
+            headers={
+                "User-Agent": user_agent,
+                "Accept": "text/html,application/xhtml+xml,*/*;q=0.8",
+                "Accept-Encoding": ACCEPT_ENCODING,
+            },
             transport=transport if transport is not None else build_transport(http, limits),
         )
         self._feedback = feedback
@@ -158,35 +206,37 @@ class Fetcher:
         *,
         max_redirects: int | None = None,
         redirect_check: RedirectCheck | None = None,
+        truncate_at: int | None = None,
     ) -> FetchResult:
-        """GET url following redirects; each hop and each retry takes its own turn at the gate."""
+        """GET url following redirects; each hop and each retry takes its own turn at the gate.
+
+        truncate_at: keep that many body bytes and drop the rest instead of failing too_large
+        (robots.txt, of which RFC 9309 asks us to parse the first 500 KiB, whatever its size).
+        """
         limit = self.http.max_redirects if max_redirects is None else max_redirects
         chain: list[dict[str, object]] = []
         seen = {url}
         current = url
         attempts_total = 0
         while True:
-            result = await self._fetch_with_retries(current, gate)
+            result = await self._fetch_with_retries(current, gate, truncate_at)
             attempts_total += result.attempts
             if result.status not in REDIRECT_STATUSES:
                 break
             location = next(iter(result.header_values("location")), None)
-            target = join_url(current, location) if location else None
+            target = join_url(current, _utf8_header(location)) if location else None
             if target is None:
                 raise FetchError(
-                    ErrorKind.BAD_REDIRECT,
-                    f"HTTP {result.status} from {current} with an unusable Location: {location!r}",
-                    attempts=attempts_total,
+                    ErrorKind.BAD_REDIRECT, _bad_location(result.status, current, location), attempts=attempts_total
                 )
             chain.append({"url": current, "status": result.status, "location": target})
             if target in seen:
-                raise FetchError(
-                    ErrorKind.TOO_MANY_REDIRECTS, f"redirect loop: {current} → {target}", attempts=attempts_total
-                )
+                hops = " → ".join([*(str(hop["url"]) for hop in chain), target])
+                raise FetchError(ErrorKind.TOO_MANY_REDIRECTS, f"redirect loop: {_clip(hops)}", attempts=attempts_total)
             if len(chain) > limit:
                 raise FetchError(
                     ErrorKind.TOO_MANY_REDIRECTS,
-                    f"more than {limit} redirects, last {current} → {target}",
+                    f"more than {limit} redirects, last {_clip(current)} → {_clip(target)}",
                     attempts=attempts_total,
                 )
             if redirect_check is not None:
@@ -201,7 +251,7 @@ class Fetcher:
         result.attempts = attempts_total
         return result
 
-    async def _fetch_with_retries(self, url: str, gate: Gate) -> FetchResult:
+    async def _fetch_with_retries(self, url: str, gate: Gate, truncate_at: int | None) -> FetchResult:
         attempts = 0
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.http.retries + 1),
@@ -216,7 +266,7 @@ class Fetcher:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    result = await self._fetch_once(url, gate)
+                    result = await self._fetch_once(url, gate, truncate_at)
                     result.attempts = attempts
                     return result
         except _Retryable as exc:
@@ -227,7 +277,7 @@ class Fetcher:
             raise
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
-    async def _fetch_once(self, url: str, gate: Gate) -> FetchResult:
+    async def _fetch_once(self, url: str, gate: Gate, truncate_at: int | None) -> FetchResult:
         async with gate.request(url):
             started = time.monotonic()
             try:
@@ -236,7 +286,8 @@ class Fetcher:
                         self.client.build_request("GET", url), stream=True, follow_redirects=False
                     )
                     try:
-                        body = b"" if response.status_code in REDIRECT_STATUSES else await self._read_body(response)
+                        redirect = response.status_code in REDIRECT_STATUSES
+                        body = b"" if redirect else await self._read_body(response, truncate_at)
                     finally:
                         await response.aclose()
             except TimeoutError:
@@ -244,7 +295,8 @@ class Fetcher:
                 raise _Retryable(
                     ErrorKind.TIMEOUT, f"no complete response within total_timeout {self.http.total_timeout:g}s"
                 ) from None
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, aiohttp.ClientError) as exc:
+                # httpx-aiohttp lets aiohttp's ClientResponseError (malformed responses) through as is.
                 self._observe(url, None, time.monotonic() - started)
                 raise translate_httpx_error(exc) from exc
             elapsed = time.monotonic() - started
@@ -253,6 +305,8 @@ class Fetcher:
         if status in RETRY_STATUSES:
             retry_after = parse_retry_after(response.headers.get("retry-after"))
             if retry_after is not None and retry_after > self._max_retry_after:
+                if self._feedback is not None and status in THROTTLE_STATUSES:
+                    self._feedback.retry_after(url, None, status)  # no waiting, but a 429 still backs off
                 raise FetchError(
                     ErrorKind.RETRY_AFTER_TOO_LONG,
                     f"HTTP {status} with Retry-After {retry_after:.0f}s,"
@@ -275,39 +329,156 @@ class Fetcher:
         if self._feedback is not None:
             self._feedback.observe_url(url, status, elapsed)
 
-    async def _read_body(self, response: httpx.Response) -> bytes:
-        """Stream the decoded body, stopping at max_body_bytes (so a gzip bomb is cut off too)."""
-        cap = self.http.max_body_bytes
+    async def _read_body(self, response: httpx.Response, truncate_at: int | None = None) -> bytes:
+        """Stream and decode the body ourselves, stopping at max_body_bytes of decoded bytes.
+
+        httpx's decoders inflate each network chunk in one call: 16 KiB of a gzip bomb becomes
+        16 MB, and a stacked `gzip, gzip` bomb of 10 KB becomes gigabytes before any cap can
+        look.  _Inflater never produces more than _PIECE bytes per call instead.
+        """
+        cap = self.http.max_body_bytes if truncate_at is None else truncate_at
         declared = response.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > cap:
+        if truncate_at is None and declared is not None and declared.isdigit() and int(declared) > cap:
             raise FetchError(
                 ErrorKind.TOO_LARGE, f"Content-Length {int(declared):,} bytes is above max_body_bytes {cap:,}"
             )
+        layers = _inflaters(response.headers.get_list("content-encoding", split_commas=True))
         chunks: list[bytes] = []
         size = 0
-        async for chunk in _decoded(response):
-            size += len(chunk)
-            if size > cap:
-                raise FetchError(ErrorKind.TOO_LARGE, f"body exceeded max_body_bytes {cap:,} while streaming")
-            chunks.append(chunk)
+        try:
+            async for raw in response.aiter_raw():
+                for piece in _decode(layers, raw):
+                    size += len(piece)
+                    if size > cap:
+                        if truncate_at is not None:
+                            chunks.append(piece[: len(piece) - (size - cap)])
+                            return b"".join(chunks)
+                        what = "decompressed body" if layers else "body"
+                        raise FetchError(ErrorKind.TOO_LARGE, f"{what} exceeded max_body_bytes {cap:,} while streaming")
+                    chunks.append(piece)
+        except BaseException:
+            # The exception's traceback keeps this frame alive in a reference cycle, which only
+            # the cyclic GC frees, and it counts objects, not bytes: let go of the body now.
+            chunks.clear()
+            raise
         return b"".join(chunks)
 
 
-async def _decoded(response: httpx.Response) -> AsyncIterator[bytes]:
-    async for chunk in response.aiter_bytes():
-        yield chunk
+class _Inflater:
+    """Undoes one gzip or deflate layer of a Content-Encoding, at most _PIECE bytes per zlib call."""
+
+    def __init__(self, coding: str) -> None:
+        self.coding = coding
+        self._gzip = coding != "deflate"
+        self._z: zlib._Decompress | None = None  # made once the first two bytes are known
+        self._members = 0
+        self._head = b""  # bytes held back until two are known
+        self._ended = False  # bytes after the last gzip member are ignored, as browsers do
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        data = self._head + data
+        self._head = b""
+        while not self._ended:
+            if self._z is None:
+                if len(data) < 2:
+                    self._head = data
+                    return
+                self._z = self._start(data)
+                if self._z is None:
+                    self._ended = True
+                    return
+            try:
+                out = self._z.decompress(data, _PIECE)
+            except zlib.error as exc:
+                raise FetchError(ErrorKind.PROTOCOL, f"undecodable {self.coding} body: {exc}") from None
+            data = self._z.unconsumed_tail
+            if out:
+                yield out
+            if self._z.eof:
+                data = self._z.unused_data  # perhaps another gzip member
+                self._z = None
+                self._ended = not self._gzip
+            elif not data and len(out) < _PIECE:
+                return  # all input used and no output held back
+
+    def _start(self, head: bytes) -> zlib._Decompress | None:
+        """A decompressor for the stream starting with head; None for trailing junk after gzip members."""
+        self._members += 1
+        if self._gzip:
+            if self._members > 1 and not head.startswith(b"\x1f\x8b"):
+                return None
+            return zlib.decompressobj(16 + zlib.MAX_WBITS)
+        # "deflate" means zlib-wrapped (RFC 9110), but servers also send raw deflate: sniff the header.
+        zlib_header = head[0] & 0x0F == 8 and (head[0] << 8 | head[1]) % 31 == 0
+        return zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
 
 
-def translate_httpx_error(exc: httpx.HTTPError) -> FetchError:
-    """The one place httpx (and, behind it, aiohttp) exceptions become our error kinds."""
-    cause = _root_cause(exc)
-    text = str(exc) or type(exc).__name__
-    if isinstance(cause, ssl.SSLError) or "CERTIFICATE" in text.upper() or "SSL" in text.upper():
-        return FetchError(ErrorKind.TLS, f"TLS failure: {text}")
-    aiohttp_kind = _aiohttp_kind(cause)
-    if aiohttp_kind is not None:
-        kind, detail = aiohttp_kind
-        return _Retryable(kind, detail) if kind in _TRANSIENT else FetchError(kind, detail)
+# Registered codings we cannot undo: the body would be stored compressed, so it is an error.
+_UNSUPPORTED_CODINGS = frozenset({"br", "zstd", "compress", "x-compress", "dcb", "dcz"})
+
+
+def _inflaters(codings: list[str]) -> list[_Inflater]:
+    """Decoders for a Content-Encoding list, in the order to apply them (last applied, first undone).
+
+    Junk values (`utf-8`, `none`, `binary` are all seen in the wild) are ignored, as httpx and
+    browsers do; a real coding we do not support is an error.
+    """
+    layers = []
+    for coding in reversed(codings):
+        name = coding.strip().lower()
+        if name in ("gzip", "x-gzip", "deflate"):
+            layers.append(_Inflater(name))
+        elif name in _UNSUPPORTED_CODINGS:
+            raise FetchError(
+                ErrorKind.PROTOCOL, f"unsupported Content-Encoding {coding.strip()!r} (we accept gzip, deflate)"
+            )
+    return layers
+
+
+def _decode(layers: list[_Inflater], data: bytes, level: int = 0) -> Iterator[bytes]:
+    if level == len(layers):
+        if data:
+            yield data
+        return
+    for piece in layers[level].feed(data):
+        yield from _decode(layers, piece, level + 1)
+
+
+def _utf8_header(value: str) -> str:
+    """httpx decodes header bytes as latin-1; servers (and browsers) mean UTF-8 in a Location."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
+
+
+def _bad_location(status: int, url: str, location: str | None) -> str:
+    if not location:
+        return f"HTTP {status} from {_clip(url)} without a Location header"
+    scheme, colon, _ = location.partition(":")
+    if colon and scheme.isascii() and scheme.isalpha() and scheme.lower() not in ("http", "https"):
+        return f"HTTP {status} from {_clip(url)} to a non-http(s) URL: {_clip(location)!r}"
+    return f"HTTP {status} from {_clip(url)} with an unusable Location: {_clip(location)!r}"
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    """Keep messages readable when a hostile server sends a megabyte-long URL."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} chars)"
+
+
+def translate_httpx_error(exc: BaseException) -> FetchError:
+    """The one place httpx (and aiohttp, behind httpx-aiohttp) exceptions become our error kinds."""
+    chain = _causes(exc)
+    text = _one_line(str(exc)) or type(exc).__name__
+    for cause in chain:
+        if isinstance(cause, ssl.SSLError):
+            reason = _one_line(str(cause)) or type(cause).__name__
+            return FetchError(ErrorKind.TLS, f"TLS failure: {reason}")
+    for cause in chain:
+        aiohttp_kind = _aiohttp_kind(cause)
+        if aiohttp_kind is not None:
+            kind, detail = aiohttp_kind
+            return _Retryable(kind, detail) if kind in _TRANSIENT else FetchError(kind, detail)
     if isinstance(exc, httpx.TimeoutException):
         return _Retryable(ErrorKind.TIMEOUT, f"{type(exc).__name__}: {text}")
     if isinstance(exc, httpx.ConnectError):
@@ -324,31 +495,52 @@ def translate_httpx_error(exc: httpx.HTTPError) -> FetchError:
 _TRANSIENT = frozenset({ErrorKind.TIMEOUT, ErrorKind.CONNECT, ErrorKind.PROTOCOL})
 
 
-def _root_cause(exc: BaseException) -> BaseException:
-    seen = set()
-    while exc.__cause__ is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        exc = exc.__cause__
-    return exc
+def _causes(exc: BaseException) -> list[BaseException]:
+    """exc and what lies behind it, outermost first.
+
+    httpcore raises its ConnectError `from None` with the ssl error as its argument, so
+    the suppressed context and exception arguments count too.
+    """
+    chain = [exc]
+    for current in chain:  # grows while it is walked
+        behind = [current.__cause__, current.__context__, *current.args[:1]]
+        chain.extend(e for e in behind if isinstance(e, BaseException) and all(e is not c for c in chain))
+        if len(chain) > 20:  # pragma: no cover - a pathological chain
+            break
+    return chain
+
+
+def _one_line(text: str) -> str:
+    """aiohttp parser messages span lines and point at the bad byte with a caret; keep the words."""
+    lines = (line.strip() for line in text.splitlines())
+    return " ".join(line for line in lines if line and set(line) != {"^"})
 
 
 def _aiohttp_kind(cause: BaseException) -> tuple[ErrorKind, str] | None:
-    """httpx-aiohttp maps every connection error to ConnectTimeout; look at the real cause."""
-    try:
-        import aiohttp
-    except ImportError:  # pragma: no cover
-        return None
-    text = str(cause) or type(cause).__name__
+    """httpx-aiohttp maps every connection error to ConnectTimeout, or lets it through; look at the real one."""
+    if isinstance(cause, aiohttp.ClientResponseError):
+        return ErrorKind.PROTOCOL, f"malformed response: {_one_line(cause.message) or type(cause).__name__}"
+    text = _one_line(str(cause)) or type(cause).__name__
     if isinstance(cause, aiohttp.ClientSSLError):
         return ErrorKind.TLS, f"TLS failure: {text}"
     if isinstance(cause, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
         return ErrorKind.TIMEOUT, f"timeout: {text}"
     if isinstance(cause, aiohttp.ClientConnectorError):
-        return ErrorKind.CONNECT, f"connection failed: {text}"
-    if isinstance(cause, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError)):
+        err = cause.os_error
+        if isinstance(err, socket.gaierror) or not err.errno or err.errno < 0:
+            reason = err.strerror or str(err)
+        else:
+            reason = os.strerror(err.errno)  # asyncio's own text repeats the address
+        return ErrorKind.CONNECT, f"connection failed: {reason} ({cause.host}:{cause.port})"
+    if isinstance(cause, aiohttp.ClientPayloadError):
+        # aiohttp's text nests reprs; the parser's own message says what went wrong.
+        why = (c.message for c in _causes(cause) if isinstance(c, HttpProcessingError) and c.message)
+        detail = next(why, text).rstrip(".")
+        if "ConnectionResetError" in text:
+            detail += "; connection reset by peer"
+        return ErrorKind.PROTOCOL, f"body cut short: {detail}"
+    if isinstance(cause, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
         return ErrorKind.PROTOCOL, f"connection broken: {text}"
-    if isinstance(cause, aiohttp.ClientResponseError):
-        return ErrorKind.PROTOCOL, f"malformed response: {text}"
     if isinstance(cause, aiohttp.ClientError):
         return ErrorKind.PROTOCOL, f"{type(cause).__name__}: {text}"
     return None

@@ -18,6 +18,30 @@ MIN_WINDOW = 8  # rows a refill reads even when the memory budget is spent, so n
 SCAN_CHUNK = 256  # host names read per query when waking dormant hosts
 
 
+class RecentUrls:
+    """A bounded memory of URLs already handed to the store, so popular links (navigation on
+    every page) skip scope checks and an INSERT OR IGNORE each time they reappear.
+
+    Only an optimisation: SQLite's UNIQUE(url) stays the source of truth, and a URL that fell
+    out of memory is simply offered to it again. Two generations give LRU-like eviction at
+    the cost of two set lookups."""
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        self._capacity = capacity
+        self._young: set[str] = set()
+        self._old: set[str] = set()
+
+    def first_sight(self, url: str) -> bool:
+        """True the first time url is seen (as far as memory reaches), False after."""
+        if url in self._young:
+            return False
+        seen = url in self._old
+        if len(self._young) >= self._capacity:
+            self._old, self._young = self._young, set()
+        self._young.add(url)
+        return not seen
+
+
 @dataclass(slots=True)
 class HostQueue:
     """The in-memory window of one host's queued URLs (Mercator's back queue)."""
@@ -255,7 +279,7 @@ class Frontier:
         if hq.in_heap or not (hq.queue or hq.overflow):
             return
         slot = self._pol.slot(host)
-        if not slot.has_capacity:
+        if not slot.leasable:
             return
         self._seq += 1
         hq.heap_seq = self._seq
@@ -285,10 +309,10 @@ class Frontier:
                 heapq.heappop(heap)
                 continue
             slot = self._pol.slot(host)
-            if not slot.has_capacity or not hq.queue:
+            if not slot.leasable or not hq.queue:
                 heapq.heappop(heap)
                 hq.in_heap = False
-                if not hq.queue and slot.has_capacity:
+                if not hq.queue and slot.leasable:
                     if hq.overflow:
                         self._start_refill(host)
                     else:
@@ -308,14 +332,13 @@ class Frontier:
             hq.in_heap = False
             item = hq.queue.popleft()
             self._in_memory -= 1
-            previous = slot.next_start
-            reserved = self._pol.try_reserve(host, now)
-            assert reserved, "a ready host with capacity must accept a reservation"
+            reservation = self._pol.try_reserve(host, now)
+            assert reservation is not None, "a ready host with capacity must accept a reservation"
             hq.leased += 1
             self.leased += 1
             self._schedule(host)
             self._store.set_state(item.id, "in_flight")
-            return Lease(item.id, item.url, host, item.depth, previous, slot.next_start)
+            return Lease(item.id, item.url, host, item.depth, reservation)
         return None
 
     def _drop_host(self, host: str) -> None:

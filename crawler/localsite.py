@@ -25,6 +25,7 @@ import random
 import re
 import signal
 import socket
+import ssl as ssl_module
 import struct
 import sys
 import threading
@@ -43,7 +44,9 @@ __all__ = [
     "Response",
     "Site",
     "SiteServer",
+    "bomb_body",
     "build_site",
+    "deflate_bomb_body",
     "empty_reply",
     "gzip_bomb",
     "gzip_bomb_body",
@@ -196,6 +199,7 @@ class Site:
         # Read on every request, so a test may change it while the site is served.
         self.default_latency = default_latency
         self._routes: dict[str, _Route] = {}
+        self._prefixes: dict[str, _Dynamic] = {}
 
     def page(
         self,
@@ -237,8 +241,18 @@ class Site:
         self._routes[path] = _Dynamic(fn)
         return self
 
+    def prefix(self, prefix: str, fn: DynamicHandler) -> Site:
+        """Answer every target starting with `prefix` (that no exact route takes) with fn(request).
+
+        For endless generated spaces: `site.prefix("/cal?month=", calendar)`.  The longest
+        matching prefix wins.
+        """
+        self._prefixes[prefix] = _Dynamic(fn)
+        return self
+
     def remove(self, path: str) -> Site:
         self._routes.pop(path, None)
+        self._prefixes.pop(path, None)
         return self
 
     def paths(self) -> list[str]:
@@ -256,7 +270,12 @@ class Site:
         return len(self._routes)
 
     def _lookup(self, path: str) -> _Route | None:
-        return self._routes.get(path)
+        route = self._routes.get(path)
+        if route is None and self._prefixes:
+            matches = [p for p in self._prefixes if path.startswith(p)]
+            if matches:
+                route = self._prefixes[max(matches, key=len)]
+        return route
 
 
 def build_site(pages: int, *, links_per_page: int, seed: int = 0, page_bytes: int = 0) -> Site:
@@ -476,33 +495,72 @@ def trickle(total_bytes: int, bytes_per_second: float, *, content_type: str = "t
 _ZEROS = bytes(1 << 20)
 
 
+def _deflate_zeros(inflated_bytes: int) -> bytes:
+    """Raw deflate of `inflated_bytes` zeros (~1000:1) without compressing them all.
+
+    After Z_FULL_FLUSH the deflate state is reset, so every MiB of zeros compresses to
+    the same block: compress one, repeat it, finish with the remainder.
+    """
+    n_blocks, rest = divmod(inflated_bytes, len(_ZEROS))
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = comp.compress(_ZEROS) + comp.flush(zlib.Z_FULL_FLUSH) if n_blocks else b""
+    tail = comp.compress(_ZEROS[:rest]) + comp.flush(zlib.Z_FINISH)
+    return block * n_blocks + tail
+
+
+def _checksum_zeros(fn: Callable[[bytes, int], int], start: int, inflated_bytes: int) -> int:
+    n_blocks, rest = divmod(inflated_bytes, len(_ZEROS))
+    value = start
+    for _ in range(n_blocks):
+        value = fn(_ZEROS, value)
+    return fn(_ZEROS[:rest], value)
+
+
 @functools.lru_cache(maxsize=8)
 def gzip_bomb_body(inflated_bytes: int) -> bytes:
     """A gzip member that inflates to `inflated_bytes` zeros (~1000:1); ~0.25 s per GiB.
 
-    After Z_FULL_FLUSH the deflate state is reset, so every MiB of zeros compresses to
-    the same block: compress one, repeat it, finish with the remainder.  Only the CRC
-    has to walk the whole length.
+    Only the CRC has to walk the whole length.
     """
-    n_blocks, rest = divmod(inflated_bytes, len(_ZEROS))
-    comp = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate; we add the gzip framing
-    block = comp.compress(_ZEROS) + comp.flush(zlib.Z_FULL_FLUSH) if n_blocks else b""
-    tail = comp.compress(_ZEROS[:rest]) + comp.flush(zlib.Z_FINISH)
-    crc = 0
-    for _ in range(n_blocks):
-        crc = zlib.crc32(_ZEROS, crc)
-    crc = zlib.crc32(_ZEROS[:rest], crc)
+    crc = _checksum_zeros(zlib.crc32, 0, inflated_bytes)
     header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"  # magic, deflate, no flags, mtime 0
     trailer = struct.pack("<II", crc, inflated_bytes & 0xFFFFFFFF)
-    return b"".join([header, block * n_blocks, tail, trailer])
+    return b"".join([header, _deflate_zeros(inflated_bytes), trailer])
 
 
-def gzip_bomb(inflated_bytes: int, *, content_type: str = HTML) -> RawHandler:
-    """A `Content-Encoding: gzip` response that inflates to `inflated_bytes`."""
-    body = gzip_bomb_body(inflated_bytes)
+@functools.lru_cache(maxsize=8)
+def deflate_bomb_body(inflated_bytes: int) -> bytes:
+    """A zlib stream (HTTP's `deflate`) that inflates to `inflated_bytes` zeros (~1000:1)."""
+    adler = _checksum_zeros(zlib.adler32, 1, inflated_bytes)
+    return b"".join([b"\x78\xda", _deflate_zeros(inflated_bytes), struct.pack(">I", adler)])
+
+
+def bomb_body(inflated_bytes: int, encodings: Sequence[str] = ("gzip",)) -> bytes:
+    """Zeros compressed with each Content-Encoding in turn (the first is applied first).
+
+    Stacking helps an attacker: the inner bomb is itself repetitive, so `gzip, gzip` sends
+    a few KB that inflate to megabytes of gzip that inflate to gigabytes.
+    """
+    if not encodings:
+        raise ValueError("at least one encoding")
+    first, *rest = encodings
+    body = gzip_bomb_body(inflated_bytes) if first == "gzip" else deflate_bomb_body(inflated_bytes)
+    for encoding in rest:
+        wbits = 31 if encoding == "gzip" else 15
+        comp = zlib.compressobj(9, zlib.DEFLATED, wbits)
+        body = comp.compress(body) + comp.flush()
+    return body
+
+
+def gzip_bomb(inflated_bytes: int, *, content_type: str = HTML, encodings: Sequence[str] = ("gzip",)) -> RawHandler:
+    """A compressed response that inflates to `inflated_bytes`; `encodings` may be e.g. ("deflate",)."""
+    for encoding in encodings:
+        if encoding not in ("gzip", "deflate"):
+            raise ValueError(f"unsupported encoding {encoding!r}")
+    body = bomb_body(inflated_bytes, encodings)
     headers = [
         ("Content-Type", content_type),
-        ("Content-Encoding", "gzip"),
+        ("Content-Encoding", ", ".join(encodings)),
         ("Content-Length", str(len(body))),
         ("Connection", "close"),
     ]
@@ -544,9 +602,11 @@ def retry_after(
 class SiteServer:
     """Serves one Site on 127.0.0.1:<ephemeral> from a thread with its own event loop."""
 
-    def __init__(self, site: Site, *, host: str = "127.0.0.1") -> None:
+    def __init__(self, site: Site, *, host: str = "127.0.0.1", ssl: ssl_module.SSLContext | None = None) -> None:
+        """ssl: a server context (e.g. from `trustme`) to serve https:// instead of http://."""
         self.site = site
         self.host = host
+        self._ssl = ssl
         self._port = 0
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -601,7 +661,8 @@ class SiteServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self._port}"
+        scheme = "https" if self._ssl is not None else "http"
+        return f"{scheme}://{self.host}:{self._port}"
 
     @property
     def host_key(self) -> str:
@@ -687,7 +748,9 @@ class SiteServer:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        server = await asyncio.start_server(self._on_connect, self.host, 0, backlog=1024, limit=_MAX_HEAD)
+        server = await asyncio.start_server(
+            self._on_connect, self.host, 0, backlog=1024, limit=_MAX_HEAD, ssl=self._ssl
+        )
         self._port = server.sockets[0].getsockname()[1]
         self._ready.set()
         try:
@@ -721,8 +784,8 @@ class SiteServer:
             writer.transport.abort()
             return
         self._conns[task] = writer
-        # high-water 0: drain() returns only once the kernel has every byte, so `end`
-        # in the record means "fully written"
+        # high-water 0: drain() returns only once the kernel has every byte, which is what
+        # `end` of a large response and a fault's "reach the peer before the RST" rely on
         writer.transport.set_write_buffer_limits(high=0)
         try:
             while await self._one_request(reader, writer):

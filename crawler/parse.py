@@ -144,8 +144,9 @@ def _link_nodes(tree: LexborHTMLParser, html: str, max_links: int) -> Iterator[L
         return iter(())
     # css() builds a Python object for every match up front, which dominates on pages
     # with far more anchors than we keep; a lazy walk can stop at the cap instead.
-    # "<a" also counts <abbr>, <aside> ..., which only errs towards the lazy walk.
-    if html.count("<a") + html.count("<A") > 4 * max_links:
+    # "<a" also counts <abbr>, <aside> ..., which only errs towards the lazy walk. A page
+    # shorter than 4 * max_links minimal anchors cannot qualify, so most pages skip the count.
+    if len(html) > 4 * max_links * len("<a href>") and html.count("<a") + html.count("<A") > 4 * max_links:
         return (node for node in root.traverse() if node.tag in _LINK_TAGS)
     return iter(tree.css("a[href], area[href]"))
 
@@ -175,8 +176,14 @@ def _extract_links(nodes: Iterable[LexborNode], base_url: str, max_links: int) -
     return tuple(Link(url, nofollow) for url, nofollow in found.items())
 
 
-def parse_html(html: str, page_url: str, *, max_links: int, want_text: bool = True) -> ParsedPage:
-    """Title, links, robots meta, canonical and visible text of one HTML page."""
+def parse_html(
+    html: str, page_url: str, *, max_links: int, want_text: bool = True, robots_name: str = ""
+) -> ParsedPage:
+    """Title, links, robots meta, canonical and visible text of one HTML page.
+
+    `<meta name="robots">` applies to every crawler; `<meta name=robots_name>` (our
+    product token, compared case-insensitively) to us alone.
+    """
     tree = LexborHTMLParser(html)
 
     base_url = page_url
@@ -185,9 +192,10 @@ def parse_html(html: str, page_url: str, *, max_links: int, want_text: bool = Tr
         base_url = join_url(page_url, base.attrs.get("href") or "") or page_url
 
     noindex = nofollow = False
+    meta_names = {"robots", robots_name.strip().lower()} - {""}
     for meta in tree.css("meta[name]"):
         attrs = meta.attrs
-        if (attrs.get("name") or "").strip().lower() == "robots":
+        if (attrs.get("name") or "").strip().lower() in meta_names:
             tokens = _TOKEN_SPLIT.split((attrs.get("content") or "").lower())
             noindex = noindex or "noindex" in tokens or "none" in tokens
             nofollow = nofollow or "nofollow" in tokens or "none" in tokens

@@ -1,12 +1,40 @@
-"""Per-host slots: concurrency, delay, Crawl-delay, Retry-After pauses and adaptive delay."""
+"""Per-host slots: concurrency, delay, Crawl-delay, Retry-After pauses and adaptive delay.
+
+Two rules hold for every host:port, whatever mix of leases, robots.txt fetches, retries
+and redirects is going on:
+
+* at most `per_host_concurrency` requests are in flight: a unit of capacity is taken when
+  the frontier leases a URL (or when a redirect arrives from another host) and held until
+  the worker lets go of the host;
+* consecutive request starts are at least the host's current delay apart: every request
+  takes a *turn* (`wait_turn`), which waits until `last_start + delay` and any pause are
+  over, then moves `last_start` to now.  The delay is read when the turn is taken, not when
+  the previous one was, so a delay that grows in between (Crawl-delay learnt from
+  robots.txt, a 429 back-off, a slow answer) already applies to the next start.  It is
+  the largest of `delay`, the capped Crawl-delay, the adaptive delay and the 429 back-off.
+
+The frontier reserves a turn at lease time (Mercator's ready-time heap), so no other lease
+of that host is handed out before the worker has used it.  The reservation is a
+placeholder, not a licence: the worker's first request starts on it only if it is still
+the host's latest turn and the delay, as it is by then, has passed since the turn before;
+otherwise the turn is given back and the request waits like any other.  A reservation
+that sat unused while others took turns, or while robots.txt raised the delay, therefore
+cannot put two starts closer than the delay, and a lease that never makes a request
+(robots.txt said no) gives its turn back unused.
+
+Turns are taken just before a request is handed to the HTTP client; a server sees the
+starts shifted by the client's send lag (a few milliseconds, more on a loaded machine).
+
+The adaptive delay follows Scrapy's AutoThrottle rule (see `Politeness.observe`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
 from crawler.config import PolitenessConfig
@@ -15,6 +43,9 @@ from crawler.urls import host_key
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+MIN_BACKOFF = 0.5  # seconds: the first 429 back-off when the host's delay is smaller
 
 
 @dataclass(slots=True)
@@ -27,14 +58,20 @@ class HostSlot:
     crawl_delay: float = 0.0
     adaptive_delay: float = 0.0
     backoff_delay: float = 0.0  # grows with repeated 429s, shrinks on success
-    in_flight: int = 0
-    next_start: float = 0.0  # earliest monotonic time the next request may start
+    in_flight: int = 0  # units of capacity held (leases, and redirects into this host)
+    last_start: float = float("-inf")  # monotonic time of the latest turn taken or reserved
+    turns: int = 0  # counts turns, so a reservation knows whether it is still the latest
     paused_until: float = 0.0  # Retry-After or an unreachable robots.txt
+    fetching_robots: bool = False  # no new leases while robots.txt is being fetched
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     @property
     def delay(self) -> float:
         return max(self.base_delay, self.crawl_delay, self.adaptive_delay, self.backoff_delay)
+
+    @property
+    def next_start(self) -> float:
+        return self.last_start + self.delay
 
     @property
     def ready_at(self) -> float:
@@ -44,13 +81,29 @@ class HostSlot:
     def has_capacity(self) -> bool:
         return self.in_flight < self.concurrency
 
+    @property
+    def leasable(self) -> bool:
+        """Whether the frontier may hand out a URL of this host once it is ready."""
+        return self.in_flight < self.concurrency and not self.fetching_robots
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A turn the frontier took for a lease; `turn` identifies it, `previous` is what it replaced."""
+
+    turn: int
+    previous: float
+
 
 class Politeness:
     """Owns every HostSlot; the frontier asks it which hosts are ready, workers hold gates."""
 
-    def __init__(self, config: PolitenessConfig, *, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, config: PolitenessConfig, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep
+    ) -> None:
         self.config = config
         self.clock = clock
+        self._sleep = sleep
         self.slots: dict[str, HostSlot] = {}
         self.semaphore = asyncio.Semaphore(config.concurrency)
         # Called whenever a host may have become ready earlier or gained capacity.
@@ -62,16 +115,42 @@ class Politeness:
             slot = self.slots[host] = HostSlot(host, self.config.per_host_concurrency, self.config.delay)
         return slot
 
-    # ---- capacity and start times -------------------------------------------------------
+    # ---- capacity ------------------------------------------------------------------------
 
-    def try_reserve(self, host: str, now: float) -> bool:
-        """Take a unit of the host's capacity and its next start time, if both are free now."""
+    def try_reserve(self, host: str, now: float) -> Reservation | None:
+        """Take a unit of the host's capacity and reserve its next turn, if both are free now."""
         slot = self.slot(host)
-        if slot.in_flight >= slot.concurrency or slot.ready_at > now:
-            return False
+        if not slot.leasable or slot.ready_at > now:
+            return None
         slot.in_flight += 1
-        slot.next_start = now + slot.delay
+        reservation = Reservation(slot.turns + 1, slot.last_start)
+        slot.turns += 1
+        slot.last_start = now
+        return reservation
+
+    def start_reserved(self, host: str, reservation: Reservation) -> bool:
+        """Start a request on a reserved turn if it is still the latest and still due.
+
+        Otherwise the turn is given back (when it is the latest) and False says: wait_turn.
+        """
+        slot = self.slot(host)
+        if slot.turns != reservation.turn:
+            return False
+        now = self.clock()
+        if now < max(reservation.previous + slot.delay, slot.paused_until):
+            slot.turns -= 1
+            slot.last_start = reservation.previous
+            return False
+        slot.last_start = now
         return True
+
+    def give_back(self, host: str, reservation: Reservation) -> None:
+        """Undo a reserved turn that was not used, unless a later turn was taken since."""
+        slot = self.slot(host)
+        if slot.turns == reservation.turn:
+            slot.turns -= 1
+            slot.last_start = reservation.previous
+            self.on_change(host)
 
     async def acquire(self, host: str) -> None:
         """Wait for a unit of the host's capacity (used when a redirect changes host)."""
@@ -81,6 +160,10 @@ class Politeness:
             slot.waiters.append(fut)
             try:
                 await fut
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():
+                    self._wake_one(slot)  # we were woken but will not take it: pass it on
+                raise
             finally:
                 if fut in slot.waiters:
                     slot.waiters.remove(fut)
@@ -90,43 +173,65 @@ class Politeness:
         slot = self.slot(host)
         slot.in_flight -= 1
         assert slot.in_flight >= 0, f"released {host} more often than acquired"
+        self._wake_one(slot)
+        self.on_change(host)
+
+    @staticmethod
+    def _wake_one(slot: HostSlot) -> None:
         for fut in slot.waiters:
             if not fut.done():
                 fut.set_result(None)
-                break
-        self.on_change(host)
+                return
+
+    @contextmanager
+    def fetching_robots(self, host: str) -> Iterator[None]:
+        """While robots.txt of host is fetched, the frontier leases none of its URLs.
+
+        So no worker sits on a lease waiting for it; and one that must wait (a redirect hop
+        into the host) lets go of its capacity first.  Nobody ever waits for robots.txt
+        with a host's capacity in hand, so a fetch that itself waits for capacity
+        (robots.txt redirected to a busy host) cannot deadlock.
+        """
+        slot = self.slot(host)
+        slot.fetching_robots = True
+        try:
+            yield
+        finally:
+            slot.fetching_robots = False
+            self.on_change(host)
+
+    # ---- turns ---------------------------------------------------------------------------
 
     async def wait_turn(self, host: str) -> None:
-        """Wait until a request to host may start, then take that start time."""
+        """Wait until a request to host may start, then take that start time.
+
+        The ready time is recomputed after every sleep: the delay may have grown, a pause
+        may have begun, or another request may have taken the turn meanwhile.
+        """
         slot = self.slot(host)
         while True:
             now = self.clock()
             wait = slot.ready_at - now
             if wait <= 0:
-                slot.next_start = now + slot.delay
+                slot.turns += 1
+                slot.last_start = now
                 return
-            await asyncio.sleep(wait)
+            await self._sleep(wait)
 
-    def unreserve(self, host: str, previous_next_start: float, reserved_next_start: float) -> None:
-        """Give back a start time that was reserved but not used (e.g. robots said no)."""
-        slot = self.slot(host)
-        if slot.next_start == reserved_next_start:
-            slot.next_start = previous_next_start
-            self.on_change(host)
-
-    # ---- feedback from responses ---------------------------------------------------------
+    # ---- feedback from robots.txt and responses --------------------------------------------
 
     def set_crawl_delay(self, host: str, crawl_delay: float | None) -> None:
+        """Apply robots.txt's Crawl-delay, capped at max_crawl_delay (logged once per value)."""
         slot = self.slot(host)
         value = crawl_delay or 0.0
-        if value > self.config.max_crawl_delay:
-            log.warning("%s: Crawl-delay %gs capped at max_crawl_delay %gs", host, value, self.config.max_crawl_delay)
-            value = self.config.max_crawl_delay
-        before = slot.delay
-        slot.crawl_delay = value
-        # A longer delay counts from the last start, so push out the start already reserved.
-        if slot.delay > before:
-            slot.next_start += slot.delay - before
+        cap = self.config.max_crawl_delay
+        if value > cap:
+            if slot.crawl_delay != cap:
+                log.warning("%s: robots.txt Crawl-delay %gs capped at max_crawl_delay %gs", host, value, cap)
+            value = cap
+        if value != slot.crawl_delay:
+            slot.crawl_delay = value
+            self.on_change(host)
 
     def pause(self, host: str, seconds: float) -> None:
         """Hold every request to host for `seconds` (Retry-After, unreachable robots.txt)."""
@@ -135,10 +240,9 @@ class Politeness:
         self.on_change(host)
 
     def throttled(self, host: str) -> float:
-        """A 429 or 503: double the host's back-off delay (at least the base delay, at most max_delay)."""
+        """A 429: double the host's delay (at least MIN_BACKOFF, at most max_delay); returns it."""
         slot = self.slot(host)
-        floor = max(self.config.delay, 0.5)
-        slot.backoff_delay = min(max(slot.backoff_delay * 2, floor), self.config.max_delay)
+        slot.backoff_delay = min(max(2 * slot.delay, MIN_BACKOFF), self.config.max_delay)
         return slot.backoff_delay
 
     # The fetcher's Feedback protocol: it speaks in URLs, slots are per host.
@@ -146,7 +250,11 @@ class Politeness:
         self.observe(host_key(url), status, latency)
 
     def retry_after(self, url: str, seconds: float | None, status: int) -> None:
-        """429/503: pause the host for Retry-After, or for an exponential back-off on repeated 429s."""
+        """429/503: pause the host for Retry-After; a 429 also doubles the host's delay.
+
+        Without Retry-After, a 429 pauses the host for its new, doubled delay, so repeated
+        429s back off exponentially (up to max_delay) and a success halves it again.
+        """
         host = host_key(url)
         backoff = self.throttled(host) if status == 429 else 0.0
         pause = seconds if seconds is not None else backoff
@@ -154,64 +262,89 @@ class Politeness:
             self.pause(host, pause)
 
     def observe(self, host: str, status: int | None, latency: float) -> None:
-        """AutoThrottle: move the delay toward latency / per-host concurrency; errors never lower it."""
+        """Feed one response's latency (None status: no response) into the host's delay.
+
+        The rule is Scrapy AutoThrottle's: target = latency / target concurrency, and
+        new = max(target, (old + target) / 2).  It rises to a slow answer at once and
+        relaxes by halving the gap per response, so one fast reply after many slow ones
+        does not undo the back-off; a response that is not 2xx (errors, timeouts, and
+        redirects, which are cheap) may raise the delay but never lowers it.  The target
+        concurrency is `per_host_concurrency`: the delay aims at the server working on
+        that many of our requests at once on average, and no more.  Heritrix's rule
+        (5 × the last fetch time, 3–30 s) was not chosen: it jumps on a single slow
+        answer and its floor would override a `delay` below 3 s.  The result is clamped
+        between `delay` and `max_delay`.
+        """
         slot = self.slot(host)
-        if status is not None and status < 400 and slot.backoff_delay:
-            slot.backoff_delay = slot.backoff_delay / 2 if slot.backoff_delay > 0.05 else 0.0
+        ok = status is not None and 200 <= status < 300
+        if ok and slot.backoff_delay:
+            slot.backoff_delay = slot.backoff_delay / 2 if slot.backoff_delay > MIN_BACKOFF / 2 else 0.0
         if not self.config.adaptive:
             return
         target = latency / self.config.per_host_concurrency
         new = max(target, (slot.adaptive_delay + target) / 2)
-        if status is None or status >= 400:
+        if not ok:
             new = max(new, slot.adaptive_delay)
         slot.adaptive_delay = min(max(new, self.config.delay), self.config.max_delay)
 
 
 @dataclass(slots=True)
 class Lease:
-    """A frontier URL handed to a worker, with the host capacity and start time reserved for it."""
+    """A frontier URL handed to a worker, with the host capacity and turn reserved for it."""
 
     url_id: int
     url: str
     host: str
     depth: int
-    previous_next_start: float = 0.0
-    reserved_next_start: float = 0.0
+    reservation: Reservation | None = None
 
 
 class HostGate:
-    """One worker's hold on a host: the first request uses the lease's reserved start,
-    later ones (robots → page, retries, redirects) wait their turn like everybody else."""
+    """One worker's hold on a host for one lease; every HTTP request of the lease passes it.
+
+    It holds one unit of capacity of exactly one host at a time.  A request to another
+    host (a redirect, or robots.txt redirected elsewhere) lets go of the old host first,
+    then waits for capacity on the new one, so no host ever has more than its concurrency.
+    """
 
     def __init__(self, politeness: Politeness, lease: Lease) -> None:
         self._politeness = politeness
-        self._lease = lease
         self.host = lease.host
-        self._ticket = True
-        self._released = False
+        self._held = True  # the lease's unit of capacity on self.host
+        self._reservation = lease.reservation
 
     @asynccontextmanager
     async def request(self, url: str) -> AsyncIterator[None]:
-        """Around one HTTP request: host turn, then the global semaphore."""
+        """Around one HTTP request: host capacity, the global semaphore, then the host's turn."""
         pol = self._politeness
         host = host_key(url)
-        if host != self.host:
-            pol.release(self.host)
+        if host != self.host or not self._held:
+            self._give_back()
+            if self._held:
+                pol.release(self.host)
+                self._held = False
             self.host = host
-            self._ticket = False
-            await pol.acquire(host)
-        if self._ticket:
-            self._ticket = False
-        else:
-            await pol.wait_turn(host)
+            await pol.acquire(host)  # if cancelled here, nothing is held
+            self._held = True
+        reservation, self._reservation = self._reservation, None
+        # The semaphore first: a turn taken before waiting for it would not be the start.
         async with pol.semaphore:
+            if reservation is None or not pol.start_reserved(host, reservation):
+                await pol.wait_turn(host)
             yield
 
+    def _give_back(self) -> None:
+        reservation, self._reservation = self._reservation, None
+        if reservation is not None:
+            self._politeness.give_back(self.host, reservation)
+
+    def let_go(self) -> None:
+        """Give back an unused reserved turn and the host's capacity; the next request takes them anew."""
+        self._give_back()
+        if self._held:
+            self._held = False
+            self._politeness.release(self.host)
+
     def release(self) -> None:
-        if self._released:
-            return
-        self._released = True
-        if self._ticket:
-            lease = self._lease
-            self._politeness.unreserve(lease.host, lease.previous_next_start, lease.reserved_next_start)
-        self._politeness.release(self.host)
+        """At the end of the lease."""
+        self.let_go()

@@ -91,6 +91,7 @@ class RobotsResponse:
     status: int | None
     body: bytes = b""
     error: str | None = None
+    too_many_redirects: bool = False  # more than 5 redirects (or a loop): §2.3.1.2 allows all
 
 
 def product_token(user_agent: str) -> str:
@@ -273,6 +274,10 @@ class RobotsRules:
     def from_response(cls, resp: RobotsResponse, user_agent: str, *, fetched_at: float) -> RobotsRules:
         """RFC 9309 §2.3.1: 2xx parse, 4xx but 429 allow all, the rest disallow all."""
         status = resp.status
+        if resp.too_many_redirects:
+            # §2.3.1.2: past five redirects a crawler may take robots.txt as unavailable,
+            # which §2.3.1.3 says means no rules at all.
+            return cls(status, fetched_at, error=resp.error)
         if status is not None and 200 <= status < 300:
             parsed = _parse(_decode(resp.body), product_token(user_agent))
             regex, allows = _compile(parsed.rules)
@@ -315,7 +320,10 @@ class RobotsRules:
                 what += f" ({self.error})"
             return f"{what}: disallow all until retried"
         if self.status is None or not 200 <= self.status < 300:
-            return f"{self.status}: allow all"
+            what = str(self.status) if self.status is not None else "no robots.txt"
+            if self.error:
+                what += f" ({self.error})"
+            return f"{what}: allow all"
         if self.group is None:
             text = f"{self.status}, no group applies: allow all"
         else:
@@ -350,10 +358,15 @@ class _Entry:
 
 
 class RobotsCache:
-    """robots.txt rules per origin, fetched once at a time and kept for a while.
+    """robots.txt rules per origin, fetched by one caller at a time and kept for a while.
 
     2xx and 4xx outcomes are kept `ttl` seconds, unavailable ones only
     `retry_interval` seconds, so the next `rules_for` after that asks again.
+
+    The first caller for an origin fetches robots.txt in its own task (so the
+    request runs under that caller's politeness gate, and is cancelled with it);
+    callers arriving meanwhile wait for its answer.  If the fetching caller is
+    cancelled, one of the waiting callers fetches instead.
     """
 
     def __init__(
@@ -371,20 +384,23 @@ class RobotsCache:
         self._retry_interval = retry_interval
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
-        self._inflight: dict[str, asyncio.Task[RobotsRules]] = {}
+        # origin → resolved with the rules, or with None if the fetching caller gave up
+        self._inflight: dict[str, asyncio.Future[RobotsRules | None]] = {}
 
     async def rules_for(self, origin: str) -> RobotsRules:
         """The rules for `scheme://host[:port]`, fetching robots.txt if needed."""
         origin = origin.rstrip("/")
-        rules = self.cached(origin)
-        if rules is not None:
-            return rules
-        task = self._inflight.get(origin)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._load(origin))
-            self._inflight[origin] = task
-        # shield: one caller being cancelled must not cancel the others' fetch.
-        return await asyncio.shield(task)
+        while True:
+            rules = self.cached(origin)
+            if rules is not None:
+                return rules
+            pending = self._inflight.get(origin)
+            if pending is None:
+                return await self._load(origin)
+            # shield: a waiter being cancelled must not cancel the fetcher's future.
+            rules = await asyncio.shield(pending)
+            if rules is not None:
+                return rules
 
     def cached(self, origin: str) -> RobotsRules | None:
         """The stored rules for an origin while still valid; never fetches."""
@@ -392,6 +408,16 @@ class RobotsCache:
         if entry is None or self._clock() >= entry.expires:
             return None
         return entry.rules
+
+    async def wait(self, origin: str) -> None:
+        """Wait until no caller is fetching the origin's robots.txt (it may have failed)."""
+        pending = self._inflight.get(origin.rstrip("/"))
+        if pending is not None:
+            await asyncio.shield(pending)
+
+    def fetching(self, origin: str) -> bool:
+        """Whether a caller is fetching the origin's robots.txt right now."""
+        return origin.rstrip("/") in self._inflight
 
     def retry_at(self, origin: str) -> float | None:
         """When (on `clock`) an origin with unavailable rules may be retried."""
@@ -401,6 +427,9 @@ class RobotsCache:
         return entry.expires
 
     async def _load(self, origin: str) -> RobotsRules:
+        done: asyncio.Future[RobotsRules | None] = asyncio.get_running_loop().create_future()
+        self._inflight[origin] = done
+        rules: RobotsRules | None = None
         try:
             try:
                 resp = await self._fetch(origin + "/robots.txt")
@@ -412,4 +441,5 @@ class RobotsCache:
             self._entries[origin] = _Entry(rules, now + lifetime)
             return rules
         finally:
-            self._inflight.pop(origin, None)
+            del self._inflight[origin]
+            done.set_result(rules)  # None (cancelled): a waiter takes over

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import functools
+import errno
 import json
 import os
 import sqlite3
@@ -95,15 +95,63 @@ MIGRATIONS: tuple[str, ...] = (
         value TEXT NOT NULL
     );
     """,
+    # 2: full-text search over title and visible text, and two views for generic SQLite tools.
+    # pages_fts is an external-content FTS5 table: it holds only the index, the text stays in
+    # pages. Indexing costs more than the rest of a page's write (bench/fts_cost.py), so it is
+    # kept out of the flush: a trigger only queues the page in search_pending, and
+    # Store.index_pending() indexes the queue while the crawl is slow and when a run ends.
+    # The index holds exactly the rows of searchable_pages (noindex = 0, not pending), which
+    # FTS5's integrity-check verifies: INSERT INTO pages_fts (pages_fts, rank) VALUES ('integrity-check', 1).
+    """
+    CREATE TABLE search_pending (
+        url_id INTEGER PRIMARY KEY
+    );
+    CREATE VIEW searchable_pages AS
+        SELECT url_id, title, text FROM pages
+        WHERE noindex = 0 AND url_id NOT IN (SELECT url_id FROM search_pending);
+    CREATE VIRTUAL TABLE pages_fts USING fts5(
+        title, text,
+        content = 'searchable_pages', content_rowid = 'url_id',
+        tokenize = 'unicode61 remove_diacritics 2'
+    );
+    INSERT INTO search_pending (url_id) SELECT url_id FROM pages WHERE noindex = 0;
+    CREATE TRIGGER pages_search_insert AFTER INSERT ON pages WHEN new.noindex = 0 BEGIN
+        INSERT OR IGNORE INTO search_pending (url_id) VALUES (new.url_id);
+    END;
+    CREATE TRIGGER pages_search_delete AFTER DELETE ON pages BEGIN
+        INSERT INTO pages_fts (pages_fts, rowid, title, text)
+            SELECT 'delete', old.url_id, old.title, old.text
+            WHERE old.noindex = 0 AND old.url_id NOT IN (SELECT url_id FROM search_pending);
+        DELETE FROM search_pending WHERE url_id = old.url_id;
+    END;
+    CREATE TRIGGER pages_search_update AFTER UPDATE OF url_id, title, text, noindex ON pages BEGIN
+        INSERT INTO pages_fts (pages_fts, rowid, title, text)
+            SELECT 'delete', old.url_id, old.title, old.text
+            WHERE old.noindex = 0 AND old.url_id NOT IN (SELECT url_id FROM search_pending);
+        DELETE FROM search_pending WHERE url_id = old.url_id;
+        INSERT INTO search_pending (url_id) SELECT new.url_id WHERE new.noindex = 0;
+    END;
+    CREATE VIEW link_urls AS
+        SELECT f.url AS from_url, l.to_url, l.nofollow, t.state AS to_state, p.status AS to_status
+        FROM links l
+        JOIN urls f ON f.id = l.from_id
+        LEFT JOIN urls t ON t.url = l.to_url
+        LEFT JOIN pages p ON p.url_id = t.id;
+    CREATE VIEW page_overview AS
+        SELECT p.url_id, p.url, p.final_url, u.host, p.status, p.content_type, p.title, p.depth,
+               p.fetched_at, p.elapsed_ms, p.http_version, p.bytes, p.noindex, p.run_id
+        FROM pages p JOIN urls u ON u.id = p.url_id;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
 URL_STATES = ("queued", "in_flight", "done", "failed", "skipped")
 
-# Rows per multi-row INSERT. The statement cache keeps every distinct statement it has
-# prepared, and one of n rows costs about 850 bytes per row (3.4 MB at 4,000 rows), so only
-# power-of-two sizes up to this are ever prepared: at most nine statements, about 0.4 MB.
-_INSERT_ROWS = 256
+_PAGE_COLUMNS = (
+    "url", "final_url", "status", "content_type", "title", "depth", "fetched_at", "elapsed_ms",
+    "http_version", "bytes", "headers", "redirects", "noindex", "text", "body", "run_id",
+)  # fmt: skip
+_PAGE_UPDATE = ", ".join(f"{name} = excluded.{name}" for name in _PAGE_COLUMNS)
 
 
 def utc_now() -> str:
@@ -182,15 +230,23 @@ class Batch:
 def _translate(exc: BaseException, path: Path) -> StoreError:
     """The one place sqlite errors become StoreError, with a message a user can act on."""
     text = str(exc)
-    if "file is not a database" in text or "file is encrypted" in text:
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None  # extended codes keep the primary in the low byte
+    os_errno = exc.errno if isinstance(exc, OSError) else None
+    if primary == sqlite3.SQLITE_NOTADB or "file is not a database" in text or "file is encrypted" in text:
         return StoreError(f"{path} is not a SQLite database (choose another storage.path or move the file)")
-    if "readonly" in text or "read-only" in text:
-        return StoreError(f"{path} is read-only: {text}")
-    if "disk is full" in text or "database or disk is full" in text:
-        return StoreError(f"the disk holding {path} is full; free space and resume the crawl")
-    if "unable to open" in text:
+    if primary == sqlite3.SQLITE_READONLY or os_errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return StoreError(
+            f"{path} is read-only ({text}); the file and its folder must be writable,"
+            " since SQLite keeps -wal and -shm files next to it"
+        )
+    if primary == sqlite3.SQLITE_FULL or os_errno in (errno.ENOSPC, errno.EDQUOT) or "disk is full" in text:
+        return StoreError(
+            f"the disk holding {path} is full; free space and resume the crawl (what was stored is intact)"
+        )
+    if primary == sqlite3.SQLITE_CANTOPEN or "unable to open" in text:
         return StoreError(f"cannot open {path}: {text}")
-    if "locked" in text:
+    if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in text:
         return StoreError(f"{path} is locked by another process: {text}")
     return StoreError(f"database error on {path}: {text}")
 
@@ -242,6 +298,7 @@ class Store:
         self._lock = lock
         self.batch = Batch()
         self.run_id: int | None = None
+        self.last_flush_pages = 0  # pages committed by the latest flush
 
     @classmethod
     async def open(cls, path: Path, *, readonly: bool = False) -> Store:
@@ -262,10 +319,11 @@ class Store:
             await store._configure()
         except BaseException as exc:
             if conn is not None:
+                # aiosqlite's thread is not a daemon: left open, it keeps the process from exiting.
                 with contextlib.suppress(sqlite3.Error, OSError):
                     await conn.close()
             _unlock(lock)
-            if isinstance(exc, sqlite3.Error | OSError):
+            if isinstance(exc, (sqlite3.Error, OSError)):
                 raise _translate(exc, path) from exc
             raise
         return store
@@ -284,6 +342,10 @@ class Store:
         await conn.execute("PRAGMA synchronous = NORMAL")
         await conn.execute("PRAGMA cache_size = -32000")
         await conn.execute("PRAGMA temp_store = MEMORY")
+        await conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS new_urls"
+            " (url TEXT, host TEXT, depth INTEGER, parent_id INTEGER, state TEXT, reason TEXT)"
+        )
         if version > SCHEMA_VERSION:
             raise StoreError(f"{self.path} was written by a newer crawler (schema {version})")
         for target in range(version + 1, SCHEMA_VERSION + 1):
@@ -363,6 +425,10 @@ class Store:
             params += reasons
         rows = await self.fetchall(sql + " ORDER BY id LIMIT ?", (*params, limit))
         return [(row[0], row[1], row[2], row[3]) for row in rows]
+
+    async def pending_index(self) -> int:
+        """Pages stored but not yet in the full-text index."""
+        return int(await self.scalar("SELECT count(*) FROM search_pending"))
 
     async def get_meta(self, key: str) -> str | None:
         value = await self.scalar("SELECT value FROM meta WHERE key = ?", (key,))
@@ -475,10 +541,11 @@ class Store:
           at all; WAL with synchronous=NORMAL keeps every commit through a process kill;
         - a URL whose page did not commit is still `queued` or `in_flight` in SQLite, and the
           next run requeues it: only those, the ones in flight at the kill, are fetched again;
-        - refetching cannot duplicate rows: pages are keyed by url_id (INSERT OR REPLACE),
+        - refetching cannot duplicate rows: pages are keyed by url_id (an upsert),
           links by (from_id, to_url), urls by url (INSERT OR IGNORE).
         """
         batch, self.batch = self.batch, Batch()
+        self.last_flush_pages = len(batch.pages)
         if not len(batch):
             return []
         conn = self._conn
@@ -488,9 +555,12 @@ class Store:
                 queued = await self._insert_urls(batch.new_urls)
                 if batch.pages:
                     await conn.executemany(
-                        "INSERT OR REPLACE INTO pages (url_id, url, final_url, status, content_type, title, depth,"
+                        # An upsert, not INSERT OR REPLACE: REPLACE deletes without firing the
+                        # delete trigger, which would leave a stale entry in pages_fts.
+                        "INSERT INTO pages (url_id, url, final_url, status, content_type, title, depth,"
                         " fetched_at, elapsed_ms, http_version, bytes, headers, redirects, noindex, text, body, run_id)"
-                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                        f" ON CONFLICT (url_id) DO UPDATE SET {_PAGE_UPDATE}",
                         [
                             (
                                 p.url_id,
@@ -549,6 +619,35 @@ class Store:
             raise _translate(exc, self.path) from exc
         return queued
 
+    async def index_pending(self, limit: int) -> int:
+        """Move up to `limit` pages from search_pending into pages_fts in one transaction; returns how many."""
+        conn = self._conn
+        try:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Fixed SQL text (no IN-list sized per call): every distinct text is a prepared
+                # statement that sqlite3 keeps cached, which grew RSS. Both subqueries pick the
+                # same rows: nothing else writes inside this IMMEDIATE transaction.
+                await conn.execute(
+                    "INSERT INTO pages_fts (rowid, title, text) SELECT p.url_id, p.title, p.text FROM pages p"
+                    " WHERE p.url_id IN (SELECT url_id FROM search_pending ORDER BY url_id LIMIT ?) AND p.noindex = 0",
+                    (limit,),
+                )
+                cursor = await conn.execute(
+                    "DELETE FROM search_pending WHERE url_id IN"
+                    " (SELECT url_id FROM search_pending ORDER BY url_id LIMIT ?)",
+                    (limit,),
+                )
+                done = cursor.rowcount
+                await conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    await conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
+        return done
+
     async def _insert_urls(self, urls: list[NewUrl]) -> list[QueuedUrl]:
         """INSERT OR IGNORE lets SQLite decide what is new; RETURNING gives only the inserted rows."""
         if not urls:
@@ -557,34 +656,37 @@ class Store:
         unique: dict[str, NewUrl] = {}
         for item in urls:
             unique.setdefault(item.url, item)
-        now = utc_now()
-        rows: list[QueuedUrl] = []
-        items = list(unique.values())
-        start = 0
-        while start < len(items):
-            size = min(_INSERT_ROWS, 1 << ((len(items) - start).bit_length() - 1))
-            part = items[start : start + size]
-            start += size
-            params: list[Any] = []
-            for u in part:
-                params += (u.url, u.host, u.depth, u.parent_id, u.state, u.reason, now)
-            cursor = await self._conn.execute(_insert_urls_sql(size), params)
-            for row in await cursor.fetchall():
-                if row[4] == "queued":
-                    rows.append(QueuedUrl(row[0], row[1], row[2], row[3]))
+        # Staged through a temp table so the SQL text is fixed: a VALUES list sized to each
+        # batch made every batch a new prepared statement, and sqlite3 caches 128 of them
+        # (megabytes each for large batches), which showed up as RSS growing with the crawl.
+        conn = self._conn
+        await conn.executemany(
+            "INSERT INTO temp.new_urls (url, host, depth, parent_id, state, reason) VALUES (?, ?, ?, ?, ?, ?)",
+            [(u.url, u.host, u.depth, u.parent_id, u.state, u.reason) for u in unique.values()],
+        )
+        cursor = await conn.execute(
+            "INSERT OR IGNORE INTO urls (url, host, depth, parent_id, state, reason, discovered_at)"
+            " SELECT url, host, depth, parent_id, state, reason, ? FROM temp.new_urls ORDER BY rowid"
+            " RETURNING id, url, host, depth, state",
+            (utc_now(),),
+        )
+        rows = [QueuedUrl(r[0], r[1], r[2], r[3]) for r in await cursor.fetchall() if r[4] == "queued"]
+        await conn.execute("DELETE FROM temp.new_urls")
         # RETURNING order is not guaranteed; the frontier relies on ascending ids per host.
         rows.sort(key=lambda r: r.id)
         return rows
 
 
-@functools.cache
-def _insert_urls_sql(rows: int) -> str:
-    return (
-        "INSERT OR IGNORE INTO urls (url, host, depth, parent_id, state, reason, discovered_at) VALUES "
-        + ",".join(["(?,?,?,?,?,?,?)"] * rows)
-        + " RETURNING id, url, host, depth, state"
-    )
-
-
 def _split_sql(script: str) -> list[str]:
-    return [part.strip() for part in script.split(";") if part.strip()]
+    """Statements of a migration; a trigger body's inner semicolons do not end its statement."""
+    statements: list[str] = []
+    current = ""
+    for part in script.split(";"):
+        current += part + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \n;"):
+                statements.append(current.strip())
+            current = ""
+    if current.strip(" \n;"):
+        statements.append(current.strip())
+    return statements

@@ -45,6 +45,17 @@ _HOST_OK = re.compile(_HOST_RE)
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")
 _AUTHORITY = re.compile(r"(https?)://([^/?#]*)")
 
+# Session ids in URLs give every visit new URLs for the same pages (a spider trap), so they
+# are dropped, as Heritrix does: path parameters (";jsessionid=...") and query items named
+# like a session.  The generic names count only with a token-like value of 16+ letters or
+# digits, so a short "?sid=3" (a section id, say) is kept.
+_SESSION = (
+    r"(?:jsessionid|phpsessid|aspsessionid[a-z]{8}|cfid|cftoken)=[^&;/?]*|(?:sid|sessionid|session_id)=[0-9a-z]{16,}"
+)
+_SESSION_HINT = re.compile(rf"[;?&](?:{_SESSION})(?=[;&/?]|$)", re.IGNORECASE)
+_SESSION_PATH_PARAM = re.compile(rf";(?:{_SESSION})(?=[;/]|$)", re.IGNORECASE)
+_SESSION_ITEM = re.compile(_SESSION, re.IGNORECASE)
+
 # WHATWG URL parsing strips leading/trailing C0 controls and spaces, and removes
 # tab/CR/LF anywhere; browsers therefore follow such hrefs, so we do too.
 _C0_AND_SPACE = "".join(map(chr, range(0x21)))
@@ -54,7 +65,12 @@ _DROP_TAB_NL = str.maketrans("", "", "\t\n\r")
 def normalize_url(url: str) -> str | None:
     """The canonical form of an absolute http(s) URL, or None if it is not one."""
     m = _FAST.fullmatch(url)
-    if m is not None and "/." not in m.group(3) and ("%" not in url or _BAD_ESCAPE.search(url) is None):
+    if (
+        m is not None
+        and "/." not in m.group(3)
+        and ("%" not in url or _BAD_ESCAPE.search(url) is None)
+        and not _may_hold_session_id(url)
+    ):
         port = m.group(2)
         if port is None:
             return url
@@ -106,7 +122,28 @@ def _normalize_slow(url: str) -> str | None:
     path = _encode_part(_remove_dot_segments(path)) if path else "/"
     if query:  # an empty query ("?" alone) is dropped
         path = f"{path}?{_encode_part(query)}"
+    if _may_hold_session_id(path):
+        path = _strip_session_ids(path)
     return f"{scheme}://{netloc}{path}"
+
+
+def _may_hold_session_id(url: str) -> bool:
+    query, param = url.find("?"), url.find(";")
+    start = param if query < 0 or 0 <= param < query else query
+    if start < 0:
+        return False
+    # Cheap substring tests first: every session name holds "sid", "ssion" or "cf".
+    tail = url[start:].lower()
+    return ("sid" in tail or "ssion" in tail or "cf" in tail) and _SESSION_HINT.search(url, start) is not None
+
+
+def _strip_session_ids(path: str) -> str:
+    """Path and query without session-id path parameters and query items."""
+    path, mark, query = path.partition("?")
+    path = _SESSION_PATH_PARAM.sub("", path) or "/"
+    if mark:
+        query = "&".join(item for item in query.split("&") if not _SESSION_ITEM.fullmatch(item))
+    return f"{path}?{query}" if query else path
 
 
 @lru_cache(maxsize=4096)
@@ -207,9 +244,12 @@ def _split_normalized(url: str) -> tuple[str, str, int, int]:
     return scheme, host, int(port), m.end()
 
 
-def host_key(url: str) -> str:
-    """ "host:port" with the port always explicit: the unit of politeness."""
-    normal = normalize_url(url)
+def host_key(url: str, *, normalized: bool = False) -> str:
+    """ "host:port" with the port always explicit: the unit of politeness.
+
+    normalized=True promises `url` came from normalize_url, skipping a second pass on the
+    crawl's hot path (every discovered link)."""
+    normal = url if normalized else normalize_url(url)
     if normal is None:
         raise ValueError(f"not an absolute http(s) URL: {url!r}")
     _, host, port, _ = _split_normalized(normal)

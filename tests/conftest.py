@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from crawler.localsite import Site, SiteServer
+from tests.harbour import Harbour, crawl_harbour
 
 
 @pytest.fixture
@@ -22,3 +23,9 @@ def site_server() -> Iterator[Callable[[Site], SiteServer]]:
     yield start
     for server in reversed(servers):
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def harbour(tmp_path_factory: pytest.TempPathFactory) -> Harbour:
+    """The bookshop of tests/harbour.py, crawled once; tests only read its database."""
+    return crawl_harbour(tmp_path_factory.mktemp("harbour"))

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import gzip
+import ssl
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpcore
 import httpx
 import pytest
 import respx
 
 from crawler.config import HttpConfig
 from crawler.errors import ErrorKind, FetchError
-from crawler.fetch import Fetcher, parse_retry_after
+from crawler.fetch import _PIECE, Fetcher, _decode, _inflaters, parse_retry_after, translate_httpx_error
+from crawler.localsite import bomb_body
 
 
 class RecordingGate:
@@ -210,3 +215,105 @@ def test_retry_after_parses_seconds_and_http_dates() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == pytest.approx(10.0)
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
+
+
+# --------------------------------------------------------------------------- Content-Encoding
+
+
+def inflate_all(encodings: list[str], body: bytes, chunk: int) -> bytes:
+    layers = _inflaters(encodings)
+    return b"".join(piece for i in range(0, len(body), chunk) for piece in _decode(layers, body[i : i + chunk]))
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 16384, 10**9], ids=["1B", "7B", "16KiB", "whole"])
+def test_inflating_gzip_and_deflate_agrees_with_zlib_at_any_chunking(chunk: int) -> None:
+    text = b"<p>" + b"some text, not too repetitive: " + bytes(range(256)) * 50 + b"</p>"
+    raw = zlib.compressobj(6, zlib.DEFLATED, -15)
+    second = b"<p>second member</p>"
+    cases = [
+        (["gzip"], gzip.compress(text), text),
+        (["x-gzip"], gzip.compress(text), text),
+        (["deflate"], zlib.compress(text), text),  # zlib-wrapped, as RFC 9110 says
+        (["Deflate"], raw.compress(text) + raw.flush(), text),  # raw deflate, as many servers send it
+        (["gzip", "identity"], gzip.compress(text), text),
+        (["utf-8", "gzip", "none"], gzip.compress(text), text),  # junk labels are ignored
+        (["deflate", "gzip"], gzip.compress(zlib.compress(text)), text),  # listed in the order applied
+        (["gzip"], gzip.compress(text) + gzip.compress(second), text + second),  # two gzip members
+    ]
+    for encodings, body, expected in cases:
+        assert inflate_all(encodings, body, chunk) == expected, encodings
+
+
+def test_bytes_after_the_last_gzip_member_are_ignored_as_browsers_do() -> None:
+    assert inflate_all(["gzip"], gzip.compress(b"<p>hi</p>") + b"\r\n junk", 3) == b"<p>hi</p>"
+
+
+def test_a_stacked_bomb_is_inflated_a_piece_at_a_time() -> None:
+    # ~2.5 KB that inflate to 2.5 MB of gzip that inflate to 1 GiB: fed as one chunk, the first
+    # piece must come out after a bounded amount of work, and no piece may exceed _PIECE.
+    pieces = _decode(_inflaters(["gzip", "gzip"]), bomb_body(1 << 30, ("gzip", "gzip")))
+    taken = [next(pieces) for _ in range(100)]
+    assert all(0 < len(p) <= _PIECE for p in taken)
+    assert b"".join(taken) == bytes(sum(map(len, taken)))
+    pieces.close()
+
+
+def test_undecodable_or_unsupported_encodings_are_protocol_errors() -> None:
+    with pytest.raises(FetchError) as bad:
+        inflate_all(["gzip"], b"this is not gzip", 4)
+    assert (bad.value.kind, bad.value.message) == (
+        ErrorKind.PROTOCOL,
+        "undecodable gzip body: Error -3 while decompressing data: incorrect header check",
+    )
+    with pytest.raises(FetchError) as unsupported:
+        _inflaters(["br"])
+    assert (unsupported.value.kind, unsupported.value.message) == (
+        ErrorKind.PROTOCOL,
+        "unsupported Content-Encoding 'br' (we accept gzip, deflate)",
+    )
+
+
+@respx.mock
+async def test_we_ask_only_for_encodings_we_can_bound() -> None:
+    route = respx.get("http://a.test/").mock(return_value=httpx.Response(200))
+    fetcher = make_fetcher()
+    await fetcher.fetch("http://a.test/", RecordingGate())
+    await fetcher.aclose()
+    assert route.calls.last.request.headers["accept-encoding"] == "gzip, deflate"
+
+
+@respx.mock
+async def test_a_redirect_to_javascript_or_mailto_is_a_bad_redirect_not_a_crash() -> None:
+    # httpx itself raises InvalidURL on such a Location while preparing a redirect it never follows.
+    respx.get("http://a.test/js").mock(return_value=httpx.Response(302, headers={"Location": "javascript:x()"}))
+    respx.get("http://a.test/mail").mock(return_value=httpx.Response(301, headers={"Location": "mailto:a@b.c"}))
+    respx.get("http://a.test/junk").mock(return_value=httpx.Response(301, headers={"Location": "http://[::1"}))
+    fetcher = make_fetcher()
+    messages = []
+    for path in ("/js", "/mail", "/junk"):
+        with pytest.raises(FetchError) as info:
+            await fetcher.fetch("http://a.test" + path, RecordingGate())
+        assert info.value.kind is ErrorKind.BAD_REDIRECT
+        messages.append(info.value.message)
+    await fetcher.aclose()
+    assert messages == [
+        "HTTP 302 from http://a.test/js to a non-http(s) URL: 'javascript:x()'",
+        "HTTP 301 from http://a.test/mail to a non-http(s) URL: 'mailto:a@b.c'",
+        "HTTP 301 from http://a.test/junk with an unusable Location: 'http://[::1'",
+    ]
+
+
+def test_tls_errors_are_found_behind_httpcore_wrappers() -> None:
+    verify = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    try:
+        try:
+            raise verify
+        except ssl.SSLError as exc:
+            raise httpcore.ConnectError(exc) from None  # what httpcore does
+    except httpcore.ConnectError as exc:
+        outer = httpx.ConnectError(str(exc))
+        outer.__cause__ = exc
+    error = translate_httpx_error(outer)
+    assert error.kind is ErrorKind.TLS
+    assert error.message == "TLS failure: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"
+    assert type(error) is FetchError  # not the retryable subclass: a certificate does not fix itself

@@ -100,25 +100,35 @@ async def test_many_hosts_each_url_leased_once_within_the_host_and_row_bounds(st
     assert (frontier.hosts_in_memory(), frontier.queued_in_memory()) == (0, 0)
 
 
-async def test_two_leases_in_flight_per_host_and_hosts_woken_round_robin(store: Store) -> None:
+async def test_workers_holding_leases_at_once_each_url_once(store: Store) -> None:
+    """Four workers, as in the engine: leases overlap, two per host, while hosts wake and drain."""
     await queue_urls(store, hosts=12, per_host=4)
     pol = politeness()
     frontier = Frontier(store, pol, window=2, max_in_memory=4, max_hosts=3)
     await frontier.load(fetched=0)
     driver = Driver(store, frontier, pol)
-    pending: list[Lease] = []
-    while True:
-        # Hold up to four leases at once, so completions and refills overlap.
-        while len(pending) < 4 and (frontier.queued_in_memory() or not pending):
-            lease = await driver.lease()
-            if lease is None:
-                break
-            pending.append(lease)
-        if not pending:
-            break
-        await driver.finish(pending.pop(0))
+    most_leased = 0
+
+    async def worker() -> None:
+        nonlocal most_leased
+        while (lease := await frontier.next()) is not None:
+            driver.leased.append(lease.url)
+            most_leased = max(most_leased, frontier.leased)
+            await asyncio.sleep(0)  # one turn, so the other workers lease meanwhile
+            await driver.finish(lease)
+
+    async def writer() -> None:
+        while True:
+            await driver.starving.wait()
+            driver.starving.clear()
+            await driver.commit()
+
+    committing = asyncio.ensure_future(writer())
+    await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(4))), timeout=10)
+    committing.cancel()
     assert sorted(driver.leased) == sorted(f"http://h{h}.test/{i}" for h in range(12) for i in range(4))
-    assert driver.max_hosts <= 3
+    assert most_leased > 1
+    assert frontier.hosts_in_memory() == 0
 
 
 async def test_rows_a_refill_already_read_are_not_queued_again(store: Store) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import http.client
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -18,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urldefrag, urljoin, urlsplit
 
 import pytest
+import trustme
 
 from crawler.demo import DEMO_EXPECTED, build_demo_site
 from crawler.localsite import (
@@ -25,7 +28,9 @@ from crawler.localsite import (
     Response,
     Site,
     SiteServer,
+    bomb_body,
     build_site,
+    deflate_bomb_body,
     empty_reply,
     gzip_bomb,
     gzip_bomb_body,
@@ -172,21 +177,15 @@ def test_malformed_request_is_400(site_server: Serve, raw: bytes) -> None:
 
 def test_recording_concurrency_and_latency(site_server: Serve) -> None:
     arrived = 0
-    gate: list[object] = []  # the asyncio.Event, created lazily on the server loop
+    everyone_here = asyncio.Event()  # binds to the server's loop on first use
 
     async def rendezvous(request: Request) -> Response:
         # all three requests are held until the third arrives: overlap by construction
-        import asyncio
-
         nonlocal arrived
-        if not gate:
-            gate.append(asyncio.Event())
-        event = gate[0]
-        assert isinstance(event, asyncio.Event)
         arrived += 1
         if arrived == 3:
-            event.set()
-        await event.wait()
+            everyone_here.set()
+        await everyone_here.wait()
         return Response(200, None, "ok")
 
     site = Site().handler("/slow", rendezvous).page("/late", latency=0.2)
@@ -213,10 +212,14 @@ def test_recording_concurrency_and_latency(site_server: Serve) -> None:
 
 
 def test_wait_for(site_server: Serve) -> None:
-    server = site_server(Site().page("/a"))
+    server = site_server(Site().page("/a", latency=0.1))
     assert not server.wait_for(lambda: server.count("/a") > 0, timeout=0.05)
-    threading.Thread(target=get, args=(server, "/a")).start()
+    client = threading.Thread(target=get, args=(server, "/a"))
+    client.start()
+    assert server.wait_for(lambda: server.in_flight == 1, timeout=5)  # arrived, not yet answered
     assert server.wait_for(lambda: server.count("/a") == 1, timeout=5)
+    client.join(5)
+    assert server.in_flight == 0
 
 
 def test_dynamic_retry_after(site_server: Serve) -> None:
@@ -290,6 +293,41 @@ def test_gzip_bomb_inflates_to_stated_size(site_server: Serve) -> None:
     total += len(inflater.flush())
     conn.close()
     assert inflater.eof and total == inflated
+
+
+def test_deflate_and_stacked_bombs_inflate_to_stated_size() -> None:
+    assert zlib.decompress(deflate_bomb_body(3_000_123)) == bytes(3_000_123)  # exact, incl. Adler-32
+    stacked = bomb_body(2_000_001, ("deflate", "gzip"))
+    assert zlib.decompress(gzip.decompress(stacked)) == bytes(2_000_001)
+    assert len(bomb_body(1 << 30, ("gzip", "gzip"))) < 10_000  # 1 GiB behind a few KB
+
+
+def test_prefix_routes_answer_a_whole_space_and_exact_routes_win(site_server: Serve) -> None:
+    def echo(request: Request) -> Response:
+        return Response(200, [("Content-Type", "text/plain")], f"prefix {request.path}")
+
+    site = Site().prefix("/cal?", echo).prefix("/cal?month=1", lambda r: Response(200, None, "longer"))
+    server = site_server(site.page("/cal?month=0", body="exact"))
+    assert get(server, "/cal?month=5")[1] == b"prefix /cal?month=5"
+    assert get(server, "/cal?month=12")[1] == b"longer"
+    assert get(server, "/cal?month=0")[1] == b"exact"
+    assert get(server, "/other")[0].status == 404
+
+
+def test_serves_https_with_a_given_certificate() -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    with SiteServer(Site().page("/", title="Secure"), ssl=server_context) as server:
+        assert server.url == f"https://127.0.0.1:{server.port}"
+        conn = http.client.HTTPSConnection("127.0.0.1", server.port, timeout=5, context=client_context)
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        assert (resp.status, parse(resp.read()).title) == (200, "Secure")
+        conn.close()
+        assert server.paths() == ["/"]
 
 
 # --------------------------------------------------------------------------- lifecycle

@@ -212,6 +212,13 @@ def test_meta_robots(head: str, noindex: bool, nofollow: bool) -> None:
     assert (page.noindex, page.nofollow) == (noindex, nofollow)
 
 
+def test_meta_named_after_our_product_token_applies_to_us_only() -> None:
+    head = '<meta name="Crawler" content="noindex"><meta name="otherbot" content="nofollow">'
+    page = parse_html(f"<head>{head}</head>", PAGE, max_links=10, robots_name="crawler")
+    assert (page.noindex, page.nofollow) == (True, False)
+    assert parse_html(f"<head>{head}</head>", PAGE, max_links=10).noindex is False
+
+
 def test_meta_nofollow_does_not_change_link_flags() -> None:
     page = parse_html('<meta name="robots" content="nofollow"><a href="/a">a</a>', PAGE, max_links=10)
     assert page.nofollow is True

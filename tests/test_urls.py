@@ -301,3 +301,28 @@ def test_scope_check_order() -> None:
 def test_scope_rejects_bad_host_entry() -> None:
     with pytest.raises(ValueError):
         scope(allowed_hosts=("exa mple.com",))
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://a.com/x;jsessionid=0A1B2C3D", "http://a.com/x"),
+        ("http://a.com/x;JSESSIONID=0A1B2C3D?b=1", "http://a.com/x?b=1"),
+        ("http://a.com/x;jsessionid=0A1B/y", "http://a.com/x/y"),
+        ("http://a.com/;jsessionid=0A1B", "http://a.com/"),
+        ("http://a.com/p?PHPSESSID=abc&x=1", "http://a.com/p?x=1"),
+        ("http://a.com/p?x=1&phpsessid=abc&y=2", "http://a.com/p?x=1&y=2"),
+        ("http://a.com/p?ASPSESSIONIDQACTRBDS=ABCDEFGH&cfid=12&cftoken=34", "http://a.com/p"),
+        ("http://a.com/p?sid=0123456789abcdef0123456789abcdef", "http://a.com/p"),
+        ("http://a.com/p?sessionid=ABCDEFGHIJKLMNOP&q=1", "http://a.com/p?q=1"),
+        # kept: a short sid is more likely a section id than a session; look-alike names stay
+        ("http://a.com/p?sid=7", "http://a.com/p?sid=7"),
+        ("http://a.com/p?said=0123456789abcdef0123", "http://a.com/p?said=0123456789abcdef0123"),
+        ("http://a.com/p?x_jsessionid=1", "http://a.com/p?x_jsessionid=1"),
+        ("http://sid.example/?sessions=1", "http://sid.example/?sessions=1"),
+    ],
+)
+def test_session_ids_are_dropped_so_they_cannot_multiply_urls(url: str, expected: str) -> None:
+    assert normalize_url(url) == expected
+    assert normalize_url(expected) == expected
+    assert _normalize_slow(url) == expected

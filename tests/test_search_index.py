@@ -1,0 +1,163 @@
+"""The full-text index: pages queue in search_pending at flush, index_pending indexes them, triggers keep it exact."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import crawler
+from crawler.cli import main
+from crawler.errors import UsageError
+from crawler.store import MIGRATIONS, PageRecord, Store
+from tests.crawlkit import rows
+
+
+def page(url_id: int, title: str, text: str, *, noindex: bool = False) -> PageRecord:
+    return PageRecord(
+        url_id=url_id,
+        url=f"http://shop.test/{url_id}",
+        final_url=f"http://shop.test/{url_id}",
+        status=200,
+        content_type="text/html",
+        title=title,
+        depth=0,
+        fetched_at="2024-05-01T12:00:00.000Z",
+        elapsed_ms=1.0,
+        http_version="HTTP/1.1",
+        size=len(text),
+        headers=[("content-type", "text/html")],
+        redirects=[],
+        noindex=noindex,
+        text=None if noindex else text,
+        body=None if noindex else text.encode(),
+    )
+
+
+def found(db: Path, query: str) -> list[int]:
+    return [
+        rowid for (rowid,) in rows(db, "SELECT rowid FROM pages_fts WHERE pages_fts MATCH ? ORDER BY rowid", (query,))
+    ]
+
+
+def assert_index_exact(db: Path) -> None:
+    """FTS5 checks that the index holds exactly the rows of its content view, searchable_pages."""
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute("INSERT INTO pages_fts (pages_fts, rank) VALUES ('integrity-check', 1)")
+    finally:
+        conn.close()
+
+
+async def test_pages_are_searchable_once_indexed_and_the_index_follows_every_change(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    store = await Store.open(db)
+    try:
+        store.add_page(page(1, "Orchard", "red apples"), [])
+        store.add_page(page(2, "Quiet", "secret pears", noindex=True), [])
+        await store.flush()
+        assert (await store.pending_index(), found(db, "apples")) == (1, [])  # noindex pages never queue
+        assert_index_exact(db)
+
+        assert await store.index_pending(10) == 1
+        assert (await store.pending_index(), found(db, "apples"), found(db, "orchard")) == (0, [1], [1])
+        assert found(db, "pears") == found(db, "quiet") == []
+        assert_index_exact(db)
+
+        # Fetched again with new text: the old words leave the index at once, the new ones queue.
+        store.add_page(page(1, "Orchard", "green plums"), [])
+        await store.flush()
+        assert (await store.pending_index(), found(db, "apples"), found(db, "plums")) == (1, [], [])
+        assert_index_exact(db)
+        await store.index_pending(10)
+        assert (found(db, "apples"), found(db, "plums")) == ([], [1])
+        assert_index_exact(db)
+
+        # Turned noindex: out of the index, and not queued.
+        store.add_page(page(1, "Orchard", "", noindex=True), [])
+        await store.flush()
+        assert (await store.pending_index(), found(db, "plums"), found(db, "orchard")) == (0, [], [])
+        assert_index_exact(db)
+
+        # Deleted by hand, indexed or still pending: no trace left.
+        store.add_page(page(3, "Figs", "ripe figs"), [])
+        store.add_page(page(4, "Dates", "sweet dates"), [])
+        await store.flush()
+        await store.index_pending(1)  # indexes page 3 only
+        conn = sqlite3.connect(db)
+        conn.execute("DELETE FROM pages WHERE url_id IN (3, 4)")
+        conn.commit()
+        conn.close()
+        assert (await store.pending_index(), found(db, "figs")) == (0, [])
+        assert_index_exact(db)
+    finally:
+        await store.close()
+
+
+async def test_index_pending_works_in_chunks_in_url_id_order(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    store = await Store.open(db)
+    try:
+        for url_id in (5, 3, 1, 4, 2):
+            store.add_page(page(url_id, f"Page {url_id}", "common words"), [])
+        await store.flush()
+        assert [await store.index_pending(2) for _ in range(4)] == [2, 2, 1, 0]
+        assert found(db, "common") == [1, 2, 3, 4, 5]
+        assert_index_exact(db)
+    finally:
+        await store.close()
+
+
+async def test_a_schema_1_database_gains_search_when_the_crawler_opens_it(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db)
+    conn.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    conn.execute(
+        "INSERT INTO urls (id, url, host, depth, state, discovered_at) VALUES"
+        " (1, 'http://shop.test/1', 'shop.test:80', 0, 'done', '2024-05-01T12:00:00.000Z')"
+    )
+    for url_id, noindex, title in ((1, 0, "Lantern shop"), (2, 1, "Lantern cellar")):
+        conn.execute(
+            "INSERT INTO pages (url_id, url, final_url, status, title, depth, fetched_at, elapsed_ms, bytes, headers,"
+            " redirects, noindex, text) VALUES (?, ?, ?, 200, ?, 0, '2024-05-01T12:00:00.000Z', 1.0, 0, '[]', '[]',"
+            " ?, 'brass lanterns')",
+            (url_id, f"http://shop.test/{url_id}", f"http://shop.test/{url_id}", title, noindex),
+        )
+    conn.commit()
+    conn.close()
+
+    with crawler.open_results(db) as results:  # read-only: it cannot add the index itself
+        assert [p.title for p in results.pages()] == ["Lantern shop", "Lantern cellar"]
+        with pytest.raises(UsageError, match=r"has no full-text index \(schema 1\); any crawl or resume"):
+            results.search("lantern")
+
+    store = await Store.open(db)
+    try:
+        assert await store.pending_index() == 1
+        await store.index_pending(100)
+    finally:
+        await store.close()
+    with crawler.open_results(db) as results:
+        assert [hit.title for hit in results.search("lanterns")] == ["Lantern shop"]
+    assert_index_exact(db)
+
+
+async def test_search_says_how_many_pages_are_not_searchable_yet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "s.db"
+    store = await Store.open(db)
+    try:
+        store.add_page(page(1, "Orchard", "red apples"), [])
+        await store.flush()
+    finally:
+        await store.close()
+    assert main(["query", "search", "apples", "--db", str(db)]) == 0
+    assert capsys.readouterr() == (
+        "(no rows)\n",
+        "crawler: 1 page not searchable yet; a crawl indexes pages while it is slow and when it ends"
+        " (`crawler resume` finishes an interrupted one)\n",
+    )
+    assert main(["query", "stats", "--db", str(db)]) == 0
+    assert "\nnot yet searchable: 1\n" in capsys.readouterr().out
