@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
+import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, cast, get_args, get_origin, get_type_hints
+from typing import Any, Union, cast, get_args, get_origin, get_type_hints
 
 from crawler.errors import ConfigError
 
@@ -68,13 +69,12 @@ class HttpConfig:
     retries: int = _spec(3, lo=0, hi=20, doc="extra attempts for transient failures")
     retry_backoff: float = _spec(1.0, lo=0.0, doc="first retry wait in seconds; doubles, with jitter")
     retry_backoff_max: float = _spec(60.0, lo=0.0, doc="ceiling of one retry wait")
+    ca_bundle: Path | None = _spec(None, doc="PEM file of CA certificates to trust instead of the system's")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StorageConfig:
-    path: Path = _spec(  # noqa: RUF009 - Path is immutable, so a shared default is safe
-        Path("data/crawl.db"), doc="SQLite database; relative to the config file's folder"
-    )
+    path: Path = _spec(Path("data/crawl.db"), doc="SQLite database; relative to the config file's folder")
     store_bodies: bool = _spec(True, doc="keep response bodies in pages.body")
 
 
@@ -139,6 +139,13 @@ def config_from_dict(data: dict[str, Any], *, source: str = "<dict>", base_dir: 
     storage_path = config.storage.path
     if base_dir is not None and not storage_path.is_absolute():
         config = config.replace(storage={"path": base_dir / storage_path})
+    ca_bundle = config.http.ca_bundle
+    if ca_bundle is not None:
+        if base_dir is not None and not ca_bundle.is_absolute():
+            ca_bundle = base_dir / ca_bundle
+            config = config.replace(http={"ca_bundle": ca_bundle})
+        if not ca_bundle.is_file():
+            raise ConfigError(source, "http.ca_bundle", f"no such file: {ca_bundle}")
     return config
 
 
@@ -177,6 +184,9 @@ def _coerce(value: Any, hint: Any, where: str, source: str, lo: float | None, hi
         if not isinstance(value, str) or not value.strip():
             raise bad("a non-empty string")
         return value
+    if get_origin(hint) in (Union, types.UnionType) and type(None) in get_args(hint):
+        inner = next(arg for arg in get_args(hint) if arg is not type(None))
+        return _coerce(value, inner, where, source, lo, hi)  # TOML has no null: a value is given
     if hint is Path:
         if not isinstance(value, str) or not value.strip():
             raise bad("a path string")

@@ -145,7 +145,7 @@ class Crawl:
         started = time.monotonic()
         stored = await prepare(store, cfg, self._scope, require_resume=require_resume, say=self._say)
         resumed = stored.resumed
-        await store.start_run(json.dumps(_config_json(cfg)))
+        await store.start_run(json.dumps(_config_json(cfg), default=str))
 
         self.store = store
         self.politeness = Politeness(cfg.politeness)

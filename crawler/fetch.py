@@ -103,9 +103,13 @@ def build_transport(http: HttpConfig, limits: httpx.Limits) -> httpx.AsyncBaseTr
     """HTTP/1.1 over aiohttp for plain http (the fast path), httpx's own transport (h2 via ALPN) for https."""
     from httpx_aiohttp import AiohttpTransport
 
+    # verify=True uses certifi's bundle; ca_bundle adds trust in a private CA instead.
+    verify: ssl.SSLContext | bool = True
+    if http.ca_bundle is not None:
+        verify = ssl.create_default_context(cafile=str(http.ca_bundle))
     return SchemeRouter(
         plain=AiohttpTransport(limits=limits),
-        tls=httpx.AsyncHTTPTransport(http2=http.http2, limits=limits, retries=0),
+        tls=httpx.AsyncHTTPTransport(http2=http.http2, limits=limits, retries=0, verify=verify),
     )
 
 

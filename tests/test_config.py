@@ -93,3 +93,12 @@ def test_config_is_frozen(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, '[crawl]\nseeds = ["http://a.test/"]\n'))
     with pytest.raises(AttributeError):
         config.crawl.max_pages = 5  # type: ignore[misc]
+
+
+def test_ca_bundle_resolves_next_to_the_file_and_must_exist(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n", encoding="utf-8")
+    config = load_config(write(tmp_path, '[crawl]\nseeds = ["https://a.test/"]\n[http]\nca_bundle = "ca.pem"\n'))
+    assert config.http.ca_bundle == tmp_path / "ca.pem"
+    path = write(tmp_path, '[crawl]\nseeds = ["https://a.test/"]\n[http]\nca_bundle = "missing.pem"\n')
+    with pytest.raises(ConfigError, match=r"http\.ca_bundle: no such file: .*missing\.pem"):
+        load_config(path)
