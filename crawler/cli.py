@@ -18,9 +18,10 @@ from crawler.cli_query import DEFAULT_CONFIG, db_path_from, format_stats
 from crawler.cli_query import add_commands as add_query_commands
 from crawler.config import Config, config_from_dict, load_config
 from crawler.engine import Crawl, CrawlSummary, Outcome
-from crawler.errors import CrawlerError
+from crawler.errors import CrawlerError, NothingToResume
 from crawler.progress import ProgressDisplay, format_summary
 from crawler.query import open_results
+from crawler.store import writer_lock
 
 __all__ = ["DEFAULT_CONFIG", "db_path_from", "main"]
 
@@ -92,8 +93,6 @@ def _cmd_crawl(args: argparse.Namespace) -> int:
 def _cmd_resume(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if not config.storage.path.exists():
-        from crawler.errors import NothingToResume
-
         raise NothingToResume(f"no database at {config.storage.path}: nothing to resume")
     return _run(config, args, require_resume=True)
 
@@ -103,8 +102,8 @@ def _run(config: Config, args: argparse.Namespace, *, require_resume: bool) -> i
     if not args.quiet:
         print(format_summary(summary))
     if summary.outcome is Outcome.INTERRUPTED:
-        if not args.quiet:
-            print(f"interrupted: continue with `crawler resume {args.config}`", file=sys.stderr)
+        # Shown even with --quiet: like an error, it says what to do next.
+        print(f"interrupted: continue with `crawler resume {args.config}`", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
 
@@ -146,16 +145,21 @@ def _event_loop_runner(main: Callable[[], object]) -> CrawlSummary:
     return asyncio.run(main())  # type: ignore[arg-type]
 
 
-def move_aside(path: Path) -> Path | None:
+def move_aside(path: Path, *, now: datetime | None = None) -> Path | None:
     """Keep an old database (and its WAL files) next to it under a timestamped name."""
     if not path.exists():
         return None
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
     target = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
-    for suffix in ("", "-wal", "-shm"):
-        src = Path(str(path) + suffix)
-        if src.exists():
-            shutil.move(src, Path(str(target) + suffix))
+    n = 1
+    while any(Path(str(target) + suffix).exists() for suffix in ("", "-wal", "-shm")):
+        n += 1  # never overwrite an earlier copy moved aside within the same second
+        target = path.with_name(f"{path.stem}.{stamp}-{n}{path.suffix}")
+    with writer_lock(path):  # never move a database from under a running crawl
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(path) + suffix)
+            if src.exists():
+                shutil.move(src, Path(str(target) + suffix))
     return target
 
 

@@ -15,11 +15,12 @@ from enum import StrEnum
 import httpx
 
 from crawler.config import Config
-from crawler.errors import ConfigError, CrawlerError, ErrorKind, FetchError, NothingToResume, SkipReason
+from crawler.errors import CrawlerError, ErrorKind, FetchError, SkipReason
 from crawler.fetch import Fetcher, FetchResult
 from crawler.frontier import Frontier, RecentUrls
 from crawler.parse import decode_html, is_html, parse_html, robots_directives
 from crawler.politeness import HostGate, Lease, Politeness
+from crawler.resume import ResumeInfo, prepare
 from crawler.robots import MAX_ROBOTS_BYTES, RobotsCache, RobotsResponse, RobotsRules, product_token
 from crawler.store import NewUrl, PageRecord, Store, utc_now
 from crawler.urls import Scope, host_key, normalize_url, origin
@@ -29,6 +30,7 @@ fetch_log = logging.getLogger("crawler.fetch")
 
 FLUSH_INTERVAL = 0.25  # seconds between commits while pages keep coming
 FLUSH_ROWS = 5000  # commit early once a batch holds this many rows
+MAX_PENDING_ROWS = 2 * FLUSH_ROWS  # workers wait for the writer beyond this (bounds memory)
 # Full-text indexing costs more CPU than storing the page itself (bench/fts_cost.py), so the
 # writer indexes as it goes only while the crawl is slow, and a fast crawl's backlog waits
 # for the end of the run.
@@ -57,16 +59,6 @@ class Progress:
     @property
     def pages_per_second(self) -> float:
         return self.fetched / self.elapsed if self.elapsed > 0 else 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class ResumeInfo:
-    done: int
-    queued: int
-    in_flight: int
-
-    def describe(self) -> str:
-        return f"resuming: {self.done:,} done, {self.queued:,} queued, {self.in_flight:,} were in flight"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +117,7 @@ class Crawl:
         self._token = product_token(config.politeness.user_agent)
         self._stop_requested = asyncio.Event()
         self._flush_wanted = asyncio.Event()
+        self._committed = asyncio.Condition()  # notified after every flush
         self._writing = True
         self._fetched = self._pages = self._errors = self._skipped = 0
         self._queued = 0
@@ -150,7 +143,8 @@ class Crawl:
     async def _run(self, store: Store, *, require_resume: bool) -> CrawlSummary:
         cfg = self.config
         started = time.monotonic()
-        resumed = await self._prepare(store, require_resume=require_resume)
+        stored = await prepare(store, cfg, self._scope, require_resume=require_resume, say=self._say)
+        resumed = stored.resumed
         await store.start_run(json.dumps(_config_json(cfg), default=str))
 
         self.store = store
@@ -162,9 +156,8 @@ class Crawl:
             max_pages_per_host=cfg.crawl.max_pages_per_host,
         )
         self.frontier.on_starving = self._flush_wanted.set
-        counts = await store.state_counts()
-        await self.frontier.load(fetched=counts["done"] + counts["failed"])
-        self._queued = counts["queued"]
+        await self.frontier.load(fetched=stored.fetched)
+        self._queued = stored.queued
         self._add_seeds()
         self.fetcher = Fetcher(
             cfg.http,
@@ -181,6 +174,8 @@ class Crawl:
             retry_interval=cfg.politeness.robots_retry_interval,
         )
         await self._flush()
+        if resumed is not None and not self._queued:
+            self._say(f"nothing left to fetch in {store.path} ({resumed.done:,} done); --fresh starts over")
 
         writer = asyncio.create_task(self._writer(), name="writer")
         reporter = asyncio.create_task(self._reporter(started), name="progress")
@@ -230,33 +225,6 @@ class Crawl:
             status_counts=dict(sorted(self.status_counts.items())),
         )
 
-    async def _prepare(self, store: Store, *, require_resume: bool) -> ResumeInfo | None:
-        """Fresh store: record the scope. Existing one: check the scope and requeue in-flight URLs."""
-        scope_json = json.dumps(_scope_json(self.config), sort_keys=True)
-        stored_scope = await store.get_meta("scope")
-        counts = await store.state_counts()
-        unfinished = counts["queued"] + counts["in_flight"]
-        if require_resume and not unfinished:
-            raise NothingToResume(f"{store.path} holds no unfinished crawl: nothing to resume")
-        if stored_scope is None:
-            await store.set_meta("scope", scope_json)
-            return None
-        if stored_scope != scope_json:
-            old = json.loads(stored_scope)
-            new = json.loads(scope_json)
-            changed = next(key for key in new if old.get(key) != new[key])
-            raise ConfigError(
-                self.config.source,
-                f"crawl.{changed}",
-                f"differs from the crawl stored in {store.path} (was {old.get(changed)!r}); "
-                "use `crawler crawl --fresh` to start over or restore the old value",
-            )
-        in_flight = await store.requeue_in_flight()
-        info = ResumeInfo(done=counts["done"], queued=counts["queued"] + in_flight, in_flight=in_flight)
-        if unfinished:
-            self._say(info.describe())
-        return info
-
     def _add_seeds(self) -> None:
         for seed in self.config.crawl.seeds:
             url = normalize_url(seed)
@@ -275,6 +243,7 @@ class Crawl:
 
     async def _worker(self) -> None:
         while True:
+            await self._wait_for_writer()
             lease = await self.frontier.next()
             if lease is None:
                 return
@@ -483,6 +452,8 @@ class Crawl:
                 new.append(NewUrl(target, host_key(target), lease.depth, lease.url_id, "queued", None))
             else:
                 new.append(NewUrl(target, host_key(target), lease.depth, lease.url_id, "skipped", reason))
+        # Same batch as add_page above, with no await in between: page, links, discoveries and
+        # the done state commit together or not at all (see Store.flush).
         self.store.add_urls(new)
 
     # ---- writer and progress ----------------------------------------------------------------
@@ -495,12 +466,23 @@ class Crawl:
                 await asyncio.wait_for(self._flush_wanted.wait(), timeout=FLUSH_INTERVAL)
             self._flush_wanted.clear()
             await self._flush()
+            async with self._committed:
+                self._committed.notify_all()
             now = time.monotonic()
             rate = (self._pages - stored) / max(now - last, 1e-6)
             last, stored = now, self._pages
             backlog = backlog or self.store.last_flush_pages > 0
             if backlog and rate <= LIVE_INDEX_RATE and self._writing and not self._flush_wanted.is_set():
                 backlog = await self._index(INDEX_CHUNK) == INDEX_CHUNK
+
+    async def _wait_for_writer(self) -> None:
+        """Backpressure: while the writer is behind (SQLite slower than the fetching), take no new
+        work, so uncommitted rows (all held in memory) stay bounded."""
+        if len(self.store.batch) < MAX_PENDING_ROWS:
+            return
+        self._flush_wanted.set()
+        async with self._committed:
+            await self._committed.wait_for(lambda: len(self.store.batch) < MAX_PENDING_ROWS)
 
     async def _index(self, limit: int) -> int:
         try:
@@ -518,7 +500,8 @@ class Crawl:
             pending -= INDEX_BULK
 
     async def _flush(self) -> None:
-        completions = self.frontier.awaiting_commit
+        # No await between these two: the batch store.flush swaps out holds exactly these completions.
+        completions = self.frontier.take_completions()
         try:
             rows = await self.store.flush()
         except CrawlerError:
@@ -543,11 +526,6 @@ class Crawl:
             in_flight=self.frontier.leased,
             elapsed=time.monotonic() - started,
         )
-
-
-def _scope_json(config: Config) -> dict[str, object]:
-    crawl = config.crawl
-    return {"allowed_hosts": list(crawl.allowed_hosts), "include": list(crawl.include), "exclude": list(crawl.exclude)}
 
 
 def _config_json(config: Config) -> dict[str, object]:

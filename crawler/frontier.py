@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from crawler.errors import SkipReason
 from crawler.politeness import Lease, Politeness
 from crawler.store import QueuedUrl, Store
+
+REFILL_TASKS = 4  # window reads in flight at once; more would only queue on the one connection
+MIN_WINDOW = 8  # rows a refill reads even when the memory budget is spent, so no host starves
+SCAN_CHUNK = 256  # host names read per query when waking dormant hosts
 
 
 class RecentUrls:
@@ -43,12 +48,14 @@ class HostQueue:
 
     queue: deque[QueuedUrl] = field(default_factory=deque)
     high_id: int = 0  # highest id ever loaded; rows above it may wait in SQLite
-    overflow: bool = False  # SQLite holds queued rows above high_id
+    overflow: bool = False  # SQLite may hold queued rows above high_id
     refilling: bool = False
     skipped_while_refilling: bool = False
+    counted: bool = False  # `fetched` includes earlier runs (read on the first refill)
     heap_seq: int = -1  # the live heap entry of this host; older entries are stale
     in_heap: bool = False
     leased: int = 0
+    unsettled: int = 0  # completed leases whose writes are not committed yet
     fetched: int = 0
 
 
@@ -57,6 +64,11 @@ class Frontier:
 
     A host sits in the heap keyed by the time it may next start a request, so a free worker
     always takes a URL of a ready host and never sleeps on a busy one (no head-of-line blocking).
+
+    Memory does not grow with the frontier: at most `max_hosts` hosts are in memory (the
+    others are "dormant", their rows only in SQLite, and are woken round-robin by host name
+    as hosts drain), and the windows together hold at most
+    `max_in_memory + max_hosts * MIN_WINDOW` rows.  Nothing here scans all URLs or all hosts.
     """
 
     def __init__(
@@ -67,7 +79,8 @@ class Frontier:
         max_pages: int = 0,
         max_pages_per_host: int = 0,
         window: int = 1000,
-        max_in_memory: int = 200_000,
+        max_in_memory: int = 50_000,
+        max_hosts: int = 5_000,
     ) -> None:
         self._store = store
         self._pol = politeness
@@ -76,14 +89,23 @@ class Frontier:
         self.max_pages_per_host = max_pages_per_host
         self._window = window
         self._max_in_memory = max_in_memory
+        self._max_hosts = max_hosts
         self._hosts: dict[str, HostQueue] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._seq = 0
         self._in_memory = 0
+        self._overflowing = 0  # hosts whose `overflow` is set
+        self._dormant = False  # SQLite may hold queued rows of hosts not in memory
+        self._dormant_gen = 0  # bumped whenever a host is left dormant
+        self._scan_cursor = ""  # the host name the last wake-up scan stopped at
+        self._scanning = False
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
-        self._refills: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._refills_running = 0
+        self._refills_wanted: deque[str] = deque()
+        self._completions: list[str] = []  # hosts of completed leases since the last flush began
         self._closed = False
         self.fetched = 0  # pages fetched (done or failed), this run and earlier ones
         self.leased = 0  # URLs handed out and not yet completed
@@ -95,21 +117,31 @@ class Frontier:
     # ---- filling ---------------------------------------------------------------------------
 
     async def load(self, fetched: int) -> None:
-        """Resume: count what was fetched before and load a window of every queued host."""
+        """Resume: start from the stored count of fetched pages and wake hosts with queued rows.
+
+        Windows are read lazily, a few hosts at a time, as leases reach each host.
+        """
         self.fetched = fetched
-        for host, count in (await self._store.fetched_per_host()).items():
-            self._host(host).fetched = count
-        for host in await self._store.queued_hosts():
-            hq = self._host(host)
-            hq.overflow = True
-            await self._refill(host)
+        self._dormant = True
+        await self._scan()
 
     def add(self, rows: list[QueuedUrl]) -> None:
         """Newly committed queued rows, in ascending id order."""
         for row in rows:
-            hq = self._host(row.host)
+            hq = self._hosts.get(row.host)
+            if hq is None:
+                if len(self._hosts) < self._max_hosts:
+                    self._activate(row.host)  # its first refill reads this row back from SQLite
+                else:
+                    self._dormant = True
+                    self._dormant_gen += 1
+                continue
+            if row.id <= hq.high_id:
+                # A refill read it already: aiosqlite shares one connection, so a refill that
+                # runs between the writer's BEGIN and COMMIT sees the rows being committed.
+                continue
             if hq.overflow or len(hq.queue) >= self._window or self._in_memory >= self._max_in_memory:
-                hq.overflow = True
+                self._set_overflow(hq, True)
                 if hq.refilling:
                     hq.skipped_while_refilling = True
             else:
@@ -120,47 +152,125 @@ class Frontier:
         if rows:
             self._wake(len(rows))
 
-    def _host(self, host: str) -> HostQueue:
-        hq = self._hosts.get(host)
-        if hq is None:
-            hq = self._hosts[host] = HostQueue()
+    def _activate(self, host: str) -> HostQueue:
+        """Bring a host into memory with an empty window; its first lease attempt reads one."""
+        hq = self._hosts[host] = HostQueue()
+        self._set_overflow(hq, True)
+        self._schedule(host)
         return hq
 
-    async def _refill(self, host: str) -> None:
-        """Load the next window of host's queued rows; callers set `refilling` before awaiting this."""
-        hq = self._host(host)
-        hq.refilling = True
-        try:
-            rows = await self._store.queued_for_host(host, hq.high_id, self._window)
-        finally:
-            hq.refilling = False
-        for row in rows:
-            hq.queue.append(row)
-            hq.high_id = row.id
-        self._in_memory += len(rows)
-        hq.overflow = len(rows) == self._window or hq.skipped_while_refilling
-        self._schedule(host)
-        self._wake(1)
+    def _set_overflow(self, hq: HostQueue, value: bool) -> None:
+        if hq.overflow != value:
+            hq.overflow = value
+            self._overflowing += 1 if value else -1
 
-    def _start_refill(self, host: str) -> None:
-        hq = self._hosts[host]
-        if hq.refilling:
-            return
-        # Flag it now, not when the task first runs: other leases may look before then.
-        hq.refilling = True
-        hq.skipped_while_refilling = False
-        task = asyncio.create_task(self._refill(host))
-        self._refills.add(task)
-        task.add_done_callback(self._refill_done)
+    def _evict_if_idle(self, host: str) -> bool:
+        """Forget a host with nothing queued, leased or uncommitted; SQLite has all of it.
 
-    def _refill_done(self, task: asyncio.Task[None]) -> None:
-        self._refills.discard(task)
+        Uncommitted completions keep a host in memory: a window read before their commit
+        would see those URLs as still queued and hand them out again.
+        """
+        hq = self._hosts.get(host)
+        if hq is None or hq.queue or hq.overflow or hq.refilling or hq.leased or hq.unsettled:
+            return False
+        del self._hosts[host]  # its heap entries turn stale
+        self._start_scan()
+        return True
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             # A failed read must not strand waiters; close so the engine sees the error.
             self.error = task.exception()
             self.close()
         else:
             self._wake(1)
+
+    def _start_refill(self, host: str) -> None:
+        hq = self._hosts[host]
+        if hq.refilling:
+            return
+        # Flag it now, not when the read runs: other leases may look before then.
+        hq.refilling = True
+        hq.skipped_while_refilling = False
+        if self._refills_running < REFILL_TASKS:
+            self._refills_running += 1
+            self._spawn(self._refill(host))
+        else:
+            self._refills_wanted.append(host)
+
+    async def _refill(self, host: str) -> None:
+        """Read the next window of host's queued rows, then the next host waiting for one."""
+        try:
+            while not self._closed:
+                await self._read_window(host)
+                if not self._refills_wanted:
+                    break
+                host = self._refills_wanted.popleft()
+        finally:
+            self._refills_running -= 1
+
+    async def _read_window(self, host: str) -> None:
+        hq = self._hosts[host]  # a refilling host is never evicted
+        try:
+            if self.max_pages_per_host and not hq.counted:
+                hq.fetched += await self._store.fetched_for_host(host)
+                hq.counted = True
+            # The window shrinks as the memory budget fills up, down to MIN_WINDOW.
+            size = max(MIN_WINDOW, min(self._window, self._max_in_memory - self._in_memory))
+            rows = await self._store.queued_for_host(host, hq.high_id, size)
+        finally:
+            hq.refilling = False
+        for row in rows:
+            hq.queue.append(row)
+            hq.high_id = row.id
+        self._in_memory += len(rows)
+        self._set_overflow(hq, len(rows) == size or hq.skipped_while_refilling)
+        if not self._evict_if_idle(host):
+            self._schedule(host)
+        self._wake(1)
+
+    # ---- waking dormant hosts ------------------------------------------------------------------
+
+    def _start_scan(self) -> None:
+        if self._dormant and not self._scanning and not self._closed and len(self._hosts) < self._max_hosts:
+            self._scanning = True
+            self._spawn(self._scan())
+
+    async def _scan(self) -> None:
+        """Bring hosts that have queued rows in SQLite but none in memory, walking host names
+        round-robin from where the last scan stopped; one full turn finding none ends dormancy."""
+        self._scanning = True
+        try:
+            generation = self._dormant_gen
+            start = self._scan_cursor
+            wrapped = False
+            while len(self._hosts) < self._max_hosts and not self._closed:
+                hosts = await self._store.queued_hosts(self._scan_cursor, SCAN_CHUNK)
+                if wrapped:
+                    hosts = [h for h in hosts if h <= start]
+                if not hosts:
+                    if wrapped or not start:
+                        self._scan_cursor = ""
+                        if generation == self._dormant_gen:
+                            self._dormant = False
+                        break
+                    wrapped, self._scan_cursor = True, ""
+                    continue
+                for host in hosts:
+                    self._scan_cursor = host
+                    if host not in self._hosts:
+                        self._activate(host)
+                        if len(self._hosts) >= self._max_hosts:
+                            break
+        finally:
+            self._scanning = False
+        self._wake(1)
 
     # ---- the heap ------------------------------------------------------------------------------
 
@@ -194,16 +304,19 @@ class Frontier:
         now = self._clock()
         while heap:
             key, seq, host = heap[0]
-            hq = self._hosts[host]
-            if seq != hq.heap_seq or not hq.in_heap:
+            hq = self._hosts.get(host)
+            if hq is None or seq != hq.heap_seq or not hq.in_heap:
                 heapq.heappop(heap)
                 continue
             slot = self._pol.slot(host)
             if not slot.leasable or not hq.queue:
                 heapq.heappop(heap)
                 hq.in_heap = False
-                if slot.leasable and hq.overflow:
-                    self._start_refill(host)
+                if not hq.queue and slot.leasable:
+                    if hq.overflow:
+                        self._start_refill(host)
+                    else:
+                        self._evict_if_idle(host)
                 continue
             if slot.ready_at > key:
                 self._seq += 1
@@ -236,19 +349,21 @@ class Frontier:
         self._in_memory -= len(hq.queue)
         hq.queue.clear()
         if hq.overflow:
-            hq.overflow = False
+            self._set_overflow(hq, False)
             self._store.skip_queued_of_host(host, SkipReason.HOST_LIMIT)
         heapq.heappop(self._heap)
         hq.in_heap = False
+        self._evict_if_idle(host)
 
     # ---- leasing ---------------------------------------------------------------------------
 
     def _finished(self) -> bool:
-        if self.leased or self.awaiting_commit or self._refills:
+        # Counters, not a walk over the hosts: this runs whenever a worker finds nothing to do.
+        if self.leased or self.awaiting_commit or self._tasks or self._refills_wanted:
             return False
         if self.limit_reached():
             return True
-        return not any(hq.queue or hq.overflow for hq in self._hosts.values())
+        return not (self._in_memory or self._overflowing or self._dormant)
 
     async def next(self) -> Lease | None:
         """The next URL to fetch, waiting as needed; None once the crawl is over."""
@@ -266,6 +381,7 @@ class Frontier:
                 return None
             if self.awaiting_commit:
                 self.on_starving()
+            self._start_scan()
             fut: asyncio.Future[None] = loop.create_future()
             self._waiters.append(fut)
             self._arm_timer(loop)
@@ -306,7 +422,7 @@ class Frontier:
         if fetched:
             hq.fetched += 1
             self.fetched += 1
-        self.awaiting_commit += 1
+        self._settle_later(lease.host, hq)
         self._wake(1)
 
     def requeue(self, lease: Lease) -> None:
@@ -317,13 +433,26 @@ class Frontier:
         self._store.set_state(lease.url_id, "queued")
         hq.leased -= 1
         self.leased -= 1
-        self.awaiting_commit += 1
+        self._settle_later(lease.host, hq)
         self._schedule(lease.host)
 
-    def committed(self, completions: int, rows: list[QueuedUrl]) -> None:
-        """The writer committed a batch holding `completions` completed leases and `rows` new URLs."""
+    def _settle_later(self, host: str, hq: HostQueue) -> None:
+        hq.unsettled += 1
+        self.awaiting_commit += 1
+        self._completions.append(host)
+
+    def take_completions(self) -> list[str]:
+        """The completions whose writes the flush about to start will commit (call right before it)."""
+        taken, self._completions = self._completions, []
+        return taken
+
+    def committed(self, completions: list[str], rows: list[QueuedUrl]) -> None:
+        """The writer committed a batch holding `completions` (from take_completions) and `rows` new URLs."""
         self.add(rows)
-        self.awaiting_commit -= completions
+        self.awaiting_commit -= len(completions)
+        for host in completions:
+            self._hosts[host].unsettled -= 1
+            self._evict_if_idle(host)
         self._wake(len(self._waiters) if self._finished() else 1)
 
     def close(self) -> None:
@@ -332,8 +461,9 @@ class Frontier:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for task in list(self._refills):
+        for task in list(self._tasks):
             task.cancel()
+        self._refills_wanted.clear()
         self._wake(len(self._waiters))
 
     @property
@@ -342,3 +472,6 @@ class Frontier:
 
     def queued_in_memory(self) -> int:
         return self._in_memory
+
+    def hosts_in_memory(self) -> int:
+        return len(self._hosts)

@@ -1,0 +1,203 @@
+"""The frontier on a real SQLite store: every queued URL leased once, with memory bounded in rows and hosts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from crawler.config import PolitenessConfig
+from crawler.frontier import MIN_WINDOW, Frontier
+from crawler.politeness import Lease, Politeness
+from crawler.store import NewUrl, QueuedUrl, Store
+from tests.crawlkit import rows
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(tmp_path / "frontier.db")
+    yield s
+    await s.close()
+
+
+def politeness() -> Politeness:
+    return Politeness(PolitenessConfig(delay=0.0, adaptive=False, concurrency=64, per_host_concurrency=2))
+
+
+async def queue_urls(store: Store, hosts: int, per_host: int, *, state: str = "queued") -> list[QueuedUrl]:
+    store.add_urls(
+        NewUrl(f"http://h{h}.test/{i}", f"h{h}.test:80", 1, state=state)
+        for i in range(per_host)
+        for h in range(hosts)  # interleaved, as discovery interleaves hosts
+    )
+    return await store.flush()
+
+
+class Driver:
+    """Plays the engine: lease, finish the URL, and commit only when the frontier starves for a
+    commit (the engine's writer also commits on a timer), so completions wait uncommitted."""
+
+    def __init__(self, store: Store, frontier: Frontier, pol: Politeness) -> None:
+        self.store, self.frontier, self.pol = store, frontier, pol
+        self.leased: list[str] = []
+        self.max_rows = self.max_hosts = 0
+        self.starving = asyncio.Event()
+        frontier.on_starving = self.starving.set
+
+    async def lease(self) -> Lease | None:
+        task = asyncio.ensure_future(self.frontier.next())
+        while not task.done():
+            starving = asyncio.ensure_future(self.starving.wait())
+            await asyncio.wait({task, starving}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+            starving.cancel()
+            assert task.done() or self.starving.is_set(), "the frontier neither leased nor asked for a commit"
+            if self.starving.is_set():
+                self.starving.clear()
+                await self.commit()
+        lease = task.result()
+        self.max_rows = max(self.max_rows, self.frontier.queued_in_memory())
+        self.max_hosts = max(self.max_hosts, self.frontier.hosts_in_memory())
+        if lease is not None:
+            self.leased.append(lease.url)
+        return lease
+
+    async def finish(self, lease: Lease, discovered: Sequence[NewUrl] = ()) -> None:
+        self.store.set_state(lease.url_id, "done")
+        self.store.add_urls(discovered)
+        self.pol.release(lease.host)
+        self.frontier.complete(lease, fetched=True)
+
+    async def commit(self) -> None:
+        completions = self.frontier.take_completions()
+        self.frontier.committed(completions, await self.store.flush())
+
+
+async def test_many_hosts_each_url_leased_once_within_the_host_and_row_bounds(store: Store) -> None:
+    await queue_urls(store, hosts=40, per_host=30)
+    pol = politeness()
+    frontier = Frontier(store, pol, window=8, max_in_memory=40, max_hosts=5)
+    await frontier.load(fetched=0)
+    assert (frontier.hosts_in_memory(), frontier.queued_in_memory()) == (5, 0)  # windows are read lazily
+
+    driver = Driver(store, frontier, pol)
+    new_hosts = 0
+    while (lease := await driver.lease()) is not None:
+        # Early on, pages reveal URLs on hosts never seen; they arrive while the host cap is full.
+        discovered = []
+        if len(driver.leased) % 20 == 0 and new_hosts < 15:
+            discovered = [NewUrl(f"http://new{new_hosts}.test/", f"new{new_hosts}.test:80", 2)]
+            new_hosts += 1
+        await driver.finish(lease, discovered)
+
+    assert len(driver.leased) == 40 * 30 + 15
+    assert Counter(driver.leased).most_common(1)[0][1] == 1
+    assert rows(store.path, "SELECT state, count(*) FROM urls GROUP BY state") == [("done", 40 * 30 + 15)]
+    assert driver.max_hosts <= 5
+    assert driver.max_rows <= 40 + 5 * MIN_WINDOW
+    assert (frontier.hosts_in_memory(), frontier.queued_in_memory()) == (0, 0)
+
+
+async def test_workers_holding_leases_at_once_each_url_once(store: Store) -> None:
+    """Four workers, as in the engine: leases overlap, two per host, while hosts wake and drain."""
+    await queue_urls(store, hosts=12, per_host=4)
+    pol = politeness()
+    frontier = Frontier(store, pol, window=2, max_in_memory=4, max_hosts=3)
+    await frontier.load(fetched=0)
+    driver = Driver(store, frontier, pol)
+    most_leased = 0
+
+    async def worker() -> None:
+        nonlocal most_leased
+        while (lease := await frontier.next()) is not None:
+            driver.leased.append(lease.url)
+            most_leased = max(most_leased, frontier.leased)
+            await asyncio.sleep(0)  # one turn, so the other workers lease meanwhile
+            await driver.finish(lease)
+
+    async def writer() -> None:
+        while True:
+            await driver.starving.wait()
+            driver.starving.clear()
+            await driver.commit()
+
+    committing = asyncio.ensure_future(writer())
+    await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(4))), timeout=10)
+    committing.cancel()
+    assert sorted(driver.leased) == sorted(f"http://h{h}.test/{i}" for h in range(12) for i in range(4))
+    assert most_leased > 1
+    assert frontier.hosts_in_memory() == 0
+
+
+async def test_rows_a_refill_already_read_are_not_queued_again(store: Store) -> None:
+    """A refill can run inside the writer's open transaction (one shared connection) and read
+    rows before their commit reports them as new; they must not enter the window twice."""
+    new = await queue_urls(store, hosts=1, per_host=3)
+    pol = politeness()
+    frontier = Frontier(store, pol)
+    await frontier.load(fetched=0)
+    driver = Driver(store, frontier, pol)
+    first = await driver.lease()
+    assert first is not None and frontier.queued_in_memory() == 2
+    frontier.committed([], new[1:])  # the same rows, "newly committed"
+    assert frontier.queued_in_memory() == 2
+    await driver.finish(first)
+    while (lease := await driver.lease()) is not None:
+        await driver.finish(lease)
+    assert sorted(driver.leased) == [f"http://h0.test/{i}" for i in range(3)]
+
+
+async def test_max_pages_per_host_counts_pages_of_earlier_runs(store: Store) -> None:
+    await queue_urls(store, hosts=2, per_host=3, state="done")
+    await queue_urls(store, hosts=2, per_host=1)  # the same URLs: ignored
+    store.add_urls([NewUrl(f"http://h{h}.test/more/{i}", f"h{h}.test:80", 1) for h in range(2) for i in range(5)])
+    await store.flush()
+    pol = politeness()
+    frontier = Frontier(store, pol, max_pages_per_host=4)
+    await frontier.load(fetched=6)
+    driver = Driver(store, frontier, pol)
+    while (lease := await driver.lease()) is not None:
+        await driver.finish(lease)
+    await store.flush()
+    assert len(driver.leased) == 2  # one more page per host
+    counts = rows(store.path, "SELECT state, reason, count(*) FROM urls GROUP BY state, reason ORDER BY state")
+    assert counts == [("done", None, 8), ("skipped", "host_limit", 8)]
+
+
+async def test_max_pages_counts_pages_of_earlier_runs(store: Store) -> None:
+    await queue_urls(store, hosts=1, per_host=10)
+    pol = politeness()
+    frontier = Frontier(store, pol, max_pages=7)
+    await frontier.load(fetched=5)
+    driver = Driver(store, frontier, pol)
+    while (lease := await driver.lease()) is not None:
+        await driver.finish(lease)
+    assert len(driver.leased) == 2
+    assert frontier.limit_reached()
+
+
+async def test_a_host_stays_in_memory_until_its_completions_are_committed(store: Store) -> None:
+    """Were host h0 forgotten while a URL it finished waits for its commit, waking h0 again
+    would read that URL from SQLite as still queued and lease it a second time."""
+    await queue_urls(store, hosts=2, per_host=2)
+    pol = politeness()
+    frontier = Frontier(store, pol, max_hosts=1)
+    await frontier.load(fetched=0)
+    driver = Driver(store, frontier, pol)
+    first = await driver.lease()
+    assert first is not None and first.host == "h0.test:80"
+    await driver.finish(first)
+    completions = frontier.take_completions()
+    flush = asyncio.ensure_future(store.flush())  # the writer commits `first`...
+    await asyncio.sleep(0)  # (one turn: the flush has taken its batch and begun its transaction)
+    second = await driver.lease()  # ...while `second` is leased and finished: the next batch
+    assert second is not None
+    await driver.finish(second)
+    frontier.committed(completions, await flush)
+    assert rows(store.path, "SELECT state FROM urls WHERE id = ?", (second.url_id,)) == [("queued",)]
+    assert frontier.hosts_in_memory() == 1  # h0 waits for that commit; h1 is not woken yet
+    while (lease := await driver.lease()) is not None:
+        await driver.finish(lease)
+    assert driver.leased == ["http://h0.test/0", "http://h0.test/1", "http://h1.test/0", "http://h1.test/1"]
