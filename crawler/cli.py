@@ -168,7 +168,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from crawler.localsite import SiteServer
 
     db: Path = args.db
-    move_aside(db)
+    # The demo database is disposable: each demo starts from an empty one, leaving no backups.
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
     with SiteServer(build_demo_site()) as server:
         config = demo_config(server.url, db)
         if not args.quiet:
