@@ -7,7 +7,7 @@ import errno
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -468,19 +468,15 @@ class Store:
             (utc_now(), reason),
         )
 
-    async def set_states(self, changes: Sequence[tuple[str, str | None, int]]) -> None:
-        """(state, reason, id) changes committed at once, outside the crawl's batches."""
-        if not changes:
-            return
-        now = utc_now()
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One IMMEDIATE transaction: committed if the block succeeds, rolled back on any error
+        (a cancellation included); sqlite errors leave as StoreError."""
         conn = self._conn
         try:
             await conn.execute("BEGIN IMMEDIATE")
             try:
-                await conn.executemany(
-                    "UPDATE urls SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
-                    [(state, reason, now, url_id) for state, reason, url_id in changes],
-                )
+                yield conn
                 await conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -488,6 +484,17 @@ class Store:
                 raise
         except sqlite3.Error as exc:
             raise _translate(exc, self.path) from exc
+
+    async def set_states(self, changes: Sequence[tuple[str, str | None, int]]) -> None:
+        """(state, reason, id) changes committed at once, outside the crawl's batches."""
+        if not changes:
+            return
+        now = utc_now()
+        async with self._transaction() as conn:
+            await conn.executemany(
+                "UPDATE urls SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
+                [(state, reason, now, url_id) for state, reason, url_id in changes],
+            )
 
     async def start_run(self, config_json: str) -> int:
         try:
@@ -550,104 +557,83 @@ class Store:
         self.last_flush_pages = len(batch.pages)
         if not len(batch):
             return []
-        conn = self._conn
-        try:
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                queued = await self._insert_urls(batch.new_urls)
-                if batch.pages:
-                    await conn.executemany(
-                        # An upsert, not INSERT OR REPLACE: REPLACE deletes without firing the
-                        # delete trigger, which would leave a stale entry in pages_fts.
-                        "INSERT INTO pages (url_id, url, final_url, status, content_type, title, depth,"
-                        " fetched_at, elapsed_ms, http_version, bytes, headers, redirects, noindex, text, body, run_id)"
-                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                        f" ON CONFLICT (url_id) DO UPDATE SET {_PAGE_UPDATE}",
-                        [
-                            (
-                                p.url_id,
-                                p.url,
-                                p.final_url,
-                                p.status,
-                                p.content_type,
-                                p.title,
-                                p.depth,
-                                p.fetched_at,
-                                p.elapsed_ms,
-                                p.http_version,
-                                p.size,
-                                json.dumps(p.headers),
-                                json.dumps(p.redirects),
-                                int(p.noindex),
-                                p.text,
-                                p.body,
-                                self.run_id,
-                            )
-                            for p in batch.pages
-                        ],
-                    )
-                if batch.links:
-                    await conn.executemany(
-                        "INSERT OR IGNORE INTO links (from_id, to_url, nofollow) VALUES (?, ?, ?)", batch.links
-                    )
-                if batch.errors:
-                    await conn.executemany(
-                        "INSERT INTO errors (url_id, url, kind, message, attempts, at, run_id)"
-                        f" VALUES (?, ?, ?, ?, ?, ?, {int(self.run_id or 0)})",
-                        batch.errors,
-                    )
-                if batch.states:
-                    await conn.executemany(
-                        "UPDATE urls SET state = ?, reason = ?, updated_at = ? WHERE id = ?", batch.states
-                    )
-                if batch.host_skips:
-                    await conn.executemany(
-                        "UPDATE urls SET state = 'skipped', reason = ?, updated_at = ?"
-                        " WHERE host = ? AND state = 'queued'",
-                        batch.host_skips,
-                    )
-                if batch.robots:
-                    await conn.executemany(
-                        "INSERT OR REPLACE INTO robots (origin, status, fetched_at, crawl_delay, sitemaps, note)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
-                        batch.robots,
-                    )
-                await conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    await conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise _translate(exc, self.path) from exc
+        async with self._transaction() as conn:
+            queued = await self._insert_urls(batch.new_urls)
+            if batch.pages:
+                await conn.executemany(
+                    # An upsert, not INSERT OR REPLACE: REPLACE deletes without firing the
+                    # delete trigger, which would leave a stale entry in pages_fts.
+                    "INSERT INTO pages (url_id, url, final_url, status, content_type, title, depth,"
+                    " fetched_at, elapsed_ms, http_version, bytes, headers, redirects, noindex, text, body, run_id)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                    f" ON CONFLICT (url_id) DO UPDATE SET {_PAGE_UPDATE}",
+                    [
+                        (
+                            p.url_id,
+                            p.url,
+                            p.final_url,
+                            p.status,
+                            p.content_type,
+                            p.title,
+                            p.depth,
+                            p.fetched_at,
+                            p.elapsed_ms,
+                            p.http_version,
+                            p.size,
+                            json.dumps(p.headers),
+                            json.dumps(p.redirects),
+                            int(p.noindex),
+                            p.text,
+                            p.body,
+                            self.run_id,
+                        )
+                        for p in batch.pages
+                    ],
+                )
+            if batch.links:
+                await conn.executemany(
+                    "INSERT OR IGNORE INTO links (from_id, to_url, nofollow) VALUES (?, ?, ?)", batch.links
+                )
+            if batch.errors:
+                await conn.executemany(
+                    "INSERT INTO errors (url_id, url, kind, message, attempts, at, run_id)"
+                    f" VALUES (?, ?, ?, ?, ?, ?, {int(self.run_id or 0)})",
+                    batch.errors,
+                )
+            if batch.states:
+                await conn.executemany(
+                    "UPDATE urls SET state = ?, reason = ?, updated_at = ? WHERE id = ?", batch.states
+                )
+            if batch.host_skips:
+                await conn.executemany(
+                    "UPDATE urls SET state = 'skipped', reason = ?, updated_at = ? WHERE host = ? AND state = 'queued'",
+                    batch.host_skips,
+                )
+            if batch.robots:
+                await conn.executemany(
+                    "INSERT OR REPLACE INTO robots (origin, status, fetched_at, crawl_delay, sitemaps, note)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    batch.robots,
+                )
         return queued
 
     async def index_pending(self, limit: int) -> int:
         """Move up to `limit` pages from search_pending into pages_fts in one transaction; returns how many."""
-        conn = self._conn
-        try:
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Fixed SQL text (no IN-list sized per call): every distinct text is a prepared
-                # statement that sqlite3 keeps cached, which grew RSS. Both subqueries pick the
-                # same rows: nothing else writes inside this IMMEDIATE transaction.
-                await conn.execute(
-                    "INSERT INTO pages_fts (rowid, title, text) SELECT p.url_id, p.title, p.text FROM pages p"
-                    " WHERE p.url_id IN (SELECT url_id FROM search_pending ORDER BY url_id LIMIT ?) AND p.noindex = 0",
-                    (limit,),
-                )
-                cursor = await conn.execute(
-                    "DELETE FROM search_pending WHERE url_id IN"
-                    " (SELECT url_id FROM search_pending ORDER BY url_id LIMIT ?)",
-                    (limit,),
-                )
-                done = cursor.rowcount
-                await conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    await conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise _translate(exc, self.path) from exc
+        async with self._transaction() as conn:
+            # Fixed SQL text (no IN-list sized per call): every distinct text is a prepared
+            # statement that sqlite3 keeps cached, which grew RSS. Both subqueries pick the
+            # same rows: nothing else writes inside this IMMEDIATE transaction.
+            await conn.execute(
+                "INSERT INTO pages_fts (rowid, title, text) SELECT p.url_id, p.title, p.text FROM pages p"
+                " WHERE p.url_id IN (SELECT url_id FROM search_pending ORDER BY url_id LIMIT ?) AND p.noindex = 0",
+                (limit,),
+            )
+            cursor = await conn.execute(
+                "DELETE FROM search_pending WHERE url_id IN"
+                " (SELECT url_id FROM search_pending ORDER BY url_id LIMIT ?)",
+                (limit,),
+            )
+            done = cursor.rowcount
         return done
 
     async def _insert_urls(self, urls: list[NewUrl]) -> list[QueuedUrl]:
