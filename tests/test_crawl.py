@@ -14,27 +14,14 @@ from tests.crawlkit import crawl, make_config, rows, stored_paths
 Serve = Callable[[Site], SiteServer]
 
 
-def small_shop() -> Site:
-    """Six pages, a redirect, a 404, a disallowed area, a PDF and some links that must be skipped."""
-    return (
+def serve_small_shop(site_server: Serve) -> SiteServer:
+    """Six pages, a redirect, a 404, a disallowed area, a PDF and links that must be skipped.
+
+    The home page links to its own server by absolute URL, so it is added once the port is known
+    (a served Site reads its routes on every request)."""
+    site = (
         Site()
         .robots("User-agent: *\nDisallow: /private/\n")
-        .page(
-            "/",
-            title="Home",
-            links=[
-                "/a",
-                "/b#frag",
-                "/old",
-                "/private/x",
-                "/missing",
-                "/doc.pdf",
-                "mailto:x@y.z",
-                "javascript:void(0)",
-                "http://elsewhere.test/",
-                "HTTP://127.0.0.1:{port}/a",
-            ],
-        )
         .page("/a", title="A", links=["/", "/b", "/c?Q=Case"])
         .page("/b", title="B", links=["/a"])
         .page("/c?Q=Case", title="C with query", links=["/c?q=case"])
@@ -44,10 +31,7 @@ def small_shop() -> Site:
         .page("/private/x", title="secret")
         .page("/doc.pdf", body=b"%PDF-1.4 fake", content_type="application/pdf")
     )
-
-
-def with_port(site: Site, server: SiteServer) -> None:
-    """Fill the {port} placeholder that tests use for absolute self-links."""
+    server = site_server(site)
     site.page(
         "/",
         title="Home",
@@ -64,12 +48,11 @@ def with_port(site: Site, server: SiteServer) -> None:
             f"HTTP://127.0.0.1:{server.port}/a",
         ],
     )
+    return server
 
 
 async def test_crawl_fetches_and_stores_exactly_the_reachable_pages(site_server: Serve, tmp_path: Path) -> None:
-    site = small_shop()
-    server = site_server(site)
-    with_port(site, server)
+    server = serve_small_shop(site_server)
     db = tmp_path / "crawl.db"
     summary = await crawl(make_config(db, [server.url + "/"]))
 
@@ -94,9 +77,7 @@ async def test_crawl_fetches_and_stores_exactly_the_reachable_pages(site_server:
 
 
 async def test_pages_hold_metadata_and_links(site_server: Serve, tmp_path: Path) -> None:
-    site = small_shop()
-    server = site_server(site)
-    with_port(site, server)
+    server = serve_small_shop(site_server)
     db = tmp_path / "crawl.db"
     await crawl(make_config(db, [server.url + "/"]))
 
