@@ -466,10 +466,6 @@ class Frontier:
         self._refills_wanted.clear()
         self._wake(len(self._waiters))
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def queued_in_memory(self) -> int:
         return self._in_memory
 

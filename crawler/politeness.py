@@ -78,10 +78,6 @@ class HostSlot:
         return max(self.next_start, self.paused_until)
 
     @property
-    def has_capacity(self) -> bool:
-        return self.in_flight < self.concurrency
-
-    @property
     def leasable(self) -> bool:
         """Whether the frontier may hand out a URL of this host once it is ready."""
         return self.in_flight < self.concurrency and not self.fetching_robots
