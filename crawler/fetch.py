@@ -199,6 +199,12 @@ class Fetcher:
         self._feedback = feedback
         self._max_retry_after = max_retry_after
         self._sleep = sleep
+        # The retry policy is stateless, so it is built once rather than on every hop.
+        self._stop = stop_after_attempt(http.retries + 1)
+        self._wait = wait_exponential_jitter(
+            multiplier=http.retry_backoff, jitter=http.retry_backoff, max=http.retry_backoff_max
+        )
+        self._retry = retry_if_exception(_is_transient)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -257,15 +263,7 @@ class Fetcher:
 
     async def _fetch_with_retries(self, url: str, gate: Gate, truncate_at: int | None) -> FetchResult:
         attempts = 0
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.http.retries + 1),
-            wait=wait_exponential_jitter(
-                multiplier=self.http.retry_backoff, jitter=self.http.retry_backoff, max=self.http.retry_backoff_max
-            ),
-            retry=retry_if_exception(_is_transient),
-            sleep=self._sleep,
-            reraise=True,
-        )
+        retrying = AsyncRetrying(stop=self._stop, wait=self._wait, retry=self._retry, sleep=self._sleep, reraise=True)
         try:
             async for attempt in retrying:
                 with attempt:
@@ -308,16 +306,16 @@ class Fetcher:
         self._observe(url, status, elapsed)
         if status in RETRY_STATUSES:
             retry_after = parse_retry_after(response.headers.get("retry-after"))
-            if retry_after is not None and retry_after > self._max_retry_after:
-                if self._feedback is not None and status in THROTTLE_STATUSES:
-                    self._feedback.retry_after(url, None, status)  # no waiting, but a 429 still backs off
+            too_long = retry_after is not None and retry_after > self._max_retry_after
+            if self._feedback is not None and status in THROTTLE_STATUSES:
+                # Too long to wait out: no pause, but a 429 still backs the host off.
+                self._feedback.retry_after(url, None if too_long else retry_after, status)
+            if too_long:
                 raise FetchError(
                     ErrorKind.RETRY_AFTER_TOO_LONG,
                     f"HTTP {status} with Retry-After {retry_after:.0f}s,"
                     f" above max_retry_after {self._max_retry_after:g}s",
                 )
-            if self._feedback is not None and status in THROTTLE_STATUSES:
-                self._feedback.retry_after(url, retry_after, status)
             raise _Retryable(ErrorKind.HTTP_STATUS, f"HTTP {status}", status)
         return FetchResult(
             url=url,
