@@ -35,6 +35,9 @@ class CrawlConfig:
     max_url_length: int = _spec(2048, lo=16, doc="longer URLs are skipped (trap guard)")
     max_repeated_segments: int = _spec(3, lo=1, doc="a path segment may appear at most this often (trap guard)")
     max_links_per_page: int = _spec(5000, lo=1, doc="links kept from one page; the rest are dropped")
+    parse_workers: int = _spec(
+        1, lo=0, hi=64, doc="processes that parse HTML beside the crawl's event loop; 0 = parse in it"
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

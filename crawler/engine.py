@@ -15,10 +15,11 @@ from enum import StrEnum
 import httpx
 
 from crawler.config import Config
-from crawler.errors import CrawlerError, ErrorKind, FetchError, SkipReason
+from crawler.errors import CrawlerError, ErrorKind, FetchError, ParseError, SkipReason
 from crawler.fetch import Fetcher, FetchResult
 from crawler.frontier import Frontier, RecentUrls
-from crawler.parse import decode_html, is_html, parse_html, robots_directives
+from crawler.parse import ParsedPage, is_html, robots_directives
+from crawler.parsepool import ParseJob, ParsePool
 from crawler.politeness import HostGate, Lease, Politeness
 from crawler.resume import ResumeInfo, prepare
 from crawler.robots import MAX_ROBOTS_BYTES, RobotsCache, RobotsResponse, RobotsRules, product_token
@@ -37,6 +38,7 @@ MAX_PENDING_ROWS = 2 * FLUSH_ROWS  # workers wait for the writer beyond this (bo
 LIVE_INDEX_RATE = 200.0  # pages/s stored, at or below which the writer also indexes
 INDEX_CHUNK = 200  # pages per indexing transaction while crawling (tens of ms)
 INDEX_BULK = 500  # pages per indexing transaction at the end of a run (FTS5 holds them in RAM)
+PARSE_SLACK = 4  # workers beyond `concurrency` per parser process, to fetch while pages are parsed
 
 
 class Outcome(StrEnum):
@@ -106,9 +108,12 @@ class Crawl:
         on_message: Callable[[str], None] | None = None,
         progress_interval: float = 0.5,
         stop_grace: float = 5.0,
+        parser: ParsePool | None = None,
     ) -> None:
+        """transport and parser replace the real ones (tests); the crawl starts and closes the parser."""
         self.config = config
         self._transport = transport
+        self.parser = parser if parser is not None else ParsePool(config.crawl.parse_workers)
         self._on_progress = on_progress
         self._say = on_message or (lambda text: None)
         self._progress_interval = progress_interval
@@ -177,9 +182,13 @@ class Crawl:
         if resumed is not None and not self._queued:
             self._say(f"nothing left to fetch in {store.path} ({resumed.done:,} done); --fresh starts over")
 
+        await self.parser.start()
         writer = asyncio.create_task(self._writer(), name="writer")
         reporter = asyncio.create_task(self._reporter(started), name="progress")
-        workers = [asyncio.create_task(self._worker(), name=f"worker-{i}") for i in range(cfg.politeness.concurrency)]
+        # Workers waiting for their page's parse hold no request slot, so extra workers keep
+        # `concurrency` requests in flight meanwhile (the semaphore still caps them).
+        n_workers = cfg.politeness.concurrency + PARSE_SLACK * self.parser.workers
+        workers = [asyncio.create_task(self._worker(), name=f"worker-{i}") for i in range(n_workers)]
         stopper = asyncio.create_task(self._stop_when_asked(workers), name="stopper")
         try:
             await asyncio.wait(workers)
@@ -187,6 +196,7 @@ class Crawl:
             for task in (*workers, stopper, reporter):
                 task.cancel()
             await asyncio.gather(*workers, stopper, reporter, return_exceptions=True)
+            await self.parser.close()
             # Let the writer finish the commit it may be in, rather than cancel it mid-transaction.
             self._writing = False
             self._flush_wanted.set()
@@ -295,7 +305,21 @@ class Crawl:
             self.store.add_error(lease.url_id, url, exc.kind, exc.message, exc.attempts)
             self._errors += 1
             return _Result.FETCHED
-        self._record(lease, result)
+        parsed = None
+        if 200 <= result.status < 300 and is_html(result.content_type):
+            # No more requests for this lease: the host's capacity goes to the next URL while
+            # this page is parsed (another worker takes it; there are more workers than slots).
+            gate.let_go()
+            job = ParseJob(
+                result.body, result.content_type, result.final_url, self.config.crawl.max_links_per_page, self._token
+            )
+            try:
+                parsed = await self.parser.parse(job)
+            except ParseError as exc:
+                self.store.add_error(lease.url_id, url, ErrorKind.PARSE, exc.message, result.attempts)
+                self._errors += 1
+                return _Result.FETCHED
+        self._record(lease, result, parsed)
         return _Result.FETCHED
 
     def _robots_given_up(self, site: str) -> bool:
@@ -391,20 +415,15 @@ class Crawl:
 
     # ---- recording -----------------------------------------------------------------------
 
-    def _record(self, lease: Lease, result: FetchResult) -> None:
+    def _record(self, lease: Lease, result: FetchResult, parsed: ParsedPage | None) -> None:
+        """Store the page (parsed when it is HTML) and queue what it links to."""
         cfg = self.config
         content_type = result.content_type
         noindex, nofollow = robots_directives(result.header_values("x-robots-tag"), self._token)
         title: str | None = None
         text: str | None = None
         links: tuple[tuple[str, bool], ...] = ()
-        if 200 <= result.status < 300 and is_html(content_type):
-            parsed = parse_html(
-                decode_html(result.body, content_type),
-                result.final_url,
-                max_links=cfg.crawl.max_links_per_page,
-                robots_name=self._token,
-            )
+        if parsed is not None:
             title, text = parsed.title, parsed.text
             noindex = noindex or parsed.noindex
             nofollow = nofollow or parsed.nofollow

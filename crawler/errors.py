@@ -5,8 +5,10 @@
     ├── UsageError               bad command-line input: unknown filter, bad SQL (exit 2)
     ├── StoreError               the database cannot be opened or written (exit 3)
     ├── NothingToResume          `crawler resume` found no unfinished crawl (exit 1)
-    └── FetchError               one URL could not be fetched; carries a `kind` from
-                                 ErrorKind and ends as a row in `errors`, never in the CLI
+    ├── FetchError               one URL could not be fetched; carries a `kind` from
+    │                            ErrorKind and ends as a row in `errors`, never in the CLI
+    └── ParseError               a fetched page could not be parsed (its parser process
+                                 died on it); a row of kind `parse` in `errors`
 
 Third-party exceptions are translated at one boundary each: httpx in `fetch`,
 sqlite in `store`.  The CLI turns every CrawlerError into a message and an exit code.
@@ -66,7 +68,7 @@ class ErrorKind(StrEnum):
     BAD_REDIRECT = "bad_redirect"  # Location missing, malformed or not http(s)
     TOO_LARGE = "too_large"  # body (decompressed) above max_body_bytes
     RETRY_AFTER_TOO_LONG = "retry_after_too_long"  # server asked for a pause above max_retry_after
-    PARSE = "parse"  # reserved: the body could not be parsed (the parser never raises today)
+    PARSE = "parse"  # the page could not be parsed: its parser process died on it, or the parser failed
     OTHER = "other"  # anything unexpected, e.g. an internal error; the message holds the detail
 
 
@@ -93,3 +95,11 @@ class FetchError(CrawlerError):
         self.attempts = attempts
         self.status = status  # the last HTTP status, when there was one
         super().__init__(f"{kind}: {message}")
+
+
+class ParseError(CrawlerError):
+    """A fetched page could not be parsed; the engine records it in `errors` (kind parse) and goes on."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)

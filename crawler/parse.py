@@ -7,12 +7,13 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 from crawler.urls import join_url
 
-__all__ = ["Link", "ParsedPage", "decode_html", "is_html", "parse_html", "robots_directives"]
+__all__ = ["Link", "ParsedPage", "decode_html", "is_html", "parse_html", "parse_page", "robots_directives"]
 
 MAX_TEXT_CHARS = 200_000
 _META_SCAN_BYTES = 4096
@@ -113,8 +114,7 @@ def decode_html(body: bytes, content_type: str | None) -> str:
     return text.removeprefix("\ufeff")
 
 
-@dataclass(frozen=True, slots=True)
-class Link:
+class Link(NamedTuple):
     url: str
     nofollow: bool
 
@@ -231,6 +231,11 @@ def parse_html(
         canonical=canonical,
         text=text,
     )
+
+
+def parse_page(body: bytes, content_type: str | None, url: str, *, max_links: int, robots_name: str) -> ParsedPage:
+    """parse_html of a response body, decoded as decode_html does."""
+    return parse_html(decode_html(body, content_type), url, max_links=max_links, robots_name=robots_name)
 
 
 # X-Robots-Tag directives that take a "name: value" form and so are not a bot name.

@@ -1,0 +1,251 @@
+"""HTML parsing in child processes, so the crawl's event loop spends its one core on fetching and storing.
+
+selectolax holds the GIL while it parses, so a thread would not help: a page's decode, parse,
+link resolution and text extraction (about half a millisecond) run in `workers` child
+processes instead, fed over pipes. Frames are a 4-byte length and a `marshal` payload: both
+ends are the same interpreter, and the payload is only bytes, str, bool, int and tuples.
+
+A child that dies (a crash in the native parser, a kill) costs the page it was parsing, which
+becomes a ParseError; the pages queued behind it go to a fresh child. With workers = 0, or
+after children keep dying at start, pages are parsed in the crawl's own process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import marshal
+import os
+import signal
+import struct
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from crawler.errors import ParseError
+from crawler.parse import Link, ParsedPage, parse_page
+
+log = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("<I")
+_OK, _FAILED = 0, 1
+_READY = b"R"  # a child's first byte: it has imported the parser and waits for jobs
+CHILD_ARGV = (sys.executable, "-m", "crawler.parsepool")
+_MAX_START_FAILURES = 3  # children dying before their first answer, in a row, before parsing inline
+_STOP_WAIT = 2.0  # seconds a child gets to exit after its input closes
+
+
+@dataclass(frozen=True, slots=True)
+class ParseJob:
+    """What a child needs to parse one page."""
+
+    body: bytes
+    content_type: str | None
+    url: str
+    max_links: int
+    robots_name: str
+
+    def run(self) -> ParsedPage:
+        return parse_page(
+            self.body, self.content_type, self.url, max_links=self.max_links, robots_name=self.robots_name
+        )
+
+
+def _encode_page(page: ParsedPage) -> tuple[object, ...]:
+    links = tuple(tuple(link) for link in page.links)  # marshal takes plain tuples only
+    return (page.title, links, page.noindex, page.nofollow, page.canonical, page.text)
+
+
+def _decode_page(fields: tuple[object, ...]) -> ParsedPage:
+    title, links, noindex, nofollow, canonical, text = fields
+    return ParsedPage(
+        title=title,  # type: ignore[arg-type]
+        links=tuple(map(Link._make, links)),  # type: ignore[call-overload]
+        noindex=bool(noindex),
+        nofollow=bool(nofollow),
+        canonical=canonical,  # type: ignore[arg-type]
+        text=text,  # type: ignore[arg-type]
+    )
+
+
+class _Child:
+    """One parser process and the jobs sent to it, answered in order."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.pending: collections.deque[tuple[ParseJob, asyncio.Future[ParsedPage]]] = collections.deque()
+        self.ready = False
+        self.reader: asyncio.Task[None] | None = None
+
+    def send(self, job: ParseJob, future: asyncio.Future[ParsedPage]) -> None:
+        payload = marshal.dumps((job.body, job.content_type, job.url, job.max_links, job.robots_name))
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(_HEADER.pack(len(payload)) + payload)
+        self.pending.append((job, future))
+
+
+class ParsePool:
+    """Parses pages in `workers` child processes; `await parse(job)` gives one page's result."""
+
+    def __init__(self, workers: int, *, argv: tuple[str, ...] = CHILD_ARGV) -> None:
+        self.workers = workers
+        self._argv = argv  # how to start a child; tests start one that crashes on cue
+        self._children: list[_Child] = []
+        self._start_failures = 0
+        self._closing = False
+        self.inline = workers == 0
+
+    async def start(self) -> None:
+        for _ in range(self.workers):
+            self._children.append(await self._spawn())
+
+    async def _spawn(self) -> _Child:
+        proc = await asyncio.create_subprocess_exec(
+            *self._argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        child = _Child(proc)
+        child.reader = asyncio.create_task(self._read(child), name=f"parser-{proc.pid}")
+        return child
+
+    async def parse(self, job: ParseJob) -> ParsedPage:
+        """The parsed page; ParseError if the parser could not produce it."""
+        if self.inline or not self._children:
+            return job.run()
+        future: asyncio.Future[ParsedPage] = asyncio.get_running_loop().create_future()
+        min(self._children, key=lambda child: len(child.pending)).send(job, future)
+        return await future
+
+    async def _read(self, child: _Child) -> None:
+        assert child.proc.stdout is not None
+        stdout = child.proc.stdout
+        try:
+            if await stdout.readexactly(len(_READY)) != _READY:
+                raise ConnectionError("not a parser process")
+            child.ready = True
+            while True:
+                size = _HEADER.unpack(await stdout.readexactly(_HEADER.size))[0]
+                status, payload = marshal.loads(await stdout.readexactly(size))
+                _, future = child.pending.popleft()
+                if future.done():  # its worker was cancelled meanwhile
+                    continue
+                if status == _OK:
+                    future.set_result(_decode_page(payload))
+                else:
+                    future.set_exception(ParseError(f"parser failed: {payload}"))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the child is gone
+        if not self._closing:
+            await self._replace(child)
+
+    async def _replace(self, dead: _Child) -> None:
+        """Fail the page the dead child was parsing, and hand the others to a new child (or parse them here)."""
+        code = await dead.proc.wait()
+        self._children.remove(dead)
+        pending = list(dead.pending)
+        dead.pending.clear()
+        if dead.ready:  # it died on the first page it was given
+            self._start_failures = 0
+            if pending:
+                _, culprit = pending.pop(0)
+                if not culprit.done():
+                    culprit.set_exception(ParseError(f"the parser process died on this page (exit code {code})"))
+            log.warning("a parser process died (exit code %s); starting a new one", code)
+        else:  # it never started: no page is to blame
+            self._start_failures += 1
+        if self._start_failures >= _MAX_START_FAILURES:
+            log.warning("parser processes keep failing to start (exit code %s); parsing in this process", code)
+            self.inline = True
+        else:
+            self._children.append(await self._spawn())
+        for job, future in pending:
+            if future.done():
+                continue
+            if self.inline:
+                _settle(future, job)
+            else:
+                min(self._children, key=lambda child: len(child.pending)).send(job, future)
+
+    async def close(self) -> None:
+        """End every child: close its input, wait for it to exit, kill it if it does not."""
+        self._closing = True
+        children, self._children = self._children, []
+        for child in children:
+            assert child.proc.stdin is not None
+            child.proc.stdin.close()
+        for child in children:
+            try:
+                await asyncio.wait_for(child.proc.wait(), _STOP_WAIT)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.kill()
+                await child.proc.wait()
+            if child.reader is not None:
+                child.reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await child.reader
+            for _, future in child.pending:
+                future.cancel()
+
+
+def _settle(future: asyncio.Future[ParsedPage], job: ParseJob) -> None:
+    try:
+        future.set_result(job.run())
+    except Exception as exc:  # a parser bug costs this page, never the crawl
+        future.set_exception(ParseError(f"parser failed: {exc!r}"))
+
+
+# ---- the child -------------------------------------------------------------------------------
+
+
+def _read_exactly(fd: int, size: int) -> bytes | None:
+    chunks = []
+    while size:
+        chunk = os.read(fd, size)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def serve(in_fd: int, out_fd: int) -> None:
+    """The child's loop: one job in, one answer out, until its input closes."""
+    _write_all(out_fd, _READY)
+    while (header := _read_exactly(in_fd, _HEADER.size)) is not None:
+        payload = _read_exactly(in_fd, _HEADER.unpack(header)[0])
+        if payload is None:
+            return
+        body, content_type, url, max_links, robots_name = marshal.loads(payload)
+        try:
+            answer: tuple[int, Any] = (
+                _OK,
+                _encode_page(ParseJob(body, content_type, url, max_links, robots_name).run()),
+            )
+        except Exception as exc:  # reported to the crawl as this page's ParseError
+            answer = (_FAILED, repr(exc))
+        data = marshal.dumps(answer)
+        _write_all(out_fd, _HEADER.pack(len(data)) + data)
+
+
+def _child_main() -> None:
+    # The crawl decides when a child ends (by closing its input): a Ctrl-C or SIGTERM sent to
+    # the whole process group must not kill the parsers while the crawl finishes its pages.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The pipe on stdout carries frames only: anything printed goes to stderr instead.
+    out_fd = os.dup(1)
+    os.dup2(2, 1)
+    with contextlib.suppress(BrokenPipeError):  # the crawl is gone
+        serve(0, out_fd)
+
+
+if __name__ == "__main__":
+    _child_main()
