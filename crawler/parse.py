@@ -155,7 +155,7 @@ def _extract_links(nodes: Iterable[LexborNode], base_url: str, max_links: int) -
     found: dict[str, bool] = {}  # url → nofollow, in first-seen order
     joined: dict[str, str | None] = {}  # href → url; nav links repeat a lot
     for node in nodes:
-        attrs = node.attrs
+        attrs = node.attributes  # one dict: cheaper than two lookups through node.attrs
         href = attrs.get("href")
         if href is None:
             continue

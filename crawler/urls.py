@@ -205,6 +205,12 @@ def _fix_char(m: re.Match[str]) -> str:
     return "".join(f"%{byte:02X}" for byte in text.encode("utf-8"))
 
 
+# Absolute and root-relative links resolve the same on every page of a site, and most of
+# them repeat (navigation, footers, popular pages): remembering them spares a normalisation
+# (a few µs, a third of a page's link handling). Bounded, so a huge crawl costs a few MB.
+_normalize_link = lru_cache(maxsize=16384)(normalize_url)
+
+
 def join_url(base: str, href: str) -> str | None:
     """Resolve an href against base and normalise it; None for empty or non-http(s) links."""
     href = href.strip(_C0_AND_SPACE)
@@ -217,7 +223,7 @@ def join_url(base: str, href: str) -> str | None:
         if m.group(1).lower() not in _DEFAULT_PORTS:
             return None  # javascript:, mailto:, tel:, data:, ftp: ...
         if href.startswith("//", m.end()):
-            return normalize_url(href)  # absolute: the base does not matter
+            return _normalize_link(href)  # absolute: the base does not matter
     elif href.startswith("//"):  # scheme-relative; urljoin would turn a bare "//" into base
         b = _SCHEME.match(base)
         return normalize_url(f"{b.group(1)}:{href}") if b is not None else None
@@ -225,7 +231,7 @@ def join_url(base: str, href: str) -> str | None:
         # Root-relative links are the common case; skip urljoin for them.
         a = _AUTHORITY.match(base)
         if a is not None:
-            return normalize_url(a.group() + href)
+            return _normalize_link(a.group() + href)
     try:
         return normalize_url(urljoin(base, href))
     except ValueError:  # e.g. an unterminated "[" in the href's host
