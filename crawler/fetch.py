@@ -21,6 +21,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from crawler.config import HttpConfig
 from crawler.errors import ErrorKind, FetchError
+from crawler.transport import AiohttpTransport
 from crawler.urls import join_url
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -101,8 +102,6 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 def build_transport(http: HttpConfig, limits: httpx.Limits) -> httpx.AsyncBaseTransport:
     """HTTP/1.1 over aiohttp for plain http (the fast path), httpx's own transport (h2 via ALPN) for https."""
-    from httpx_aiohttp import AiohttpTransport
-
     # verify=True uses certifi's bundle; ca_bundle adds trust in a private CA instead.
     verify: ssl.SSLContext | bool = True
     if http.ca_bundle is not None:
@@ -298,7 +297,7 @@ class Fetcher:
                     ErrorKind.TIMEOUT, f"no complete response within total_timeout {self.http.total_timeout:g}s"
                 ) from None
             except (httpx.HTTPError, aiohttp.ClientError) as exc:
-                # httpx-aiohttp lets aiohttp's ClientResponseError (malformed responses) through as is.
+                # The aiohttp transport lets ClientResponseError (malformed responses) through as is.
                 self._observe(url, None, time.monotonic() - started)
                 raise translate_httpx_error(exc) from exc
             elapsed = time.monotonic() - started
@@ -469,7 +468,7 @@ def _clip(text: str, limit: int = 300) -> str:
 
 
 def translate_httpx_error(exc: BaseException) -> FetchError:
-    """The one place httpx (and aiohttp, behind httpx-aiohttp) exceptions become our error kinds."""
+    """The one place httpx (and aiohttp, behind crawler.transport) exceptions become our error kinds."""
     chain = _causes(exc)
     text = _one_line(str(exc)) or type(exc).__name__
     for cause in chain:
@@ -519,7 +518,7 @@ def _one_line(text: str) -> str:
 
 
 def _aiohttp_kind(cause: BaseException) -> tuple[ErrorKind, str] | None:
-    """httpx-aiohttp maps every connection error to ConnectTimeout, or lets it through; look at the real one."""
+    """The transport maps most connection errors to ConnectTimeout, or lets them through; look at the real one."""
     if isinstance(cause, aiohttp.ClientResponseError):
         return ErrorKind.PROTOCOL, f"malformed response: {_one_line(cause.message) or type(cause).__name__}"
     text = _one_line(str(cause)) or type(cause).__name__
