@@ -261,11 +261,21 @@ class Fetcher:
         return result
 
     async def _fetch_with_retries(self, url: str, gate: Gate, truncate_at: int | None) -> FetchResult:
-        attempts = 0
+        # Most first attempts succeed: make them without tenacity's machinery, and only
+        # hand a failure to tenacity, which replays it as its own attempt 1 and so keeps
+        # its attempt numbers, waits and stop decisions exactly as if it had made it.
+        try:
+            return await self._fetch_once(url, gate, truncate_at)
+        except FetchError as exc:
+            first: FetchError | None = exc
+        attempts = 1
         retrying = AsyncRetrying(stop=self._stop, wait=self._wait, retry=self._retry, sleep=self._sleep, reraise=True)
         try:
             async for attempt in retrying:
                 with attempt:
+                    if first is not None:
+                        failed, first = first, None
+                        raise failed
                     attempts += 1
                     result = await self._fetch_once(url, gate, truncate_at)
                     result.attempts = attempts

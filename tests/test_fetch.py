@@ -136,15 +136,79 @@ async def test_5xx_is_retried_then_reported_with_attempts() -> None:
     assert info.value.message == "HTTP 503 after 3 attempts"
 
 
+class RecordingSleep:
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+@respx.mock
+async def test_retries_after_a_first_attempt_made_outside_tenacity_keep_its_numbers_and_waits() -> None:
+    # The first attempt runs without tenacity; its failure is replayed as tenacity's attempt 1,
+    # so the waits are those of attempts 1 and 2: backoff·2⁰ and backoff·2¹, plus jitter < backoff.
+    route = respx.get("http://a.test/down").mock(return_value=httpx.Response(502))
+    sleep = RecordingSleep()
+    fetcher = Fetcher(
+        HttpConfig(retries=2, retry_backoff=1.0, retry_backoff_max=60.0),
+        "crawler-test/0.1",
+        concurrency=1,
+        transport=httpx.AsyncHTTPTransport(),
+        sleep=sleep,
+    )
+    gate = RecordingGate()
+    with pytest.raises(FetchError) as info:
+        await fetcher.fetch("http://a.test/down", gate)
+    await fetcher.aclose()
+    assert route.call_count == 3
+    assert len(gate.started) == 3
+    assert len(sleep.waits) == 2
+    assert 1.0 <= sleep.waits[0] <= 2.0
+    assert 2.0 <= sleep.waits[1] <= 3.0
+    assert (info.value.attempts, info.value.message) == (3, "HTTP 502 after 3 attempts")
+
+
+@respx.mock
+async def test_without_retries_a_transient_failure_is_reported_after_one_attempt() -> None:
+    route = respx.get("http://a.test/busy").mock(return_value=httpx.Response(503))
+    fetcher = make_fetcher(retries=0)
+    with pytest.raises(FetchError) as info:
+        await fetcher.fetch("http://a.test/busy", RecordingGate())
+    await fetcher.aclose()
+    assert route.call_count == 1
+    assert (info.value.kind, info.value.attempts, info.value.message) == (ErrorKind.HTTP_STATUS, 1, "HTTP 503")
+    assert type(info.value) is FetchError  # the retryable subclass never leaves the fetcher
+
+
+@respx.mock
+async def test_a_lasting_failure_on_the_first_attempt_is_not_retried() -> None:
+    route = respx.get("http://a.test/huge").mock(
+        return_value=httpx.Response(200, headers={"Content-Length": "999999999"}, content=b"x")
+    )
+    sleep = RecordingSleep()
+    fetcher = Fetcher(
+        HttpConfig(retries=2), "crawler-test/0.1", concurrency=1, transport=httpx.AsyncHTTPTransport(), sleep=sleep
+    )
+    with pytest.raises(FetchError) as info:
+        await fetcher.fetch("http://a.test/huge", RecordingGate())
+    await fetcher.aclose()
+    assert route.call_count == 1
+    assert sleep.waits == []
+    assert (info.value.kind, info.value.attempts) == (ErrorKind.TOO_LARGE, 1)
+
+
 @respx.mock
 async def test_transient_failure_then_success() -> None:
     route = respx.get("http://a.test/p")
     route.side_effect = [httpx.ConnectError("refused"), httpx.Response(200, content=b"ok")]
     fetcher = make_fetcher()
-    result = await fetcher.fetch("http://a.test/p", RecordingGate())
+    gate = RecordingGate()
+    result = await fetcher.fetch("http://a.test/p", gate)
     await fetcher.aclose()
     assert result.status == 200
     assert result.attempts == 2
+    assert len(gate.started) == 2
 
 
 @respx.mock
