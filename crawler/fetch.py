@@ -189,6 +189,9 @@ class _SetCookiesOnly(httpx.Cookies):
             super().extract_cookies(response)
 
 
+_BODILESS = frozenset({"GET", "HEAD"})
+
+
 class CrawlClient(httpx.AsyncClient):
     """The crawl's one AsyncClient: httpx's own, with a cheaper cookie jar, leaving redirects
     to Fetcher.fetch entirely.
@@ -209,6 +212,30 @@ class CrawlClient(httpx.AsyncClient):
     @cookies.setter
     def cookies(self, cookies: httpx._types.CookieTypes) -> None:
         self._jar = _SetCookiesOnly(cookies)
+
+    def build_request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Request:
+        """httpx's build_request; a bodiless request with nothing to merge is built in one pass.
+
+        httpx builds the headers four times over (client copy, merge, Request, Host prepended)
+        and re-wraps the URL; for the crawl's plain GETs the result is just the client's
+        headers after a Host header, which is what this builds, once.
+        """
+        if (
+            kwargs
+            or method not in _BODILESS
+            or not isinstance(url, httpx.URL)
+            or url.is_relative_url
+            or self.params
+            or self._jar
+            or "host" in self.headers
+        ):
+            return super().build_request(method, url, **kwargs)
+        headers = httpx.Headers([(b"Host", url.netloc), *self.headers.raw])
+        request = httpx.Request(
+            method, url, headers=headers, extensions={"timeout": self.timeout.as_dict()}, stream=httpx.ByteStream(b"")
+        )
+        request.read()  # as httpx does for a request built with content: .content is b""
+        return request
 
     def _build_redirect_request(self, request: httpx.Request, response: httpx.Response) -> httpx.Request:
         return request  # only stored as response.next_request, which nothing reads

@@ -447,3 +447,34 @@ def test_request_url_skips_parsing_for_normalised_urls() -> None:
     request_url(url)  # caches the origin
     with mock.patch("httpx._urls.urlparse", side_effect=AssertionError("parsed")):
         assert str(request_url(url)) == url
+
+
+@pytest.mark.parametrize(
+    ("method", "url"),
+    [("GET", "http://h.test/a?b=1"), ("HEAD", "https://h.test:8443/"), ("GET", "http://127.0.0.1:8080/p")],
+)
+def test_the_one_pass_build_request_builds_what_httpx_builds(method: str, url: str) -> None:
+    fetcher = make_fetcher()
+    client = fetcher.client
+    fast = client.build_request(method, request_url(url))
+    full = httpx.AsyncClient.build_request(client, method, httpx.URL(url))
+    assert (fast.method, fast.url, fast.headers.raw, fast.extensions) == (
+        full.method,
+        full.url,
+        full.headers.raw,
+        full.extensions,
+    )
+    assert fast.content == full.content == b""
+    assert type(fast.stream) is type(full.stream)
+
+
+def test_build_request_with_anything_to_merge_is_httpx_s_own() -> None:
+    fetcher = make_fetcher()
+    client = fetcher.client
+    client.cookies.set("session", "abc", domain="h.test")
+    with_cookie = client.build_request("GET", request_url("http://h.test/"))
+    assert with_cookie.headers["cookie"] == "session=abc"
+    posted = client.build_request("POST", request_url("http://h.test/form"))
+    assert posted.headers["content-length"] == "0"
+    extra = client.build_request("GET", request_url("http://h.test/"), headers={"X-Extra": "1"})
+    assert extra.headers["x-extra"] == "1"
