@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import os
+import re
 import socket
 import ssl
 import time
@@ -21,6 +22,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from crawler.config import HttpConfig
 from crawler.errors import ErrorKind, FetchError
+from crawler.transport import AiohttpTransport
 from crawler.urls import join_url
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -101,8 +103,6 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 def build_transport(http: HttpConfig, limits: httpx.Limits) -> httpx.AsyncBaseTransport:
     """HTTP/1.1 over aiohttp for plain http (the fast path), httpx's own transport (h2 via ALPN) for https."""
-    from httpx_aiohttp import AiohttpTransport
-
     # verify=True uses certifi's bundle; ca_bundle adds trust in a private CA instead.
     verify: ssl.SSLContext | bool = True
     if http.ca_bundle is not None:
@@ -111,6 +111,55 @@ def build_transport(http: HttpConfig, limits: httpx.Limits) -> httpx.AsyncBaseTr
         plain=AiohttpTransport(limits=limits),
         tls=httpx.AsyncHTTPTransport(http2=http.http2, limits=limits, retries=0, verify=verify),
     )
+
+
+# A URL in the form normalize_url and join_url produce: a plain authority, then a path and
+# query of characters httpx's parser leaves as they are (its path-safe set holds all of
+# them, "%" included), so parsing such a URL could only split it.
+_PLAIN_URL = re.compile(
+    r"(https?://[A-Za-z0-9._\-]+(?::[0-9]+)?)(/[A-Za-z0-9._~!$&'()*+,;=:@/%\-]*)(?:\?([A-Za-z0-9._~!$&'()*+,;=:@/?%\-]*))?"
+)
+_ORIGINS: dict[str, Any] = {}  # "scheme://authority" → httpx's parse of it, to copy per URL
+_MAX_ORIGINS = 4096
+_MAX_URL_LENGTH = 65536  # httpx refuses longer URLs; the slow path raises its error
+
+
+def request_url(url: str) -> httpx.URL:
+    """httpx.URL(url), without httpx's per-character validation when url is already in normal form.
+
+    httpx parses a URL in pure Python (~40 µs); ours come from normalize_url/join_url, so only
+    the authority needs httpx's parse (lowercasing, default port, IP checks), once per origin.
+    Relies on httpx's private URL._uri_reference (a ParseResult): _fast_urls_work() checks
+    that at import, falling back to plain parsing, and tests/test_fetch.py fails loudly.
+    """
+    m = _PLAIN_URL.fullmatch(url) if _FAST_URLS and len(url) <= _MAX_URL_LENGTH else None
+    if m is None or "/." in m.group(2):  # dot segments are httpx's to remove
+        return httpx.URL(url)
+    origin = m.group(1)
+    base = _ORIGINS.get(origin)
+    if base is None:
+        base = httpx.URL(origin)._uri_reference
+        if len(_ORIGINS) >= _MAX_ORIGINS:
+            _ORIGINS.clear()
+        _ORIGINS[origin] = base
+    fast = object.__new__(httpx.URL)
+    fast._uri_reference = base._replace(path=m.group(2), query=m.group(3))
+    return fast
+
+
+def _fast_urls_work() -> bool:
+    """Whether httpx.URL still keeps its parse as a ParseResult request_url can copy."""
+    probe = "http://example.com:8080/a/b%2F?c=d"
+    try:
+        ref = httpx.URL(probe)._uri_reference
+        copied = object.__new__(httpx.URL)
+        copied._uri_reference = ref._replace(path="/a/b%2F", query="c=d")
+        return bool(copied == httpx.URL(probe) and str(copied) == probe and copied.raw_path == b"/a/b%2F?c=d")
+    except Exception:  # pragma: no cover - only after an httpx upgrade
+        return False
+
+
+_FAST_URLS = _fast_urls_work()
 
 
 class SchemeRouter(httpx.AsyncBaseTransport):
@@ -140,6 +189,9 @@ class _SetCookiesOnly(httpx.Cookies):
             super().extract_cookies(response)
 
 
+_BODILESS = frozenset({"GET", "HEAD"})
+
+
 class CrawlClient(httpx.AsyncClient):
     """The crawl's one AsyncClient: httpx's own, with a cheaper cookie jar, leaving redirects
     to Fetcher.fetch entirely.
@@ -160,6 +212,30 @@ class CrawlClient(httpx.AsyncClient):
     @cookies.setter
     def cookies(self, cookies: httpx._types.CookieTypes) -> None:
         self._jar = _SetCookiesOnly(cookies)
+
+    def build_request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Request:
+        """httpx's build_request; a bodiless request with nothing to merge is built in one pass.
+
+        httpx builds the headers four times over (client copy, merge, Request, Host prepended)
+        and re-wraps the URL; for the crawl's plain GETs the result is just the client's
+        headers after a Host header, which is what this builds, once.
+        """
+        if (
+            kwargs
+            or method not in _BODILESS
+            or not isinstance(url, httpx.URL)
+            or url.is_relative_url
+            or self.params
+            or self._jar
+            or "host" in self.headers
+        ):
+            return super().build_request(method, url, **kwargs)
+        headers = httpx.Headers([(b"Host", url.netloc), *self.headers.raw])
+        request = httpx.Request(
+            method, url, headers=headers, extensions={"timeout": self.timeout.as_dict()}, stream=httpx.ByteStream(b"")
+        )
+        request.read()  # as httpx does for a request built with content: .content is b""
+        return request
 
     def _build_redirect_request(self, request: httpx.Request, response: httpx.Response) -> httpx.Request:
         return request  # only stored as response.next_request, which nothing reads
@@ -262,11 +338,21 @@ class Fetcher:
         return result
 
     async def _fetch_with_retries(self, url: str, gate: Gate, truncate_at: int | None) -> FetchResult:
-        attempts = 0
+        # Most first attempts succeed: make them without tenacity's machinery, and only
+        # hand a failure to tenacity, which replays it as its own attempt 1 and so keeps
+        # its attempt numbers, waits and stop decisions exactly as if it had made it.
+        try:
+            return await self._fetch_once(url, gate, truncate_at)
+        except FetchError as exc:
+            first: FetchError | None = exc
+        attempts = 1
         retrying = AsyncRetrying(stop=self._stop, wait=self._wait, retry=self._retry, sleep=self._sleep, reraise=True)
         try:
             async for attempt in retrying:
                 with attempt:
+                    if first is not None:
+                        failed, first = first, None
+                        raise failed
                     attempts += 1
                     result = await self._fetch_once(url, gate, truncate_at)
                     result.attempts = attempts
@@ -285,7 +371,7 @@ class Fetcher:
             try:
                 async with asyncio.timeout(self.http.total_timeout):
                     response = await self.client.send(
-                        self.client.build_request("GET", url), stream=True, follow_redirects=False
+                        self.client.build_request("GET", request_url(url)), stream=True, follow_redirects=False
                     )
                     try:
                         redirect = response.status_code in REDIRECT_STATUSES
@@ -298,7 +384,7 @@ class Fetcher:
                     ErrorKind.TIMEOUT, f"no complete response within total_timeout {self.http.total_timeout:g}s"
                 ) from None
             except (httpx.HTTPError, aiohttp.ClientError) as exc:
-                # httpx-aiohttp lets aiohttp's ClientResponseError (malformed responses) through as is.
+                # The aiohttp transport lets ClientResponseError (malformed responses) through as is.
                 self._observe(url, None, time.monotonic() - started)
                 raise translate_httpx_error(exc) from exc
             elapsed = time.monotonic() - started
@@ -469,7 +555,7 @@ def _clip(text: str, limit: int = 300) -> str:
 
 
 def translate_httpx_error(exc: BaseException) -> FetchError:
-    """The one place httpx (and aiohttp, behind httpx-aiohttp) exceptions become our error kinds."""
+    """The one place httpx (and aiohttp, behind crawler.transport) exceptions become our error kinds."""
     chain = _causes(exc)
     text = _one_line(str(exc)) or type(exc).__name__
     for cause in chain:
@@ -519,7 +605,7 @@ def _one_line(text: str) -> str:
 
 
 def _aiohttp_kind(cause: BaseException) -> tuple[ErrorKind, str] | None:
-    """httpx-aiohttp maps every connection error to ConnectTimeout, or lets it through; look at the real one."""
+    """The transport maps most connection errors to ConnectTimeout, or lets them through; look at the real one."""
     if isinstance(cause, aiohttp.ClientResponseError):
         return ErrorKind.PROTOCOL, f"malformed response: {_one_line(cause.message) or type(cause).__name__}"
     text = _one_line(str(cause)) or type(cause).__name__

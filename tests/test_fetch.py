@@ -7,6 +7,7 @@ import ssl
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from unittest import mock
 
 import httpcore
 import httpx
@@ -15,7 +16,16 @@ import respx
 
 from crawler.config import HttpConfig
 from crawler.errors import ErrorKind, FetchError
-from crawler.fetch import _PIECE, Fetcher, _decode, _inflaters, parse_retry_after, translate_httpx_error
+from crawler.fetch import (
+    _FAST_URLS,
+    _PIECE,
+    Fetcher,
+    _decode,
+    _inflaters,
+    parse_retry_after,
+    request_url,
+    translate_httpx_error,
+)
 from crawler.localsite import bomb_body
 
 
@@ -136,15 +146,79 @@ async def test_5xx_is_retried_then_reported_with_attempts() -> None:
     assert info.value.message == "HTTP 503 after 3 attempts"
 
 
+class RecordingSleep:
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+@respx.mock
+async def test_retries_after_a_first_attempt_made_outside_tenacity_keep_its_numbers_and_waits() -> None:
+    # The first attempt runs without tenacity; its failure is replayed as tenacity's attempt 1,
+    # so the waits are those of attempts 1 and 2: backoff·2⁰ and backoff·2¹, plus jitter < backoff.
+    route = respx.get("http://a.test/down").mock(return_value=httpx.Response(502))
+    sleep = RecordingSleep()
+    fetcher = Fetcher(
+        HttpConfig(retries=2, retry_backoff=1.0, retry_backoff_max=60.0),
+        "crawler-test/0.1",
+        concurrency=1,
+        transport=httpx.AsyncHTTPTransport(),
+        sleep=sleep,
+    )
+    gate = RecordingGate()
+    with pytest.raises(FetchError) as info:
+        await fetcher.fetch("http://a.test/down", gate)
+    await fetcher.aclose()
+    assert route.call_count == 3
+    assert len(gate.started) == 3
+    assert len(sleep.waits) == 2
+    assert 1.0 <= sleep.waits[0] <= 2.0
+    assert 2.0 <= sleep.waits[1] <= 3.0
+    assert (info.value.attempts, info.value.message) == (3, "HTTP 502 after 3 attempts")
+
+
+@respx.mock
+async def test_without_retries_a_transient_failure_is_reported_after_one_attempt() -> None:
+    route = respx.get("http://a.test/busy").mock(return_value=httpx.Response(503))
+    fetcher = make_fetcher(retries=0)
+    with pytest.raises(FetchError) as info:
+        await fetcher.fetch("http://a.test/busy", RecordingGate())
+    await fetcher.aclose()
+    assert route.call_count == 1
+    assert (info.value.kind, info.value.attempts, info.value.message) == (ErrorKind.HTTP_STATUS, 1, "HTTP 503")
+    assert type(info.value) is FetchError  # the retryable subclass never leaves the fetcher
+
+
+@respx.mock
+async def test_a_lasting_failure_on_the_first_attempt_is_not_retried() -> None:
+    route = respx.get("http://a.test/huge").mock(
+        return_value=httpx.Response(200, headers={"Content-Length": "999999999"}, content=b"x")
+    )
+    sleep = RecordingSleep()
+    fetcher = Fetcher(
+        HttpConfig(retries=2), "crawler-test/0.1", concurrency=1, transport=httpx.AsyncHTTPTransport(), sleep=sleep
+    )
+    with pytest.raises(FetchError) as info:
+        await fetcher.fetch("http://a.test/huge", RecordingGate())
+    await fetcher.aclose()
+    assert route.call_count == 1
+    assert sleep.waits == []
+    assert (info.value.kind, info.value.attempts) == (ErrorKind.TOO_LARGE, 1)
+
+
 @respx.mock
 async def test_transient_failure_then_success() -> None:
     route = respx.get("http://a.test/p")
     route.side_effect = [httpx.ConnectError("refused"), httpx.Response(200, content=b"ok")]
     fetcher = make_fetcher()
-    result = await fetcher.fetch("http://a.test/p", RecordingGate())
+    gate = RecordingGate()
+    result = await fetcher.fetch("http://a.test/p", gate)
     await fetcher.aclose()
     assert result.status == 200
     assert result.attempts == 2
+    assert len(gate.started) == 2
 
 
 @respx.mock
@@ -317,3 +391,90 @@ def test_tls_errors_are_found_behind_httpcore_wrappers() -> None:
     assert error.kind is ErrorKind.TLS
     assert error.message == "TLS failure: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"
     assert type(error) is FetchError  # not the retryable subclass: a certificate does not fix itself
+
+
+REQUEST_URLS = [
+    "http://a.test/",
+    "http://a.test",
+    "https://A.Example.COM/Path/To?Q=1&r=%2F",
+    "http://127.0.0.1:8080/p;jsessionid=1?x=a:b@c/d?e",
+    "http://127.0.0.1:80/default-port",
+    "https://h.test:443/",
+    "http://h.test:0080/leading-zero-port",
+    "http://h.test:99999/too-high-but-httpx-accepts-it",
+    "http://xn--bcher-kva.example/b%C3%BCcher",
+    "http://h_t.test/~user/!$&'()*+,;=:@/%",
+    "http://h.test/bare%zz%percent?and%=%",
+    "http://h.test/a/./b/../c",
+    "http://h.test/.well-known/x",
+    "http://h.test/p?",
+    "http://h.test/p#frag",
+    "http://user:pw@h.test/",
+    "http://[::1]:8000/v6",
+    "http://h.test/sp ace",
+    "http://h.test/ünï",
+    "http://h.test/{curly}`tick`",
+]
+
+
+@pytest.mark.parametrize("url", REQUEST_URLS)
+def test_request_url_is_exactly_what_httpx_would_parse(url: str) -> None:
+    assert _FAST_URLS, "httpx.URL internals changed: request_url falls back to full parsing; adapt it"
+    fast, parsed = request_url(url), httpx.URL(url)
+    assert fast == parsed
+    assert fast._uri_reference == parsed._uri_reference
+    assert (str(fast), fast.raw_path, fast.host, fast.port, fast.scheme) == (
+        str(parsed),
+        parsed.raw_path,
+        parsed.host,
+        parsed.port,
+        parsed.scheme,
+    )
+
+
+@pytest.mark.parametrize("url", ["http://999.1.1.1/x", "http://h.test/" + "a" * 70_000])
+def test_request_url_raises_what_httpx_raises(url: str) -> None:
+    with pytest.raises(httpx.InvalidURL) as expected:
+        httpx.URL(url)
+    with pytest.raises(httpx.InvalidURL) as got:
+        request_url(url)
+    assert str(got.value) == str(expected.value)
+
+
+def test_request_url_skips_parsing_for_normalised_urls() -> None:
+    # The point of request_url: a normal-form URL costs one regex match, not httpx's parse.
+    url = "http://h.test:8080/shop/item?id=7"
+    request_url(url)  # caches the origin
+    with mock.patch("httpx._urls.urlparse", side_effect=AssertionError("parsed")):
+        assert str(request_url(url)) == url
+
+
+@pytest.mark.parametrize(
+    ("method", "url"),
+    [("GET", "http://h.test/a?b=1"), ("HEAD", "https://h.test:8443/"), ("GET", "http://127.0.0.1:8080/p")],
+)
+def test_the_one_pass_build_request_builds_what_httpx_builds(method: str, url: str) -> None:
+    fetcher = make_fetcher()
+    client = fetcher.client
+    fast = client.build_request(method, request_url(url))
+    full = httpx.AsyncClient.build_request(client, method, httpx.URL(url))
+    assert (fast.method, fast.url, fast.headers.raw, fast.extensions) == (
+        full.method,
+        full.url,
+        full.headers.raw,
+        full.extensions,
+    )
+    assert fast.content == full.content == b""
+    assert type(fast.stream) is type(full.stream)
+
+
+def test_build_request_with_anything_to_merge_is_httpx_s_own() -> None:
+    fetcher = make_fetcher()
+    client = fetcher.client
+    client.cookies.set("session", "abc", domain="h.test")
+    with_cookie = client.build_request("GET", request_url("http://h.test/"))
+    assert with_cookie.headers["cookie"] == "session=abc"
+    posted = client.build_request("POST", request_url("http://h.test/form"))
+    assert posted.headers["content-length"] == "0"
+    extra = client.build_request("GET", request_url("http://h.test/"), headers={"X-Extra": "1"})
+    assert extra.headers["x-extra"] == "1"
