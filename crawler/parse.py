@@ -7,11 +7,12 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import NamedTuple
-
-from selectolax.lexbor import LexborHTMLParser, LexborNode
+from typing import TYPE_CHECKING, NamedTuple
 
 from crawler.urls import join_url
+
+if TYPE_CHECKING:
+    from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 __all__ = ["Link", "ParsedPage", "decode_html", "is_html", "parse_html", "parse_page", "robots_directives"]
 
@@ -184,6 +185,10 @@ def parse_html(
     `<meta name="robots">` applies to every crawler; `<meta name=robots_name>` (our
     product token, compared case-insensitively) to us alone.
     """
+    # Imported here: with parse_workers > 0 only the parser processes load the parser (its
+    # native library costs the crawl's own process memory it would never use).
+    from selectolax.lexbor import LexborHTMLParser
+
     tree = LexborHTMLParser(html)
 
     base_url = page_url
