@@ -281,6 +281,9 @@ def run_repeated(
     tries: list[Result] = []
     for k in range(max(1, args.repeat)):
         job = Job(site, settings, tmp / f"{site.spec.name}-{contestant.name}-{k}", args.timeout)
+        # The previous run's files (a crawl database is hundreds of MB) are written back by the
+        # kernel after it exits; without this, that work is billed to the next contestant.
+        os.sync()
         wait_for_quiet(args.quiet_wait)
         result = run_one(contestant, job, server)
         print(fmt_result(result))
