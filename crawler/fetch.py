@@ -426,7 +426,14 @@ class Fetcher:
         """
         cap = self.http.max_body_bytes if truncate_at is None else truncate_at
         declared = response.headers.get("content-length")
-        if truncate_at is None and declared is not None and declared.isdigit() and int(declared) > cap:
+        # isascii: "²" and other Unicode digits pass isdigit() but not int().
+        if (
+            truncate_at is None
+            and declared is not None
+            and declared.isascii()
+            and declared.isdigit()
+            and int(declared) > cap
+        ):
             raise FetchError(
                 ErrorKind.TOO_LARGE, f"Content-Length {int(declared):,} bytes is above max_body_bytes {cap:,}"
             )

@@ -478,3 +478,15 @@ def test_build_request_with_anything_to_merge_is_httpx_s_own() -> None:
     assert posted.headers["content-length"] == "0"
     extra = client.build_request("GET", request_url("http://h.test/"), headers={"X-Extra": "1"})
     assert extra.headers["x-extra"] == "1"
+
+
+@respx.mock
+async def test_a_content_length_of_unicode_digits_is_ignored_not_a_crash() -> None:
+    # httpx decodes header bytes as latin-1: b"\xb2" arrives as "²", which str.isdigit() accepts.
+    respx.get("http://a.test/odd").mock(
+        return_value=httpx.Response(200, headers=[(b"Content-Length", b"\xb2")], content=b"<p>fine</p>")
+    )
+    fetcher = make_fetcher(retries=0)
+    result = await fetcher.fetch("http://a.test/odd", RecordingGate())
+    await fetcher.aclose()
+    assert (result.status, result.body) == (200, b"<p>fine</p>")
