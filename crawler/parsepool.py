@@ -6,8 +6,9 @@ processes instead, fed over pipes. Frames are a 4-byte length and a `marshal` pa
 ends are the same interpreter, and the payload is only bytes, str, bool, int and tuples.
 
 A child that dies (a crash in the native parser, a kill) costs the page it was parsing, which
-becomes a ParseError; the pages queued behind it go to a fresh child. With workers = 0, or
-after children keep dying at start, pages are parsed in the crawl's own process.
+becomes a ParseError; the pages queued behind it go to a fresh child. With workers = 0, when
+no child can be launched, or after children keep dying at start, pages are parsed in the
+crawl's own process.
 """
 
 from __future__ import annotations
@@ -98,8 +99,12 @@ class ParsePool:
         self.inline = workers == 0
 
     async def start(self) -> None:
-        for _ in range(self.workers):
-            self._children.append(await self._spawn())
+        try:
+            for _ in range(self.workers):
+                self._children.append(await self._spawn())
+        except OSError as exc:  # e.g. out of processes or file descriptors: parse here instead
+            log.warning("cannot start a parser process (%s); parsing in this process", exc)
+            self.inline = True
 
     async def _spawn(self) -> _Child:
         proc = await asyncio.create_subprocess_exec(

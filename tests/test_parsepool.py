@@ -162,3 +162,13 @@ async def test_the_same_site_stores_the_same_rows_whatever_the_parse_workers(
         (server.url_for("/c"), "c", "d"),
     ]
     assert rows(db, "SELECT count(*), sum(nofollow) FROM links") == [(5, 2)]
+
+
+async def test_a_parser_that_cannot_be_launched_leaves_parsing_to_the_crawl(tmp_path: Path) -> None:
+    pool = ParsePool(1, argv=(str(tmp_path / "no-such-python"),))
+    await pool.start()
+    try:
+        assert pool.inline
+        assert await pool.parse(job(PAGES[0][0])) == inline(PAGES[0][0])
+    finally:
+        await pool.close()
