@@ -119,8 +119,11 @@ class ParsePool:
         if self.inline or not self._children:
             return job.run()
         future: asyncio.Future[ParsedPage] = asyncio.get_running_loop().create_future()
-        min(self._children, key=lambda child: len(child.pending)).send(job, future)
+        self._least_busy().send(job, future)
         return await future
+
+    def _least_busy(self) -> _Child:
+        return min(self._children, key=lambda child: len(child.pending))
 
     async def _read(self, child: _Child) -> None:
         assert child.proc.stdout is not None
@@ -150,7 +153,7 @@ class ParsePool:
         self._children.remove(dead)
         pending = list(dead.pending)
         dead.pending.clear()
-        if dead.ready:  # it died on the first page it was given
+        if dead.ready:  # it had started: the page at the head of its queue killed it
             self._start_failures = 0
             if pending:
                 _, culprit = pending.pop(0)
@@ -163,14 +166,18 @@ class ParsePool:
             log.warning("parser processes keep failing to start (exit code %s); parsing in this process", code)
             self.inline = True
         else:
-            self._children.append(await self._spawn())
+            try:
+                self._children.append(await self._spawn())
+            except OSError as exc:  # the queued pages must still be answered
+                log.warning("cannot start a parser process (%s); parsing in this process", exc)
+                self.inline = True
         for job, future in pending:
             if future.done():
                 continue
-            if self.inline:
+            if self.inline or not self._children:
                 _settle(future, job)
             else:
-                min(self._children, key=lambda child: len(child.pending)).send(job, future)
+                self._least_busy().send(job, future)
 
     async def close(self) -> None:
         """End every child: close its input, wait for it to exit, kill it if it does not."""
