@@ -282,7 +282,7 @@ class Crawl:
     async def _process(self, lease: Lease, gate: HostGate) -> _Result:
         url = lease.url
         if self.config.politeness.obey_robots:
-            site = origin(url)
+            site = origin(url, normalized=True)  # a lease's URL is stored normalised
             if self._robots_given_up(site):
                 self._fail_unreachable_robots(lease, site)
                 return _Result.FETCHED
@@ -362,8 +362,8 @@ class Crawl:
         is on its way), the gate first lets go of its host: nobody waits for robots.txt
         while holding a host's capacity (see Politeness.fetching_robots).
         """
-        site = origin(url)
-        host = host_key(url)
+        site = origin(url, normalized=True)  # a lease's URL or a redirect target (join_url's)
+        host = host_key(url, normalized=True)
         while (rules := self.robots.cached(site)) is None:
             if self.robots.fetching(site):
                 gate.let_go()
@@ -429,7 +429,8 @@ class Crawl:
             title, text = parsed.title, parsed.text
             noindex = noindex or parsed.noindex
             nofollow = nofollow or parsed.nofollow
-            links = tuple((link.url, link.nofollow or nofollow) for link in parsed.links)
+            # Links are (url, nofollow) pairs already; a page-wide nofollow marks them all.
+            links = tuple((url, True) for url, _ in parsed.links) if nofollow else parsed.links
         keep_body = cfg.storage.store_bodies and not noindex
         self.store.add_page(
             PageRecord(

@@ -123,7 +123,7 @@ class Link(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class ParsedPage:
     title: str | None
-    links: tuple[Link, ...]
+    links: tuple[tuple[str, bool], ...]  # (url, nofollow): Link from parse_html, plain pairs from a parser process
     noindex: bool
     nofollow: bool
     canonical: str | None

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crawler.errors import ParseError
-from crawler.parse import Link, ParsedPage, parse_page
+from crawler.parse import ParsedPage, parse_page
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class ParseJob:
 
 
 def _encode_page(page: ParsedPage) -> tuple[object, ...]:
-    links = tuple(tuple(link) for link in page.links)  # marshal takes plain tuples only
+    links = tuple(map(tuple, page.links))  # marshal takes plain tuples only, not Link
     return (page.title, links, page.noindex, page.nofollow, page.canonical, page.text)
 
 
@@ -63,7 +63,7 @@ def _decode_page(fields: tuple[object, ...]) -> ParsedPage:
     title, links, noindex, nofollow, canonical, text = fields
     return ParsedPage(
         title=title,  # type: ignore[arg-type]
-        links=tuple(map(Link._make, links)),  # type: ignore[call-overload]
+        links=links,  # type: ignore[arg-type]  # (url, nofollow) pairs, as marshal gives them back
         noindex=bool(noindex),
         nofollow=bool(nofollow),
         canonical=canonical,  # type: ignore[arg-type]

@@ -262,9 +262,11 @@ def host_key(url: str, *, normalized: bool = False) -> str:
     return f"{host}:{port}"
 
 
-def origin(url: str) -> str:
-    """ "scheme://host[:port]" with a default port omitted, e.g. for robots.txt."""
-    normal = normalize_url(url)
+def origin(url: str, *, normalized: bool = False) -> str:
+    """ "scheme://host[:port]" with a default port omitted, e.g. for robots.txt.
+
+    normalized=True promises `url` came from normalize_url, as host_key's does."""
+    normal = url if normalized else normalize_url(url)
     if normal is None:
         raise ValueError(f"not an absolute http(s) URL: {url!r}")
     return normal[: _split_normalized(normal)[3]]

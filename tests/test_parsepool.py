@@ -60,7 +60,8 @@ async def test_a_child_parses_exactly_as_the_crawl_itself_would() -> None:
     finally:
         await pool.close()
     assert parsed == [inline(body, ctype) for body, ctype in PAGES]
-    assert parsed[0].links[1].nofollow is True and parsed[1].noindex is True  # not vacuous
+    assert parsed[0].links[1] == (PAGE_URL.rsplit("/", 1)[0] + "/y", True)  # not vacuous: a nofollow link
+    assert parsed[1].noindex is True
     assert parsed[2].title == "café"
 
 
