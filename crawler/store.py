@@ -347,6 +347,10 @@ class Store:
             if version > SCHEMA_VERSION:
                 raise StoreError(f"{self.path} was written by a newer crawler (schema {version})")
             return
+        # Only takes effect on a new database. Pages hold ~30 KB of body and text each; 16 KB
+        # database pages write them in fewer WAL frames (two write calls each) than 4 KB ones:
+        # ~20 % less system CPU and a faster crawl on the bench site (interleaved runs).
+        await conn.execute("PRAGMA page_size = 16384")
         await conn.execute("PRAGMA journal_mode = WAL")
         # NORMAL in WAL mode survives a process kill; only an OS crash may lose the last commits.
         await conn.execute("PRAGMA synchronous = NORMAL")
