@@ -130,8 +130,22 @@ class ParsedPage:
     text: str
 
 
+# Whitespace other than a lone space: what " ".join(text.split()) would fold. Unicode ones are
+# only looked for in non-ASCII text.
+_ODD_ASCII_SPACE = ("  ", "\n", "\t", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x1f")
+_UNICODE_SPACE = tuple(ch for ch in map(chr, range(0x80, 0x3001)) if ch.isspace())
+
+
 def _collapse(text: str) -> str:
-    return " ".join(text.split())
+    """ " ".join(text.split()), without splitting text that holds no whitespace to fold.
+
+    Splitting a page's text into words and joining them again is ~100 µs; the checks are
+    ~10 µs, and text from tidy markup (no line breaks or &nbsp; inside text nodes) passes them."""
+    if any(map(text.__contains__, _ODD_ASCII_SPACE)) or (
+        not text.isascii() and any(map(text.__contains__, _UNICODE_SPACE))
+    ):
+        return " ".join(text.split())
+    return text.strip(" ")
 
 
 def _has_token(value: str | None, token: str) -> bool:
@@ -226,7 +240,9 @@ def parse_html(
             node.decompose()
         body = tree.body
         if body is not None:
-            text = _collapse(body.text(separator=" "))[:MAX_TEXT_CHARS]
+            # Stripped fragments, whitespace-only ones left out: the same words as the raw
+            # text, and usually nothing left for _collapse to fold.
+            text = _collapse(body.text(separator=" ", strip=True, skip_empty=True))[:MAX_TEXT_CHARS]
 
     return ParsedPage(
         title=title or None,

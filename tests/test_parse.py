@@ -6,7 +6,16 @@ import codecs
 
 import pytest
 
-from crawler.parse import MAX_TEXT_CHARS, Link, decode_html, is_html, parse_html, robots_directives
+from crawler.parse import (
+    _UNICODE_SPACE,
+    MAX_TEXT_CHARS,
+    Link,
+    _collapse,
+    decode_html,
+    is_html,
+    parse_html,
+    robots_directives,
+)
 
 PAGE = "http://example.com/dir/page.html"
 
@@ -298,3 +307,37 @@ def test_text_is_capped() -> None:
 )
 def test_robots_directives(values: list[str], expected: tuple[bool, bool]) -> None:
     assert robots_directives(values, "MyBot") == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " ",
+        "plain words only",
+        " lead and trail ",
+        "two  spaces",
+        "line\nbreak",
+        "tab\there",
+        "no\xa0break\xa0space",
+        "em\u2003space and ideographic\u3000space",
+        "caf\u00e9 au lait",
+        "\x1cfile separator\x1f",
+        "mixed \r\n\t \xa0 runs\u2028",
+    ],
+)
+def test_collapse_folds_exactly_as_split_and_join(text: str) -> None:
+    assert _collapse(text) == " ".join(text.split())
+
+
+def test_collapse_knows_every_unicode_space() -> None:
+    # The fast path trusts this list: a space character missing from it would go unfolded.
+    assert set(_UNICODE_SPACE) == {chr(c) for c in range(0x80, 0x110000) if chr(c).isspace()}
+
+
+def test_visible_text_has_the_words_of_the_raw_text_in_order() -> None:
+    html = (
+        "<body>\n  <p>First\n   para&nbsp;x</p>\n\n<ul>\n <li> a </li><li>b</li></ul>"
+        "<pre>\t c \r\n d</pre>\u3000e</body>"
+    )
+    assert parse_html(html, PAGE, max_links=10).text == "First para x a b c d e"
