@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import NoReturn
 
 import aiohttp
 import httpx
@@ -35,6 +36,14 @@ def map_aiohttp_error(exc: BaseException) -> httpx.HTTPError | None:
     return None if mapped is None else mapped(str(exc))
 
 
+def _raise_as_httpx(exc: BaseException) -> NoReturn:
+    """Raise the httpx error exc stands for (from exc), or exc itself when it stands for none."""
+    mapped = map_aiohttp_error(exc)
+    if mapped is None:
+        raise exc
+    raise mapped from exc
+
+
 class AiohttpBody(httpx.AsyncByteStream):
     """A response body read straight from aiohttp's stream, chunks as they arrive."""
 
@@ -49,10 +58,7 @@ class AiohttpBody(httpx.AsyncByteStream):
             try:
                 chunk = await content.readany()
             except Exception as exc:
-                mapped = map_aiohttp_error(exc)
-                if mapped is None:
-                    raise
-                raise mapped from exc
+                _raise_as_httpx(exc)
             if not chunk:
                 return
             yield chunk
@@ -64,10 +70,7 @@ class AiohttpBody(httpx.AsyncByteStream):
             response.release()
             await response.wait_for_close()
         except Exception as exc:  # pragma: no cover - release does not fail in practice
-            mapped = map_aiohttp_error(exc)
-            if mapped is None:
-                raise
-            raise mapped from exc
+            _raise_as_httpx(exc)
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -117,10 +120,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 server_hostname=request.extensions.get("sni_hostname"),
             )
         except Exception as exc:
-            mapped = map_aiohttp_error(exc)
-            if mapped is None:
-                raise
-            raise mapped from exc
+            _raise_as_httpx(exc)
         extensions = {"http_version": _HTTP_10 if response.version == (1, 0) else _HTTP_11}
         if response.reason:
             extensions["reason_phrase"] = response.reason.encode()
