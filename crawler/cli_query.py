@@ -191,8 +191,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         pending = results.unindexed()
     if pending:
         print(
-            f"crawler: {_count(pending, 'page')} not searchable yet; a crawl indexes pages while it is slow"
-            " and when it ends (`crawler resume` finishes an interrupted one)",
+            f"crawler: {_count(pending, 'page')} not searchable yet (stored before search existed, or by"
+            " hand); the next `crawler resume` of this database indexes them",
             file=sys.stderr,
         )
     return 0

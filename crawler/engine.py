@@ -34,12 +34,7 @@ FLUSH_INTERVAL = 0.25  # seconds between commits while pages keep coming
 # committed: 2,000 rows instead of 5,000 took 20 MB off the crawl's peak RSS, same speed.
 FLUSH_ROWS = 2000  # commit early once a batch holds this many rows
 MAX_PENDING_ROWS = 2 * FLUSH_ROWS  # workers wait for the writer beyond this (bounds memory)
-# Full-text indexing costs more CPU than storing the page itself (bench/fts_cost.py), so the
-# writer indexes as it goes only while the crawl is slow, and a fast crawl's backlog waits
-# for the end of the run.
-LIVE_INDEX_RATE = 200.0  # pages/s stored, at or below which the writer also indexes
-INDEX_CHUNK = 200  # pages per indexing transaction while crawling (tens of ms)
-INDEX_BULK = 500  # pages per indexing transaction at the end of a run (FTS5 holds them in RAM)
+INDEX_BULK = 500  # pages per indexing transaction for a backlog left at the end of a run
 PARSE_SLACK = 4  # workers beyond `concurrency` per parser process, to fetch while pages are parsed
 
 
@@ -481,8 +476,6 @@ class Crawl:
     # ---- writer and progress ----------------------------------------------------------------
 
     async def _writer(self) -> None:
-        backlog = True  # a resumed or migrated database may hold unindexed pages
-        last, stored = time.monotonic(), self._pages
         while self._writing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flush_wanted.wait(), timeout=FLUSH_INTERVAL)
@@ -490,12 +483,6 @@ class Crawl:
             await self._flush()
             async with self._committed:
                 self._committed.notify_all()
-            now = time.monotonic()
-            rate = (self._pages - stored) / max(now - last, 1e-6)
-            last, stored = now, self._pages
-            backlog = backlog or self.store.last_flush_pages > 0
-            if backlog and rate <= LIVE_INDEX_RATE and self._writing and not self._flush_wanted.is_set():
-                backlog = await self._index(INDEX_CHUNK) == INDEX_CHUNK
 
     async def _wait_for_writer(self) -> None:
         """Backpressure: while the writer is behind (SQLite slower than the fetching), take no new
@@ -505,13 +492,6 @@ class Crawl:
         self._flush_wanted.set()
         async with self._committed:
             await self._committed.wait_for(lambda: len(self.store.batch) < MAX_PENDING_ROWS)
-
-    async def _index(self, limit: int) -> int:
-        try:
-            return await self.store.index_pending(limit)
-        except CrawlerError:
-            self.frontier.close()  # as in _flush: workers must not wait for a writer that is gone
-            raise
 
     async def _index_backlog(self) -> None:
         """Bring the full-text index up to date; each chunk commits, so stopping here loses nothing."""

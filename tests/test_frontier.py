@@ -201,3 +201,25 @@ async def test_a_host_stays_in_memory_until_its_completions_are_committed(store:
     while (lease := await driver.lease()) is not None:
         await driver.finish(lease)
     assert driver.leased == ["http://h0.test/0", "http://h0.test/1", "http://h1.test/0", "http://h1.test/1"]
+
+
+async def test_a_batch_applies_state_changes_in_order_and_keeps_new_urls_exactly(store: Store) -> None:
+    """A flush sends its rows to SQLite as one JSON array per statement: values and order must survive it."""
+    odd = "http://h.test/ünï?q=%22quote%22&b=\\back"
+    store.add_urls(
+        [
+            NewUrl("http://h.test/a", "h.test:80", 2, None),
+            NewUrl(odd, "h.test:80", 3, 7, "skipped", "robots"),
+        ]
+    )
+    queued = await store.flush()
+    assert [(q.url, q.depth) for q in queued] == [("http://h.test/a", 2)]
+    a_id = queued[0].id
+    store.set_state(a_id, "in_flight")
+    store.set_state(a_id, "failed", "whatever")
+    store.set_state(a_id, "done")  # the last change of a batch wins
+    await store.flush()
+    assert rows(store.path, "SELECT url, depth, parent_id, state, reason FROM urls ORDER BY id") == [
+        ("http://h.test/a", 2, None, "done", None),
+        (odd, 3, 7, "skipped", "robots"),
+    ]

@@ -1,4 +1,4 @@
-"""The full-text index: pages queue in search_pending at flush, index_pending indexes them, triggers keep it exact."""
+"""The full-text index: a flush indexes what it stores, index_pending drains a backlog, triggers keep it exact."""
 
 from __future__ import annotations
 
@@ -50,28 +50,33 @@ def assert_index_exact(db: Path) -> None:
         conn.close()
 
 
-async def test_pages_are_searchable_once_indexed_and_the_index_follows_every_change(tmp_path: Path) -> None:
+def insert_by_hand(db: Path, url_id: int, title: str, text: str) -> None:
+    """A page row written by another tool: its trigger queues it for the index, nothing indexes it."""
+    conn = sqlite3.connect(db)
+    conn.execute(
+        "INSERT INTO pages (url_id, url, final_url, status, title, depth, fetched_at, elapsed_ms, bytes, headers,"
+        " redirects, text) VALUES (?, ?, ?, 200, ?, 0, '2024-05-01T12:00:00.000Z', 1.0, 0, '[]', '[]', ?)",
+        (url_id, f"http://shop.test/{url_id}", f"http://shop.test/{url_id}", title, text),
+    )
+    conn.commit()
+    conn.close()
+
+
+async def test_a_flush_indexes_what_it_stores_and_the_index_follows_every_change(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
     store = await Store.open(db)
     try:
         store.add_page(page(1, "Orchard", "red apples"), [])
         store.add_page(page(2, "Quiet", "secret pears", noindex=True), [])
         await store.flush()
-        assert (await store.pending_index(), found(db, "apples")) == (1, [])  # noindex pages never queue
-        assert_index_exact(db)
-
-        assert await store.index_pending(10) == 1
         assert (await store.pending_index(), found(db, "apples"), found(db, "orchard")) == (0, [1], [1])
-        assert found(db, "pears") == found(db, "quiet") == []
+        assert found(db, "pears") == found(db, "quiet") == []  # noindex pages are never indexed
         assert_index_exact(db)
 
-        # Fetched again with new text: the old words leave the index at once, the new ones queue.
+        # Fetched again with new text: the old words leave the index, the new ones enter it.
         store.add_page(page(1, "Orchard", "green plums"), [])
         await store.flush()
-        assert (await store.pending_index(), found(db, "apples"), found(db, "plums")) == (1, [], [])
-        assert_index_exact(db)
-        await store.index_pending(10)
-        assert (found(db, "apples"), found(db, "plums")) == ([], [1])
+        assert (await store.pending_index(), found(db, "apples"), found(db, "plums")) == (0, [], [1])
         assert_index_exact(db)
 
         # Turned noindex: out of the index, and not queued.
@@ -82,9 +87,9 @@ async def test_pages_are_searchable_once_indexed_and_the_index_follows_every_cha
 
         # Deleted by hand, indexed or still pending: no trace left.
         store.add_page(page(3, "Figs", "ripe figs"), [])
-        store.add_page(page(4, "Dates", "sweet dates"), [])
         await store.flush()
-        await store.index_pending(1)  # indexes page 3 only
+        insert_by_hand(db, 4, "Dates", "sweet dates")
+        assert (await store.pending_index(), found(db, "figs"), found(db, "dates")) == (1, [3], [])
         conn = sqlite3.connect(db)
         conn.execute("DELETE FROM pages WHERE url_id IN (3, 4)")
         conn.commit()
@@ -100,10 +105,24 @@ async def test_index_pending_works_in_chunks_in_url_id_order(tmp_path: Path) -> 
     store = await Store.open(db)
     try:
         for url_id in (5, 3, 1, 4, 2):
-            store.add_page(page(url_id, f"Page {url_id}", "common words"), [])
-        await store.flush()
+            insert_by_hand(db, url_id, f"Page {url_id}", "common words")
         assert [await store.index_pending(2) for _ in range(4)] == [2, 2, 1, 0]
         assert found(db, "common") == [1, 2, 3, 4, 5]
+        assert_index_exact(db)
+    finally:
+        await store.close()
+
+
+async def test_each_flush_also_drains_a_backlog_lowest_url_ids_first(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    store = await Store.open(db)
+    try:
+        for url_id in (14, 10, 12, 11, 13):
+            insert_by_hand(db, url_id, f"Old {url_id}", "old words")
+        store.add_page(page(1, "New", "new words"), [])
+        store.add_page(page(2, "New", "new words"), [])
+        await store.flush()  # indexes twice its 2 pages: 1, 2 and the backlog's 10, 11
+        assert (found(db, "new"), found(db, "old"), await store.pending_index()) == ([1, 2], [10, 11], 3)
         assert_index_exact(db)
     finally:
         await store.close()
@@ -147,17 +166,13 @@ async def test_search_says_how_many_pages_are_not_searchable_yet(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db = tmp_path / "s.db"
-    store = await Store.open(db)
-    try:
-        store.add_page(page(1, "Orchard", "red apples"), [])
-        await store.flush()
-    finally:
-        await store.close()
+    await (await Store.open(db)).close()  # the schema
+    insert_by_hand(db, 1, "Orchard", "red apples")
     assert main(["query", "search", "apples", "--db", str(db)]) == 0
     assert capsys.readouterr() == (
         "(no rows)\n",
-        "crawler: 1 page not searchable yet; a crawl indexes pages while it is slow and when it ends"
-        " (`crawler resume` finishes an interrupted one)\n",
+        "crawler: 1 page not searchable yet (stored before search existed, or by hand); the next"
+        " `crawler resume` of this database indexes them\n",
     )
     assert main(["query", "stats", "--db", str(db)]) == 0
     assert "\nnot yet searchable: 1\n" in capsys.readouterr().out
