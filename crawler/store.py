@@ -97,9 +97,9 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 2: full-text search over title and visible text, and two views for generic SQLite tools.
     # pages_fts is an external-content FTS5 table: it holds only the index, the text stays in
-    # pages. Indexing costs more than the rest of a page's write (bench/fts_cost.py), so it is
-    # kept out of the flush: a trigger only queues the page in search_pending, and
-    # Store.index_pending() indexes the queue while the crawl is slow and when a run ends.
+    # pages. A trigger queues each stored page in search_pending, and the flush that stored it
+    # indexes the queue (Store._index_pending) in the same transaction; pages written by other
+    # tools, or before this migration, wait there until a crawl's flushes or its end drain them.
     # The index holds exactly the rows of searchable_pages (noindex = 0, not pending), which
     # FTS5's integrity-check verifies: INSERT INTO pages_fts (pages_fts, rank) VALUES ('integrity-check', 1).
     """
@@ -605,9 +605,10 @@ class Store:
                     ],
                 )
             if batch.links:
-                await conn.execute(
+                await _execute_json(
+                    conn,
                     f"INSERT OR IGNORE INTO links (from_id, to_url, nofollow) SELECT {_items(3)} FROM json_each(?)",
-                    (_as_json(batch.links),),
+                    batch.links,
                 )
             if batch.errors:
                 await conn.executemany(
@@ -619,10 +620,11 @@ class Store:
                 # The last change of each URL wins, as it would applied in order: UPDATE FROM
                 # picks an arbitrary one of several matching rows, so each id comes once.
                 latest = {change[3]: change for change in batch.states}
-                await conn.execute(
+                await _execute_json(
+                    conn,
                     f"UPDATE urls SET (state, reason, updated_at) = ({_items(3, 'j.')}) FROM json_each(?) AS j"
                     " WHERE urls.id = json_extract(j.value, '$[3]')",
-                    (_as_json(list(latest.values())),),
+                    list(latest.values()),
                 )
             if batch.host_skips:
                 await conn.executemany(
@@ -673,28 +675,37 @@ class Store:
         # One JSON parameter keeps the SQL text fixed (a VALUES list sized to each batch made
         # every batch a new prepared statement, and sqlite3's statement cache grew RSS) and
         # makes the batch one statement (see _as_json).
-        cursor = await self._conn.execute(
+        inserted = await _execute_json(
+            self._conn,
             "INSERT OR IGNORE INTO urls (url, host, depth, parent_id, state, reason, discovered_at)"
-            f" SELECT {_items(6)}, ?"
-            " FROM json_each(?) ORDER BY key"
-            " RETURNING id, url, host, depth, state",
-            (utc_now(), _as_json([(u.url, u.host, u.depth, u.parent_id, u.state, u.reason) for u in unique.values()])),
+            f" SELECT {_items(6)}, ?2 FROM json_each(?1) ORDER BY key RETURNING id, url, host, depth, state",
+            [(u.url, u.host, u.depth, u.parent_id, u.state, u.reason) for u in unique.values()],
+            utc_now(),
         )
-        rows = [QueuedUrl(r[0], r[1], r[2], r[3]) for r in await cursor.fetchall() if r[4] == "queued"]
+        rows = [QueuedUrl(r[0], r[1], r[2], r[3]) for r in inserted if r[4] == "queued"]
         # RETURNING order is not guaranteed; the frontier relies on ascending ids per host.
         rows.sort(key=lambda r: r.id)
         return rows
 
 
-def _as_json(rows: Sequence[tuple[object, ...]]) -> str:
-    """A batch's rows as one JSON array, which SQL reads back with json_each.
+JSON_ROWS = 128  # rows per statement: one large JSON parameter per batch added ~15 MB of peak RSS
 
-    One statement per batch instead of executemany: executemany releases and retakes the GIL
-    around every row, and while the event loop is busy each retake waits for it. With 2,500
-    link rows per flush the writer spent most of its time waiting (bench: writer wall 3.1 s
-    vs 1.1 s for the same rows beside a busy thread, same CPU).
+
+async def _execute_json(
+    conn: aiosqlite.Connection, sql: str, rows: Sequence[tuple[object, ...]], *extra: object
+) -> list[sqlite3.Row]:
+    """Run sql once per JSON_ROWS rows, passed as one JSON array (?1, read with json_each); returns rows it gives.
+
+    Instead of executemany, which releases and retakes the GIL around every row: beside the
+    busy event loop each retake waits, and 2,500 link rows per flush took 3.1 s of writer wall
+    against 1.1 s as JSON statements (same rows, same CPU, measured beside a busy thread).
     """
-    return json.dumps(rows, ensure_ascii=False, check_circular=False)
+    results: list[sqlite3.Row] = []
+    for start in range(0, len(rows), JSON_ROWS):
+        chunk = json.dumps(rows[start : start + JSON_ROWS], ensure_ascii=False, check_circular=False)
+        cursor = await conn.execute(sql, (chunk, *extra))
+        results.extend(await cursor.fetchall())
+    return results
 
 
 def _split_sql(script: str) -> list[str]:

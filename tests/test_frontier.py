@@ -12,7 +12,7 @@ import pytest
 from crawler.config import PolitenessConfig
 from crawler.frontier import MIN_WINDOW, Frontier
 from crawler.politeness import Lease, Politeness
-from crawler.store import NewUrl, QueuedUrl, Store
+from crawler.store import JSON_ROWS, NewUrl, QueuedUrl, Store
 from tests.crawlkit import rows
 
 
@@ -223,3 +223,15 @@ async def test_a_batch_applies_state_changes_in_order_and_keeps_new_urls_exactly
         ("http://h.test/a", 2, None, "done", None),
         (odd, 3, 7, "skipped", "robots"),
     ]
+
+
+async def test_batches_larger_than_one_json_statement_keep_every_row_in_order(store: Store) -> None:
+    count = 3 * JSON_ROWS + 5
+    store.add_urls([NewUrl(f"http://h.test/{i}", "h.test:80", 1, None) for i in range(count)])
+    queued = await store.flush()
+    assert [q.url for q in queued] == [f"http://h.test/{i}" for i in range(count)]
+    assert [q.id for q in queued] == sorted(q.id for q in queued)
+    for q in queued:
+        store.set_state(q.id, "done")
+    await store.flush()
+    assert rows(store.path, "SELECT state, count(*) FROM urls GROUP BY state") == [("done", count)]
