@@ -15,7 +15,7 @@ from enum import StrEnum
 import httpx
 
 from crawler.config import Config
-from crawler.errors import CrawlerError, ErrorKind, FetchError, ParseError, SkipReason
+from crawler.errors import ErrorKind, FetchError, ParseError, SkipReason
 from crawler.fetch import Fetcher, FetchResult
 from crawler.frontier import Frontier, RecentUrls
 from crawler.parse import ParsedPage, is_html, robots_directives
@@ -121,6 +121,7 @@ class Crawl:
         self._flush_wanted = asyncio.Event()
         self._committed = asyncio.Condition()  # notified after every flush
         self._writing = True
+        self._writer_failed = False
         self._fetched = self._pages = self._errors = self._skipped = 0
         self._queued = 0
         self._recent = RecentUrls()
@@ -491,7 +492,7 @@ class Crawl:
             return
         self._flush_wanted.set()
         async with self._committed:
-            await self._committed.wait_for(lambda: len(self.store.batch) < MAX_PENDING_ROWS)
+            await self._committed.wait_for(lambda: len(self.store.batch) < MAX_PENDING_ROWS or self._writer_failed)
 
     async def _index_backlog(self) -> None:
         """Bring the full-text index up to date; each chunk commits, so stopping here loses nothing."""
@@ -506,8 +507,12 @@ class Crawl:
         completions = self.frontier.take_completions()
         try:
             rows = await self.store.flush()
-        except CrawlerError:
+        except Exception:
+            # The writer is gone, whatever broke it: no worker may wait for it any longer.
+            self._writer_failed = True
             self.frontier.close()
+            async with self._committed:
+                self._committed.notify_all()
             raise
         self._queued += len(rows)
         self.frontier.committed(completions, rows)

@@ -4,6 +4,7 @@ process that cannot exit (an open aiosqlite thread) would fail too."""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import hashlib
 import os
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+import crawler.engine
 from crawler.errors import StoreError
 from crawler.localsite import Site, SiteServer, build_site
 from crawler.store import PageRecord, Store, utc_now
@@ -239,3 +241,51 @@ async def test_the_cli_on_a_really_full_disk_exits_3_and_the_database_stays_inta
     assert set(before[1]) <= set(pages)  # the ten earlier pages, byte for byte
     assert len(pages) > len(before[1])  # and whatever was committed before the disk filled up
     assert rows(out / "c.db", "SELECT outcome FROM runs ORDER BY id") == [("limit",), ("running",)]
+
+
+async def test_a_writer_that_breaks_ends_the_crawl_instead_of_leaving_workers_waiting(
+    site_server: Callable[[Site], SiteServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any error in a flush, not only a StoreError, must release the workers held back for the writer."""
+    site = Site().page("/", body="".join(f"<a href='/p{i}'>{i}</a>" for i in range(40)))
+    for i in range(40):
+        site.page(f"/p{i}", body=f"<title>{i}</title>")
+    server = site_server(site)
+    monkeypatch.setattr(crawler.engine, "MAX_PENDING_ROWS", 1)  # every worker waits for each flush
+    flushes = 0
+    real_flush = Store.flush
+
+    async def flush_that_breaks(self: Store) -> Any:
+        nonlocal flushes
+        flushes += 1
+        if flushes == 4:
+            raise RuntimeError("a bug in the writer")
+        return await real_flush(self)
+
+    monkeypatch.setattr(Store, "flush", flush_that_breaks)
+    db = tmp_path / "c.db"
+    with pytest.raises(RuntimeError, match="a bug in the writer"):
+        # The timeout only turns a hang into a failure; the crawl itself takes well under a second.
+        await asyncio.wait_for(crawl(make_config(db, [server.url_for("/")])), timeout=60)
+    assert rows(db, "PRAGMA integrity_check") == [("ok",)]
+    assert rows(db, "SELECT count(*) FROM pages")[0][0] >= 1  # what was committed stays
+
+
+async def test_page_texts_and_bodies_come_back_exactly_as_stored(tmp_path: Path) -> None:
+    """Texts and bodies travel to SQLite cut from one blob: empty, missing and odd values must survive."""
+    cases = [(None, None), ("", b""), ("ünï “quotes” \\ \x00 end", b"\x00\xff\x00"), ("plain", os.urandom(5000))]
+    store = await Store.open(tmp_path / "c.db")
+    try:
+        for url_id, (text, body) in enumerate(cases * 9, start=1):  # more pages than one statement takes
+            record = page(url_id, b"")
+            record.text, record.body = text, body
+            store.add_page(record, [])
+        await store.flush()
+        stored = [tuple(r) for r in await store.fetchall("SELECT text, body FROM pages ORDER BY url_id")]
+        assert stored == cases * 9
+        assert [tuple(r) for r in await store.fetchall("SELECT DISTINCT typeof(text), typeof(body) FROM pages")] == [
+            ("null", "null"),
+            ("text", "blob"),
+        ]
+    finally:
+        await store.close()
