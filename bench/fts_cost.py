@@ -10,9 +10,10 @@ Zipf vocabulary, closer to real prose (sitegen uses ~150 words, which flatters a
 Each round writes all pages into fresh databases in batches like the engine's writer (pages,
 their links, their new URLs and state updates in one transaction) and times only flush():
   none      no search triggers at all (the floor);
-  queued    what ships: a trigger queues each page in search_pending, and
-            Store.index_pending() indexes the queue later (timed separately, in bulk);
-  in-flush  a trigger indexes each page into pages_fts inside the flush transaction.
+  queued    what ships: a trigger queues each page in search_pending, and the same flush
+            indexes the queue in one statement (so index_pending afterwards finds nothing
+            left; it indexed in bulk, after the crawl, before the flush did it);
+  in-flush  a trigger indexes each page into pages_fts as its row is inserted.
 Prints one line per run and the medians in µs per page.
 """
 

@@ -159,20 +159,6 @@ def _items(count: int, table: str = "") -> str:
     return ", ".join(f"json_extract({table}value, '$[{i}]')" for i in range(count))
 
 
-def _piece(index: int) -> str:
-    """The part of blob ?2 that items index and index + 1 of a row give the offset and length of."""
-    return f"substr(?2, json_extract(value, '$[{index}]'), json_extract(value, '$[{index + 1}]'))"
-
-
-# Rows come as one JSON array (see JSON_ROWS); texts and bodies as one blob, which each row
-# cuts its pieces from (see _page_rows). An upsert, not INSERT OR REPLACE: REPLACE deletes
-# without firing the delete trigger, which would leave a stale entry in pages_fts. "WHERE
-# true" tells the parser that ON CONFLICT starts the upsert.
-_PAGE_INSERT = (
-    f"INSERT INTO pages (url_id, {', '.join(_PAGE_COLUMNS)})"
-    f" SELECT {_items(14)}, CAST({_piece(14)} AS TEXT), {_piece(16)}, ?3"
-    f" FROM json_each(?1) WHERE true ORDER BY key ON CONFLICT (url_id) DO UPDATE SET {_PAGE_UPDATE}"
-)
 _second: list[tuple[int, str]] = [(-1, "")]  # the last whole second formatted, reused within it
 
 
@@ -588,7 +574,36 @@ class Store:
         async with self._transaction() as conn:
             queued = await self._insert_urls(batch.new_urls)
             if batch.pages:
-                await conn.executemany(_PAGE_INSERT, _page_chunks(batch.pages, self.run_id))
+                await conn.executemany(
+                    # An upsert, not INSERT OR REPLACE: REPLACE deletes without firing the
+                    # delete trigger, which would leave a stale entry in pages_fts.
+                    "INSERT INTO pages (url_id, url, final_url, status, content_type, title, depth,"
+                    " fetched_at, elapsed_ms, http_version, bytes, headers, redirects, noindex, text, body, run_id)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                    f" ON CONFLICT (url_id) DO UPDATE SET {_PAGE_UPDATE}",
+                    [
+                        (
+                            p.url_id,
+                            p.url,
+                            p.final_url,
+                            p.status,
+                            p.content_type,
+                            p.title,
+                            p.depth,
+                            p.fetched_at,
+                            p.elapsed_ms,
+                            p.http_version,
+                            p.size,
+                            json.dumps(p.headers),
+                            json.dumps(p.redirects),
+                            int(p.noindex),
+                            p.text,
+                            p.body,
+                            self.run_id,
+                        )
+                        for p in batch.pages
+                    ],
+                )
             if batch.links:
                 await conn.executemany(
                     f"INSERT OR IGNORE INTO links (from_id, to_url, nofollow) SELECT {_items(3)} FROM json_each(?)",
@@ -675,57 +690,20 @@ class Store:
         return rows
 
 
-# Batches go to SQLite as JSON arrays read back with json_each, JSON_ROWS rows per statement,
-# and executemany runs the statements of a batch in one call. Row by row, executemany
-# releases and retakes the GIL around every row, and beside the busy event loop each retake
-# waits: 2,500 link rows per flush took 3.1 s of writer wall against 1.1 s as JSON statements
-# (same rows and CPU, measured beside a busy thread). One JSON array per batch instead of
-# chunks added ~15 MB of peak RSS.
+# Links, new URLs and URL states go to SQLite as JSON arrays read back with json_each,
+# JSON_ROWS rows per statement; executemany runs a batch's statements in one call. Row by row,
+# executemany releases and retakes the GIL around every row, and beside the busy event loop
+# each retake waits: 95,000 link rows in batches of 2,375 took 3.1 s of writer wall against
+# 1.1 s as JSON statements (same CPU, measured beside a busy thread). One JSON array per batch
+# instead of chunks added ~15 MB of peak RSS. Page rows stay one per row: their texts made
+# JSON re-parsing costly, and cut from a blob instead they showed no gain in a crawl.
 JSON_ROWS = 256
-PAGE_ROWS = 16  # pages per statement: their texts and bodies (~0.5 MB here) are copied once more
 
 
 def _json_chunks(rows: Sequence[tuple[object, ...]]) -> Iterator[tuple[str]]:
     """executemany parameters: one JSON array of up to JSON_ROWS rows each, made as SQLite asks."""
     for start in range(0, len(rows), JSON_ROWS):
         yield (json.dumps(rows[start : start + JSON_ROWS], ensure_ascii=False, check_circular=False),)
-
-
-def _page_chunks(pages: Sequence[PageRecord], run_id: int | None) -> Iterator[tuple[str, bytes, int | None]]:
-    for start in range(0, len(pages), PAGE_ROWS):
-        rows, pieces = _page_rows(pages[start : start + PAGE_ROWS])
-        yield json.dumps(rows, ensure_ascii=False, check_circular=False), pieces, run_id
-
-
-def _page_rows(pages: Sequence[PageRecord]) -> tuple[list[tuple[object, ...]], bytes]:
-    """_PAGE_INSERT's rows, and the blob of texts and bodies they cut their pieces from.
-
-    Texts stay out of the JSON because json_extract parses a row again for every column:
-    with its text in it, the insert cost three times the CPU of executemany.
-    """
-    pieces: list[bytes] = []
-    rows: list[tuple[object, ...]] = []
-    offset = 1  # substr counts from 1
-
-    def piece(data: bytes | None) -> tuple[int, int | None]:
-        nonlocal offset
-        if data is None:
-            return offset, None  # a NULL length makes substr NULL
-        pieces.append(data)
-        start, offset = offset, offset + len(data)
-        return start, len(data)
-
-    for p in pages:
-        text = piece(None if p.text is None else p.text.encode())
-        body = piece(p.body)
-        rows.append(
-            (
-                p.url_id, p.url, p.final_url, p.status, p.content_type, p.title, p.depth, p.fetched_at,
-                p.elapsed_ms, p.http_version, p.size, json.dumps(p.headers), json.dumps(p.redirects),
-                int(p.noindex), *text, *body,
-            )
-        )  # fmt: skip
-    return rows, b"".join(pieces)
 
 
 def _split_sql(script: str) -> list[str]:
