@@ -672,7 +672,7 @@ class Store:
             unique.setdefault(item.url, item)
         # One JSON parameter keeps the SQL text fixed (a VALUES list sized to each batch made
         # every batch a new prepared statement, and sqlite3's statement cache grew RSS) and
-        # makes the batch one statement (see _as_json).
+        # makes the batch one statement (see JSON_ROWS).
         rows: list[QueuedUrl] = []
         now = utc_now()
         for (chunk,) in _json_chunks(
