@@ -11,8 +11,8 @@ Each round writes all pages into fresh databases in batches like the engine's wr
 their links, their new URLs and state updates in one transaction) and times only flush():
   none      no search triggers at all (the floor);
   queued    what ships: a trigger queues each page in search_pending, and the same flush
-            indexes the queue in one statement (so index_pending afterwards finds nothing
-            left; it indexed in bulk, after the crawl, before the flush did it);
+            indexes the queue in one statement (index_pending afterwards finds nothing
+            left; it is timed still, for databases with a backlog);
   in-flush  a trigger indexes each page into pages_fts as its row is inserted.
 Prints one line per run and the medians in µs per page.
 """

@@ -154,11 +154,6 @@ _PAGE_COLUMNS = (
 _PAGE_UPDATE = ", ".join(f"{name} = excluded.{name}" for name in _PAGE_COLUMNS)
 
 
-def _items(count: int, table: str = "") -> str:
-    """The first `count` items of json_each's array rows as SQL columns (json_extract: SQLite 3.35 has no ->>)."""
-    return ", ".join(f"json_extract({table}value, '$[{i}]')" for i in range(count))
-
-
 _second: list[tuple[int, str]] = [(-1, "")]  # the last whole second formatted, reused within it
 
 
@@ -698,6 +693,11 @@ class Store:
 # instead of chunks added ~15 MB of peak RSS. Page rows stay one per row: their texts made
 # JSON re-parsing costly, and cut from a blob instead they showed no gain in a crawl.
 JSON_ROWS = 256
+
+
+def _items(count: int, table: str = "") -> str:
+    """The first `count` items of json_each's array rows as SQL columns (json_extract: SQLite 3.35 has no ->>)."""
+    return ", ".join(f"json_extract({table}value, '$[{i}]')" for i in range(count))
 
 
 def _json_chunks(rows: Sequence[tuple[object, ...]]) -> Iterator[tuple[str]]:

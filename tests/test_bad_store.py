@@ -272,11 +272,11 @@ async def test_a_writer_that_breaks_ends_the_crawl_instead_of_leaving_workers_wa
 
 
 async def test_page_texts_and_bodies_come_back_exactly_as_stored(tmp_path: Path) -> None:
-    """Texts and bodies travel to SQLite cut from one blob: empty, missing and odd values must survive."""
+    """Empty, missing and odd texts and bodies come back exactly, and with their SQL types."""
     cases = [(None, None), ("", b""), ("ünï “quotes” \\ \x00 end", b"\x00\xff\x00"), ("plain", os.urandom(5000))]
     store = await Store.open(tmp_path / "c.db")
     try:
-        for url_id, (text, body) in enumerate(cases * 9, start=1):  # more pages than one statement takes
+        for url_id, (text, body) in enumerate(cases * 9, start=1):
             record = page(url_id, b"")
             record.text, record.body = text, body
             store.add_page(record, [])

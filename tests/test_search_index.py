@@ -50,13 +50,13 @@ def assert_index_exact(db: Path) -> None:
         conn.close()
 
 
-def insert_by_hand(db: Path, url_id: int, title: str, text: str) -> None:
-    """A page row written by another tool: its trigger queues it for the index, nothing indexes it."""
+def insert_by_hand(db: Path, url_id: int, title: str, text: str, *, noindex: bool = False) -> None:
+    """A page row written by another tool: its trigger (if any) queues it for the index, nothing indexes it."""
     conn = sqlite3.connect(db)
     conn.execute(
         "INSERT INTO pages (url_id, url, final_url, status, title, depth, fetched_at, elapsed_ms, bytes, headers,"
-        " redirects, text) VALUES (?, ?, ?, 200, ?, 0, '2024-05-01T12:00:00.000Z', 1.0, 0, '[]', '[]', ?)",
-        (url_id, f"http://shop.test/{url_id}", f"http://shop.test/{url_id}", title, text),
+        " redirects, noindex, text) VALUES (?, ?, ?, 200, ?, 0, '2024-05-01T12:00:00.000Z', 1.0, 0, '[]', '[]', ?, ?)",
+        (url_id, f"http://shop.test/{url_id}", f"http://shop.test/{url_id}", title, int(noindex), text),
     )
     conn.commit()
     conn.close()
@@ -136,15 +136,10 @@ async def test_a_schema_1_database_gains_search_when_the_crawler_opens_it(tmp_pa
         "INSERT INTO urls (id, url, host, depth, state, discovered_at) VALUES"
         " (1, 'http://shop.test/1', 'shop.test:80', 0, 'done', '2024-05-01T12:00:00.000Z')"
     )
-    for url_id, noindex, title in ((1, 0, "Lantern shop"), (2, 1, "Lantern cellar")):
-        conn.execute(
-            "INSERT INTO pages (url_id, url, final_url, status, title, depth, fetched_at, elapsed_ms, bytes, headers,"
-            " redirects, noindex, text) VALUES (?, ?, ?, 200, ?, 0, '2024-05-01T12:00:00.000Z', 1.0, 0, '[]', '[]',"
-            " ?, 'brass lanterns')",
-            (url_id, f"http://shop.test/{url_id}", f"http://shop.test/{url_id}", title, noindex),
-        )
     conn.commit()
     conn.close()
+    insert_by_hand(db, 1, "Lantern shop", "brass lanterns")
+    insert_by_hand(db, 2, "Lantern cellar", "brass lanterns", noindex=True)
 
     with crawler.open_results(db) as results:  # read-only: it cannot add the index itself
         assert [p.title for p in results.pages()] == ["Lantern shop", "Lantern cellar"]
