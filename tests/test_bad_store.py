@@ -21,7 +21,7 @@ import pytest
 import crawler.engine
 from crawler.errors import StoreError
 from crawler.localsite import Site, SiteServer, build_site
-from crawler.store import PageRecord, Store, utc_now
+from crawler.store import PAGE_ROWS, PageRecord, Store, utc_now
 from tests.crawlkit import crawl, make_config, rows
 
 Serve = Callable[[Site], SiteServer]
@@ -274,6 +274,7 @@ async def test_a_writer_that_breaks_ends_the_crawl_instead_of_leaving_workers_wa
 async def test_page_texts_and_bodies_come_back_exactly_as_stored(tmp_path: Path) -> None:
     """Empty, missing and odd texts and bodies come back exactly, and with their SQL types."""
     cases = [(None, None), ("", b""), ("ünï “quotes” \\ \x00 end", b"\x00\xff\x00"), ("plain", os.urandom(5000))]
+    assert len(cases * 9) % PAGE_ROWS, "the last statement must be a padded one"
     store = await Store.open(tmp_path / "c.db")
     try:
         for url_id, (text, body) in enumerate(cases * 9, start=1):
