@@ -645,12 +645,12 @@ class Store:
             [(u.url, u.host, u.depth, u.parent_id, u.state, u.reason) for u in unique.values()]
         ):
             # RETURNING rules out executemany: one statement per chunk (most batches are one).
-            cursor = await self._conn.execute(
+            returned = await self._conn.execute_fetchall(  # one call into SQLite's thread, not two
                 "INSERT OR IGNORE INTO urls (url, host, depth, parent_id, state, reason, discovered_at)"
                 f" SELECT {_items(6)}, ?2 FROM json_each(?1) ORDER BY key RETURNING id, url, host, depth, state",
                 (chunk, now),
             )
-            rows.extend(QueuedUrl(r[0], r[1], r[2], r[3]) for r in await cursor.fetchall() if r[4] == "queued")
+            rows.extend(QueuedUrl(r[0], r[1], r[2], r[3]) for r in returned if r[4] == "queued")
         # RETURNING order is not guaranteed; the frontier relies on ascending ids per host.
         rows.sort(key=lambda r: r.id)
         return rows
