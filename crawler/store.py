@@ -10,6 +10,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -573,7 +574,9 @@ class Store:
             if batch.links:
                 await conn.executemany(
                     f"INSERT OR IGNORE INTO links (from_id, to_url, nofollow) SELECT {_items(3)} FROM json_each(?)",
-                    _json_chunks(batch.links),
+                    # In target order, the links_to index takes the batch's keys leaf after leaf
+                    # instead of scattered over all of it: ~13 % less writer CPU on the bench site.
+                    _json_chunks(sorted(batch.links, key=itemgetter(1))),
                 )
             if batch.errors:
                 await conn.executemany(
