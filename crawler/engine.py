@@ -125,6 +125,7 @@ class Crawl:
         self._fetched = self._pages = self._errors = self._skipped = 0
         self._queued = 0
         self._recent = RecentUrls()
+        self._recent_unfollowed = RecentUrls(capacity=5_000)
         self._robots_misses: dict[str, int] = {}  # origin → unreachable robots.txt fetches in a row
         self._robots_errors: dict[str, FetchError] = {}  # origin → why its robots.txt fetch last failed
         self.status_counts: dict[str, int] = {}
@@ -464,6 +465,16 @@ class Crawl:
             if (follow_all or not link_nofollow) and first_sight(url)
             for reason in (scope.skip_reason(url, depth),)
         ]
+        if not follow_all:
+            # Every link needs a urls row for its target (links store its id). A nofollow target
+            # has its own memory: seen here first, it must still be queued by a followed link later.
+            first_unfollowed = self._recent_unfollowed.first_sight
+            new += [
+                NewUrl(url, host_key(url, normalized=True), depth, lease.url_id, "skipped", reason)
+                for url, link_nofollow in links
+                if link_nofollow and first_unfollowed(url)
+                for reason in (scope.skip_reason(url, depth) or SkipReason.NOFOLLOW,)
+            ]
         if result.stopped_redirect is not None:
             target, reason = result.stopped_redirect
             if reason == _HOLD_TARGET:

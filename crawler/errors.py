@@ -83,6 +83,7 @@ class SkipReason(StrEnum):
     URL_TOO_LONG = "url_too_long"  # longer than max_url_length (trap guard)
     REPEATED_SEGMENTS = "repeated_segments"  # a path segment repeats more than max_repeated_segments (trap guard)
     HOST_LIMIT = "host_limit"  # host already has max_pages_per_host pages (trap guard)
+    NOFOLLOW = "nofollow"  # only ever linked with nofollow; a followed link to it queues it
     REDIRECT_SEEN = "redirect_seen"  # reserved: a redirect led to a URL crawled on its own (not produced today)
 
 

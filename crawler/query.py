@@ -140,23 +140,22 @@ class Results:
         url = normalize_url(url) or url
         if not self._known(url):
             raise UsageError(f"{url} is not in {self.path}: no page, queued URL or link has that address")
+        # Through the link_urls view, whose columns every schema since 2 has: schema 3 keys links
+        # by URL id, schema 2 (a database no crawl has opened since) by URL text.
         branches: list[str] = []
         params: list[Any] = []
         if direction in ("out", "both"):
             # Links of a redirected page hang off the asked URL, so its final URL finds them too.
             branches.append(
-                "SELECT 'out' AS direction, l.* FROM link_rows l WHERE l.from_id IN"
-                " (SELECT id FROM urls WHERE url = ? UNION SELECT url_id FROM pages WHERE final_url = ?)"
+                "SELECT 'out' AS direction, * FROM link_urls"
+                " WHERE from_url IN (SELECT ? UNION SELECT url FROM pages WHERE final_url = ?)"
             )
             params += [url, url]
         if direction in ("in", "both"):
-            branches.append("SELECT 'in' AS direction, l.* FROM link_rows l WHERE l.to_url = ?")
+            branches.append("SELECT 'in' AS direction, * FROM link_urls WHERE to_url = ?")
             params.append(url)
         sql = (
-            "WITH link_rows AS (SELECT l.from_id, f.url AS from_url, l.to_url, l.nofollow, t.state, p.status"
-            " FROM links l JOIN urls f ON f.id = l.from_id"
-            " LEFT JOIN urls t ON t.url = l.to_url LEFT JOIN pages p ON p.url_id = t.id)"
-            " SELECT direction, from_url, to_url, nofollow, state, status"
+            "SELECT direction, from_url, to_url, nofollow, to_state, to_status"
             f" FROM ({' UNION ALL '.join(branches)})"
             " ORDER BY direction DESC, CASE direction WHEN 'out' THEN to_url ELSE from_url END" + _limit(limit)
         )
@@ -165,7 +164,7 @@ class Results:
     def _known(self, url: str) -> bool:
         return bool(
             self._scalar(
-                "SELECT EXISTS (SELECT 1 FROM urls WHERE url = ?) OR EXISTS (SELECT 1 FROM links WHERE to_url = ?)"
+                "SELECT EXISTS (SELECT 1 FROM urls WHERE url = ?) OR EXISTS (SELECT 1 FROM link_urls WHERE to_url = ?)"
                 " OR EXISTS (SELECT 1 FROM pages WHERE final_url = ?)",
                 [url, url, url],
             )

@@ -54,7 +54,7 @@ class LinkRow:
     from_url: str
     to_url: str
     nofollow: bool
-    to_state: str | None  # urls.state of the target; None if it was never queued (e.g. nofollow)
+    to_state: str | None  # urls.state of the target ('skipped' with reason nofollow if never followed)
     to_status: int | None  # HTTP status of the target, once fetched
 
 

@@ -21,7 +21,8 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-from crawler.errors import StoreError
+from crawler.errors import SkipReason, StoreError
+from crawler.urls import host_key
 
 # Each entry migrates the schema from version i to i + 1, in its own transaction.
 MIGRATIONS: tuple[str, ...] = (
@@ -142,6 +143,37 @@ MIGRATIONS: tuple[str, ...] = (
         SELECT p.url_id, p.url, p.final_url, u.host, p.status, p.content_type, p.title, p.depth,
                p.fetched_at, p.elapsed_ms, p.http_version, p.bytes, p.noindex, p.run_id
         FROM pages p JOIN urls u ON u.id = p.url_id;
+    """,
+    # 3: links name their target by urls.id, not by URL text. Rows are ~6x smaller, and so is
+    # the links_to index, which was the writer's largest single cost (random inserts of URL
+    # keys). Every link target now has a urls row: targets only ever linked with nofollow,
+    # which schema 2 kept only as link text, become 'skipped' rows with reason 'nofollow'
+    # (host from crawler_host_key, a function the store registers while migrating).
+    """
+    INSERT OR IGNORE INTO urls (url, host, depth, parent_id, state, reason, discovered_at)
+        SELECT l.to_url, crawler_host_key(l.to_url), coalesce(min(f.depth), 0) + 1, min(l.from_id),
+               'skipped', 'nofollow', strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+        FROM links l LEFT JOIN urls f ON f.id = l.from_id
+        WHERE NOT EXISTS (SELECT 1 FROM urls t WHERE t.url = l.to_url)
+        GROUP BY l.to_url ORDER BY min(l.from_id), l.to_url;
+    DROP VIEW link_urls;
+    CREATE TABLE links_by_id (
+        from_id  INTEGER NOT NULL,
+        to_id    INTEGER NOT NULL,
+        nofollow INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (from_id, to_id)
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO links_by_id (from_id, to_id, nofollow)
+        SELECT l.from_id, t.id, l.nofollow FROM links l JOIN urls t ON t.url = l.to_url ORDER BY l.from_id, t.id;
+    DROP TABLE links;
+    ALTER TABLE links_by_id RENAME TO links;
+    CREATE INDEX links_to ON links (to_id);
+    CREATE VIEW link_urls AS
+        SELECT f.url AS from_url, t.url AS to_url, l.nofollow, t.state AS to_state, p.status AS to_status
+        FROM links l
+        JOIN urls f ON f.id = l.from_id
+        JOIN urls t ON t.id = l.to_id
+        LEFT JOIN pages p ON p.url_id = t.id;
     """,
 )
 
@@ -309,6 +341,9 @@ class Store:
         self._lock = lock
         self.batch = Batch()
         self.run_id: int | None = None
+        # Whether urls may hold nofollow-only targets that a followed link must queue (see
+        # _promote); False skips that lookup on every flush of a crawl that never met one.
+        self._nofollow_rows = False
 
     @classmethod
     async def open(cls, path: Path, *, readonly: bool = False) -> Store:
@@ -361,12 +396,19 @@ class Store:
         await conn.execute("PRAGMA temp_store = MEMORY")
         if version > SCHEMA_VERSION:
             raise StoreError(f"{self.path} was written by a newer crawler (schema {version})")
+        if version < SCHEMA_VERSION:
+            await conn.create_function("crawler_host_key", 1, _host_key_or_blank, deterministic=True)
         for target in range(version + 1, SCHEMA_VERSION + 1):
             await conn.execute("BEGIN IMMEDIATE")
             for statement in _split_sql(MIGRATIONS[target - 1]):
                 await conn.execute(statement)
             await conn.execute(f"PRAGMA user_version = {target}")
             await conn.execute("COMMIT")
+        self._nofollow_rows = bool(
+            await self.scalar(
+                "SELECT EXISTS (SELECT 1 FROM urls WHERE state = 'skipped' AND reason = ?)", (SkipReason.NOFOLLOW,)
+            )
+        )
 
     async def close(self) -> None:
         try:
@@ -562,7 +604,7 @@ class Store:
         - a URL whose page did not commit is still `queued` or `in_flight` in SQLite, and the
           next run requeues it: only those, the ones in flight at the kill, are fetched again;
         - refetching cannot duplicate rows: pages are keyed by url_id (an upsert),
-          links by (from_id, to_url), urls by url (INSERT OR IGNORE).
+          links by (from_id, to_id), urls by url (INSERT OR IGNORE).
         """
         batch, self.batch = self.batch, Batch()
         if not len(batch):
@@ -572,10 +614,13 @@ class Store:
             if batch.pages:
                 await conn.executemany(_PAGE_INSERT, _page_chunks(batch.pages, self.run_id))
             if batch.links:
+                # Every target has a urls row by now (this batch's new URLs went in above, or an
+                # earlier batch's did), so the join finds each one's id. In target order, the
+                # lookups walk the urls index leaf after leaf instead of all over it.
                 await conn.executemany(
-                    f"INSERT OR IGNORE INTO links (from_id, to_url, nofollow) SELECT {_items(3)} FROM json_each(?)",
-                    # In target order, the links_to index takes the batch's keys leaf after leaf
-                    # instead of scattered over all of it: ~13 % less writer CPU on the bench site.
+                    "INSERT OR IGNORE INTO links (from_id, to_id, nofollow)"
+                    " SELECT json_extract(j.value, '$[0]'), t.id, json_extract(j.value, '$[2]')"
+                    " FROM json_each(?) AS j JOIN urls t ON t.url = json_extract(j.value, '$[1]')",
                     _json_chunks(sorted(batch.links, key=itemgetter(1))),
                 )
             if batch.errors:
@@ -636,9 +681,17 @@ class Store:
         if not urls:
             return []
         # Dedupe inside the batch first: the same link often appears on many pages of one batch.
+        # A followed link outranks a nofollow one to the same URL.
         unique: dict[str, NewUrl] = {}
         for item in urls:
-            unique.setdefault(item.url, item)
+            kept = unique.setdefault(item.url, item)
+            if kept.reason == SkipReason.NOFOLLOW and item.state == "queued":
+                unique[item.url] = item
+        promoted = (
+            await self._unlink_nofollow_targets([u.url for u in unique.values() if u.state == "queued"])
+            if self._nofollow_rows
+            else {}
+        )
         # One JSON parameter keeps the SQL text fixed (a VALUES list sized to each batch made
         # every batch a new prepared statement, and sqlite3's statement cache grew RSS) and
         # makes the batch one statement (see JSON_ROWS).
@@ -654,9 +707,34 @@ class Store:
                 (chunk, now),
             )
             rows.extend(QueuedUrl(r[0], r[1], r[2], r[3]) for r in returned if r[4] == "queued")
+        if promoted:
+            # Links stored before the promotion follow their target to its new id.
+            await self._conn.executemany(
+                "UPDATE links SET to_id = ? WHERE to_id = ?",
+                [(row.id, promoted[row.url]) for row in rows if row.url in promoted],
+            )
+        if not self._nofollow_rows:
+            self._nofollow_rows = any(u.reason == SkipReason.NOFOLLOW for u in unique.values())
         # RETURNING order is not guaranteed; the frontier relies on ascending ids per host.
         rows.sort(key=lambda r: r.id)
         return rows
+
+    async def _unlink_nofollow_targets(self, queued: list[str]) -> dict[str, int]:
+        """Delete the nofollow-only rows of URLs now queued by a followed link; {url: old id}.
+
+        The insert that follows gives each a fresh id, above every id the frontier has read, so
+        it joins its host's queue like any new URL (the frontier reads ids in ascending order
+        and never looks below what it has read).
+        """
+        promoted: dict[str, int] = {}
+        for (chunk,) in _json_chunks([(url,) for url in queued]):
+            returned = await self._conn.execute_fetchall(
+                "DELETE FROM urls WHERE url IN (SELECT json_extract(value, '$[0]') FROM json_each(?))"
+                " AND state = 'skipped' AND reason = ? RETURNING id, url",
+                (chunk, SkipReason.NOFOLLOW),
+            )
+            promoted.update((url, url_id) for url_id, url in returned)
+        return promoted
 
 
 # Links, new URLs and URL states go to SQLite as JSON arrays read back with json_each,
@@ -701,6 +779,14 @@ def _page_chunks(pages: Sequence[PageRecord], run_id: int | None) -> Iterator[tu
             )  # fmt: skip
         params += _NO_PAGE * (PAGE_ROWS - len(chunk))
         yield tuple(params)
+
+
+def _host_key_or_blank(url: str) -> str:
+    """host_key for SQL (the schema 3 migration); '' for a URL it cannot parse, never an error."""
+    try:
+        return host_key(url)
+    except ValueError:
+        return ""
 
 
 def _items(count: int, table: str = "") -> str:

@@ -93,12 +93,7 @@ async def test_pages_hold_metadata_and_links(site_server: Serve, tmp_path: Path)
     pdf = rows(db, "SELECT content_type, title, bytes FROM pages WHERE url = ?", (server.url + "/doc.pdf",))
     assert pdf == [("application/pdf", None, len(b"%PDF-1.4 fake"))]
 
-    links_of_home = {
-        to
-        for (to,) in rows(
-            db, "SELECT to_url FROM links JOIN urls ON urls.id = links.from_id WHERE urls.url = ?", (server.url + "/",)
-        )
-    }
+    links_of_home = {to for (to,) in rows(db, "SELECT to_url FROM link_urls WHERE from_url = ?", (server.url + "/",))}
     # Fragments dropped, scheme and host lowercased; mailto/javascript never become links.
     assert links_of_home == {server.url + p for p in ["/a", "/b", "/old", "/private/x", "/missing", "/doc.pdf"]} | {
         "http://elsewhere.test/"

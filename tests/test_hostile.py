@@ -461,7 +461,7 @@ async def test_weird_hrefs_are_skipped_or_normalised_never_fatal(site_server: Se
 
     u = server.url
     assert summary.outcome is Outcome.FINISHED
-    links = {to for (to,) in rows(db, "SELECT to_url FROM links")}
+    links = {to for (to,) in rows(db, "SELECT to_url FROM link_urls")}
     assert links == {
         f"{u}/",  # "#only-a-fragment" is the page itself
         f"{u}/with%20space",
@@ -500,7 +500,7 @@ async def test_non_html_is_stored_with_metadata_and_not_parsed(site_server: Serv
     assert stored["/blob"] == [200, "application/octet-stream", len(decoy) + 2, None, None, 1]
     assert stored["/untyped"] == [200, None, len(decoy), None, None, 1]
     assert "/must-not-follow" not in server.paths()
-    assert rows(db, "SELECT count(*) FROM links WHERE to_url LIKE '%must-not-follow'") == [(0,)]
+    assert rows(db, "SELECT count(*) FROM link_urls WHERE to_url LIKE '%must-not-follow'") == [(0,)]
 
 
 # --------------------------------------------------------------------------- spider traps
@@ -605,9 +605,7 @@ async def test_a_page_with_100000_links_is_capped_at_max_links_per_page(site_ser
     db = tmp_path / "c.db"
     await crawl(make_config(db, [server.url + "/"], crawl={"max_links_per_page": 1000, "max_depth": 1}))
 
-    from_many = rows(
-        db, "SELECT to_url FROM links JOIN urls ON urls.id = links.from_id WHERE urls.url = ?", (server.url + "/many",)
-    )
+    from_many = rows(db, "SELECT to_url FROM link_urls WHERE from_url = ?", (server.url + "/many",))
     assert {to for (to,) in from_many} == {f"{server.url}/l/{i}" for i in range(1000)}  # the first 1000, in order
     assert rows(db, "SELECT count(*), min(reason), max(reason) FROM urls WHERE url LIKE ?", (server.url + "/l/%",)) == [
         (1000, "depth", "depth")

@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -422,7 +423,7 @@ async def test_nofollow_noindex_and_x_robots_tag_are_honoured(site_server: Serve
         assert path not in server.paths()
     # Links are still recorded, marked nofollow.
     marked = rows(
-        db, "SELECT to_url, nofollow FROM links WHERE to_url IN (?, ?)", (server.url + "/nf", server.url + "/a")
+        db, "SELECT to_url, nofollow FROM link_urls WHERE to_url IN (?, ?)", (server.url + "/nf", server.url + "/a")
     )
     assert sorted(marked) == [(server.url + "/a", 0), (server.url + "/nf", 1)]
     # noindex: the page row is kept, without body or text.
@@ -434,6 +435,45 @@ async def test_nofollow_noindex_and_x_robots_tag_are_honoured(site_server: Serve
     assert kept["/xrt-us"] == (1, True, True)
     assert kept["/xrt-other"] == (0, False, False)
     assert kept["/a"] == (0, False, False)
+
+
+def late_follow_site() -> Site:
+    """/later is linked with nofollow from the seed, then followed from /b, a page deeper."""
+    site = Site()
+    site.page("/", body='<a href="/later" rel="nofollow">l</a> <a href="/b">b</a>')
+    site.page("/b", body='<a href="/later">l</a>').page("/later")
+    return site
+
+
+def later_rows(db: Path, base: str) -> list[tuple[Any, ...]]:
+    return rows(db, "SELECT state, reason FROM urls WHERE url = ?", (base + "/later",))
+
+
+async def test_a_nofollow_target_is_crawled_once_a_followed_link_reaches_it(site_server: Serve, tmp_path: Path) -> None:
+    server = site_server(late_follow_site())
+    db = tmp_path / "c.db"
+    await crawl(make_config(db, [server.url + "/"]))
+    assert server.paths().count("/later") == 1
+    assert later_rows(db, server.url) == [("done", None)]
+    # Both links point at the one row, the one stored before the promotion included.
+    assert rows(db, "SELECT from_url, nofollow, to_state FROM link_urls WHERE to_url = ? ORDER BY from_url", (
+        server.url + "/later",
+    )) == [(server.url + "/", 1, "done"), (server.url + "/b", 0, "done")]  # fmt: skip
+
+
+async def test_a_nofollow_target_stored_by_an_earlier_run_is_queued_by_a_followed_link(
+    site_server: Serve, tmp_path: Path
+) -> None:
+    server = site_server(late_follow_site())
+    db = tmp_path / "c.db"
+    await crawl(make_config(db, [server.url + "/"], crawl={"max_pages": 1}))
+    assert later_rows(db, server.url) == [("skipped", "nofollow")]
+    await crawl(make_config(db, [server.url + "/"], crawl={"max_pages": 0}))
+    assert server.paths().count("/later") == 1
+    assert later_rows(db, server.url) == [("done", None)]
+    assert rows(
+        db, "SELECT count(*) FROM link_urls WHERE to_url = ? AND to_state = 'done'", (server.url + "/later",)
+    ) == [(2,)]
 
 
 async def test_follow_nofollow_queues_nofollow_links(site_server: Serve, tmp_path: Path) -> None:

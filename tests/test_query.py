@@ -109,7 +109,7 @@ def test_links_out_of_and_into_a_page(harbour: Harbour, results: Results) -> Non
         LinkRow("out", u("/"), u("/catalogue"), False, "done", 200),
         LinkRow("out", u("/"), u("/down"), False, "failed", None),
         LinkRow("out", u("/"), u("/lighthouse"), False, "done", 200),
-        LinkRow("out", u("/"), u("/login"), True, None, None),  # nofollow: never queued
+        LinkRow("out", u("/"), u("/login"), True, "skipped", None),  # nofollow: never queued
         LinkRow("out", u("/"), u("/missing"), False, "done", 404),
         LinkRow("out", u("/"), u("/old"), False, "done", 200),
         LinkRow("out", u("/"), u("/private/x"), False, "skipped", None),
@@ -231,13 +231,13 @@ def test_sql_reports_invalid_statements(results: Results, statement: str, messag
 def test_stats(harbour: Harbour, results: Results) -> None:
     stats = results.stats()
     ((started, finished),) = rows(harbour.db, "SELECT started_at, finished_at FROM runs")
-    assert stats.urls_by_state == {"done": 7, "failed": 1, "skipped": 2}
+    assert stats.urls_by_state == {"done": 7, "failed": 1, "skipped": 3}
     assert stats.queued == 0
     assert stats.pages_by_status_class == {"2xx": 6, "4xx": 1}
     assert stats.pages_by_host == {harbour.base.removeprefix("http://"): 7}
     assert stats.content_types == {"text/html": 6, "application/pdf": 1}
     assert stats.errors_by_kind == {"http_status": 1}
-    assert stats.skipped_by_reason == {"off_site": 1, "robots": 1}
+    assert stats.skipped_by_reason == {"nofollow": 1, "off_site": 1, "robots": 1}
     assert stats.depths == {0: 1, 1: 6}
     assert (stats.pages, stats.bytes, stats.unindexed) == (7, sum(len(s[4]) for s in STORED.values()), 0)
     seconds = (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
@@ -255,7 +255,7 @@ def test_views_for_generic_sqlite_tools(harbour: Harbour) -> None:
         (harbour.url("/catalogue"), 0, "done", 200),
         (harbour.url("/down"), 0, "failed", None),
         (harbour.url("/lighthouse"), 0, "done", 200),
-        (harbour.url("/login"), 1, None, None),
+        (harbour.url("/login"), 1, "skipped", None),
     ]
     overview = rows(harbour.db, "SELECT url, host, status, title FROM page_overview ORDER BY url LIMIT 2")
     host = harbour.base.removeprefix("http://")
