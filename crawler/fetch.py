@@ -103,13 +103,14 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 def build_transport(http: HttpConfig, limits: httpx.Limits) -> httpx.AsyncBaseTransport:
     """HTTP/1.1 over aiohttp for plain http (the fast path), httpx's own transport (h2 via ALPN) for https."""
-    # verify=True uses certifi's bundle; ca_bundle adds trust in a private CA instead.
+    # verify=True uses certifi's bundle; ca_bundle adds trust in a private CA instead, read
+    # here so that a bad bundle fails the start rather than every https page.
     verify: ssl.SSLContext | bool = True
     if http.ca_bundle is not None:
         verify = ssl.create_default_context(cafile=str(http.ca_bundle))
     return SchemeRouter(
         plain=AiohttpTransport(limits=limits),
-        tls=httpx.AsyncHTTPTransport(http2=http.http2, limits=limits, retries=0, verify=verify),
+        tls=lambda: httpx.AsyncHTTPTransport(http2=http.http2, limits=limits, retries=0, verify=verify),
     )
 
 
@@ -163,19 +164,26 @@ _FAST_URLS = _fast_urls_work()
 
 
 class SchemeRouter(httpx.AsyncBaseTransport):
-    """Sends http:// requests through one transport and https:// through another."""
+    """Sends http:// requests through one transport and https:// through another, made on the
+    first https:// request: loading the CA bundle for its TLS context takes ~0.1 s of every
+    start, wasted on a plain-http crawl."""
 
-    def __init__(self, *, plain: httpx.AsyncBaseTransport, tls: httpx.AsyncBaseTransport) -> None:
+    def __init__(self, *, plain: httpx.AsyncBaseTransport, tls: Callable[[], httpx.AsyncBaseTransport]) -> None:
         self._plain = plain
-        self._tls = tls
+        self._make_tls = tls
+        self._tls: httpx.AsyncBaseTransport | None = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        transport = self._tls if request.url.scheme == "https" else self._plain
-        return await transport.handle_async_request(request)
+        if request.url.scheme != "https":
+            return await self._plain.handle_async_request(request)
+        if self._tls is None:
+            self._tls = self._make_tls()
+        return await self._tls.handle_async_request(request)
 
     async def aclose(self) -> None:
         await self._plain.aclose()
-        await self._tls.aclose()
+        if self._tls is not None:
+            await self._tls.aclose()
 
 
 class _SetCookiesOnly(httpx.Cookies):

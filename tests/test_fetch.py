@@ -20,6 +20,7 @@ from crawler.fetch import (
     _FAST_URLS,
     _PIECE,
     Fetcher,
+    SchemeRouter,
     _decode,
     _inflaters,
     parse_retry_after,
@@ -490,3 +491,21 @@ async def test_a_content_length_of_unicode_digits_is_ignored_not_a_crash() -> No
     result = await fetcher.fetch("http://a.test/odd", RecordingGate())
     await fetcher.aclose()
     assert (result.status, result.body) == (200, b"<p>fine</p>")
+
+
+async def test_the_tls_transport_is_made_on_the_first_https_request_only() -> None:
+    made: list[httpx.AsyncBaseTransport] = []
+
+    def answer(name: str) -> httpx.MockTransport:
+        return httpx.MockTransport(lambda request: httpx.Response(200, text=name))
+
+    def make_tls() -> httpx.AsyncBaseTransport:
+        made.append(answer("tls"))
+        return made[-1]
+
+    router = SchemeRouter(plain=answer("plain"), tls=make_tls)
+    async with httpx.AsyncClient(transport=router) as client:
+        assert (await client.get("http://a.test/")).text == "plain"
+        assert made == []  # a plain-http crawl never loads a CA bundle
+        assert [(await client.get(f"https://a.test/{i}")).text for i in range(2)] == ["tls", "tls"]
+        assert len(made) == 1
