@@ -11,6 +11,7 @@ no delay. Each one reports "pages stored" its own way:
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import sqlite3
@@ -82,6 +83,9 @@ class Contestant:
         """A short version string for the report."""
         return ""
 
+    def prepare(self) -> None:
+        """Anything to do once before the runs."""
+
     def command(self, job: Job) -> list[str]:
         """The argv to run."""
         raise NotImplementedError
@@ -105,6 +109,13 @@ class OurCrawler(Contestant):
         if ok:
             return None
         return f"our crawler is not runnable yet (`python -m crawler --help` failed: {detail or 'no output'})"
+
+    def prepare(self) -> None:
+        # Runs start from bytecode, as for Scrapy and the libraries, which pip compiled when it
+        # installed them. An editable install compiles the crawler on first import, unless
+        # PYTHONDONTWRITEBYTECODE is set (as child_env does): then every run would compile
+        # ~7,000 lines again (~0.1 s).
+        compileall.compile_dir(REPO_ROOT / "crawler", quiet=1)
 
     def db_path(self, job: Job) -> Path:
         """The SQLite store for this job."""

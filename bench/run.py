@@ -428,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             skipped[name] = reason
             print(f"- skipping {name}: {reason}")
         else:
+            contestant.prepare()
             contestants[name] = contestant
             print(f"- {name}: ready" + (f" ({contestant.version()})" if contestant.version() else ""))
     tmp = Path(tempfile.mkdtemp(prefix="crawler-bench-"))
