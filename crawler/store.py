@@ -342,7 +342,8 @@ class Store:
         self.batch = Batch()
         self.run_id: int | None = None
         # Whether urls may hold nofollow-only targets that a followed link must queue (see
-        # _promote); False skips that lookup on every flush of a crawl that never met one.
+        # _unlink_nofollow_targets); False spares that lookup to every flush of a crawl that
+        # never met one.
         self._nofollow_rows = False
 
     @classmethod
