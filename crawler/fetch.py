@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import os
 import re
-import socket
 import ssl
 import time
 import zlib
@@ -15,14 +13,12 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import aiohttp
 import httpx
-from aiohttp.http_exceptions import HttpProcessingError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from crawler.config import HttpConfig
 from crawler.errors import ErrorKind, FetchError
-from crawler.transport import AiohttpTransport
+from crawler.transport import H1Transport, ResponseError
 from crawler.urls import join_url
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -102,14 +98,14 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 
 def build_transport(http: HttpConfig, limits: httpx.Limits) -> httpx.AsyncBaseTransport:
-    """HTTP/1.1 over aiohttp for plain http (the fast path), httpx's own transport (h2 via ALPN) for https."""
+    """Our HTTP/1.1 transport for plain http (the fast path), httpx's own transport (h2 via ALPN) for https."""
     # verify=True uses certifi's bundle; ca_bundle adds trust in a private CA instead, read
     # here so that a bad bundle fails the start rather than every https page.
     verify: ssl.SSLContext | bool = True
     if http.ca_bundle is not None:
         verify = ssl.create_default_context(cafile=str(http.ca_bundle))
     return SchemeRouter(
-        plain=AiohttpTransport(limits=limits),
+        plain=H1Transport(limits=limits),
         tls=lambda: httpx.AsyncHTTPTransport(http2=http.http2, limits=limits, retries=0, verify=verify),
     )
 
@@ -391,8 +387,7 @@ class Fetcher:
                 raise _Retryable(
                     ErrorKind.TIMEOUT, f"no complete response within total_timeout {self.http.total_timeout:g}s"
                 ) from None
-            except (httpx.HTTPError, aiohttp.ClientError) as exc:
-                # The aiohttp transport lets ClientResponseError (malformed responses) through as is.
+            except httpx.HTTPError as exc:
                 self._observe(url, None, time.monotonic() - started)
                 raise translate_httpx_error(exc) from exc
             elapsed = time.monotonic() - started
@@ -570,18 +565,15 @@ def _clip(text: str, limit: int = 300) -> str:
 
 
 def translate_httpx_error(exc: BaseException) -> FetchError:
-    """The one place httpx (and aiohttp, behind crawler.transport) exceptions become our error kinds."""
+    """The one place httpx exceptions (crawler.transport raises httpx's too) become our error kinds."""
     chain = _causes(exc)
     text = _one_line(str(exc)) or type(exc).__name__
     for cause in chain:
         if isinstance(cause, ssl.SSLError):
             reason = _one_line(str(cause)) or type(cause).__name__
             return FetchError(ErrorKind.TLS, f"TLS failure: {reason}")
-    for cause in chain:
-        aiohttp_kind = _aiohttp_kind(cause)
-        if aiohttp_kind is not None:
-            kind, detail = aiohttp_kind
-            return _Retryable(kind, detail) if kind in _TRANSIENT else FetchError(kind, detail)
+    if isinstance(exc, ResponseError):  # its text says it all: "body cut short: ...", "malformed response: ..."
+        return _Retryable(ErrorKind.PROTOCOL, text)
     if isinstance(exc, httpx.TimeoutException):
         return _Retryable(ErrorKind.TIMEOUT, f"{type(exc).__name__}: {text}")
     if isinstance(exc, httpx.ConnectError):
@@ -593,9 +585,6 @@ def translate_httpx_error(exc: BaseException) -> FetchError:
     if isinstance(exc, httpx.UnsupportedProtocol):
         return FetchError(ErrorKind.BAD_REDIRECT, f"unsupported URL scheme: {text}")
     return FetchError(ErrorKind.OTHER, f"{type(exc).__name__}: {text}")
-
-
-_TRANSIENT = frozenset({ErrorKind.TIMEOUT, ErrorKind.CONNECT, ErrorKind.PROTOCOL})
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
@@ -614,36 +603,6 @@ def _causes(exc: BaseException) -> list[BaseException]:
 
 
 def _one_line(text: str) -> str:
-    """aiohttp parser messages span lines and point at the bad byte with a caret; keep the words."""
+    """Some error texts span lines (a parser pointing at the bad byte with a caret); keep the words."""
     lines = (line.strip() for line in text.splitlines())
     return " ".join(line for line in lines if line and set(line) != {"^"})
-
-
-def _aiohttp_kind(cause: BaseException) -> tuple[ErrorKind, str] | None:
-    """The transport maps most connection errors to ConnectTimeout, or lets them through; look at the real one."""
-    if isinstance(cause, aiohttp.ClientResponseError):
-        return ErrorKind.PROTOCOL, f"malformed response: {_one_line(cause.message) or type(cause).__name__}"
-    text = _one_line(str(cause)) or type(cause).__name__
-    if isinstance(cause, aiohttp.ClientSSLError):
-        return ErrorKind.TLS, f"TLS failure: {text}"
-    if isinstance(cause, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
-        return ErrorKind.TIMEOUT, f"timeout: {text}"
-    if isinstance(cause, aiohttp.ClientConnectorError):
-        err = cause.os_error
-        if isinstance(err, socket.gaierror) or not err.errno or err.errno < 0:
-            reason = err.strerror or str(err)
-        else:
-            reason = os.strerror(err.errno)  # asyncio's own text repeats the address
-        return ErrorKind.CONNECT, f"connection failed: {reason} ({cause.host}:{cause.port})"
-    if isinstance(cause, aiohttp.ClientPayloadError):
-        # aiohttp's text nests reprs; the parser's own message says what went wrong.
-        why = (c.message for c in _causes(cause) if isinstance(c, HttpProcessingError) and c.message)
-        detail = next(why, text).rstrip(".")
-        if "ConnectionResetError" in text:
-            detail += "; connection reset by peer"
-        return ErrorKind.PROTOCOL, f"body cut short: {detail}"
-    if isinstance(cause, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
-        return ErrorKind.PROTOCOL, f"connection broken: {text}"
-    if isinstance(cause, aiohttp.ClientError):
-        return ErrorKind.PROTOCOL, f"{type(cause).__name__}: {text}"
-    return None

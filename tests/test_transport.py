@@ -1,5 +1,5 @@
-"""crawler/transport.py against a local server: a proper httpx.Response, and aiohttp errors mapped
-so translate_httpx_error gives the kinds and messages it gave behind httpx-aiohttp."""
+"""crawler/transport.py against local servers: a proper httpx.Response, keep-alive reuse, pool
+limits, flow control, and each failure as the httpx error translate_httpx_error words for an error row."""
 
 from __future__ import annotations
 
@@ -7,22 +7,29 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable
 
-import aiohttp
 import httpx
 import pytest
 
 from crawler.errors import ErrorKind
 from crawler.fetch import translate_httpx_error
-from crawler.localsite import Request, Site, SiteServer, raw_bytes, reset_mid_body
-from crawler.transport import AiohttpTransport, map_aiohttp_error
+from crawler.localsite import Request, Site, SiteServer, empty_reply, raw_bytes, reset_mid_body
+from crawler.transport import MAX_HEAD_BYTES, H1Transport, ResponseError
 
 Serve = Callable[[Site], SiteServer]
 
 
+def make_client(max_connections: int = 2, **kwargs: object) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    return httpx.AsyncClient(
+        transport=H1Transport(limits=limits),
+        headers={"User-Agent": "transport-test/1"},
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    transport = AiohttpTransport(limits=httpx.Limits(max_connections=2))
-    async with httpx.AsyncClient(transport=transport, headers={"User-Agent": "transport-test/1"}) as client:
+    async with make_client() as client:
         yield client
 
 
@@ -49,39 +56,107 @@ async def test_a_response_keeps_status_headers_body_and_version(site_server: Ser
     record = server.requests[-1]
     assert (record.method, record.path) == ("GET", "/p?q=1")
     assert record.headers["user-agent"] == "transport-test/1"
+    assert record.headers["host"] == server.host_key
 
 
-async def test_an_http_1_0_answer_says_so(site_server: Serve, client: httpx.AsyncClient) -> None:
-    site = Site().raw("/old", raw_bytes(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi"))
-    server = site_server(site)
-    response = await client.get(server.url_for("/old"))
+async def test_requests_reuse_one_kept_alive_connection(site_server: Serve) -> None:
+    server = site_server(Site().page("/a").page("/b"))
+    seen: set[int] = set()
+    async with make_client(max_connections=1) as client:
+        transport = client._transport
+        assert isinstance(transport, H1Transport)
+        for path in ("/a", "/b", "/a"):
+            assert (await client.get(server.url_for(path))).status_code == 200
+            seen.update(map(id, transport._conns))
+    assert len(seen) == 1  # one connection carried all three
+    assert server.count("/a") == 2
+
+
+async def test_a_chunked_body_and_a_body_ended_by_close_both_arrive_whole(
+    site_server: Serve, client: httpx.AsyncClient
+) -> None:
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    until_close = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nto the end"
+    server = site_server(Site().raw("/chunked", raw_bytes(chunked)).raw("/close", raw_bytes(until_close)))
+    assert (await client.get(server.url_for("/chunked"))).content == b"hello world"
+    response = await client.get(server.url_for("/close"))
     assert response.http_version == "HTTP/1.0"
-    assert response.content == b"hi"
+    assert response.content == b"to the end"
 
 
-async def test_a_refused_connection_is_a_connect_error_with_the_real_cause(client: httpx.AsyncClient) -> None:
+async def test_an_interim_100_continue_is_skipped(site_server: Serve, client: httpx.AsyncClient) -> None:
+    data = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"
+    server = site_server(Site().raw("/interim", raw_bytes(data)))
+    response = await client.get(server.url_for("/interim"))
+    assert (response.status_code, response.content) == (201, b"ok")
+
+
+async def test_a_refused_connection_is_a_connect_error_naming_the_address(client: httpx.AsyncClient) -> None:
     port = closed_port()
-    # ConnectTimeout, as httpx-aiohttp had it: ClientConnectorError is a ClientConnectionError
-    # too, and ConnectError is no subclass of ConnectTimeout; translate looks at the cause.
-    with pytest.raises(httpx.ConnectTimeout) as info:
+    with pytest.raises(httpx.ConnectError) as info:
         await client.get(f"http://127.0.0.1:{port}/")
-    assert isinstance(info.value.__cause__, aiohttp.ClientConnectorError)
     error = translate_httpx_error(info.value)
     assert error.kind is ErrorKind.CONNECT
     assert error.message == f"connection failed: Connection refused (127.0.0.1:{port})"
 
 
-async def test_a_body_cut_short_is_a_read_error(site_server: Serve, client: httpx.AsyncClient) -> None:
+async def test_a_body_cut_short_says_how_much_arrived(site_server: Serve, client: httpx.AsyncClient) -> None:
     server = site_server(Site().raw("/cut", reset_mid_body(declared=100_000, sent=1000)))
     response = await client.send(client.build_request("GET", server.url_for("/cut")), stream=True)
-    with pytest.raises(httpx.ReadError) as info:
+    with pytest.raises(ResponseError) as info:
         async for _ in response.aiter_raw():
             pass
     await response.aclose()
-    assert isinstance(info.value.__cause__, aiohttp.ClientPayloadError)
     error = translate_httpx_error(info.value)
     assert error.kind is ErrorKind.PROTOCOL
-    assert error.message.startswith("body cut short: ")
+    assert error.message == "body cut short: received 1,000 of 100,000 bytes; connection reset by peer"
+
+
+async def test_no_answer_on_a_new_connection_is_a_broken_connection(
+    site_server: Serve, client: httpx.AsyncClient
+) -> None:
+    server = site_server(Site().raw("/empty", empty_reply()))
+    with pytest.raises(ResponseError) as info:
+        await client.get(server.url_for("/empty"))
+    assert translate_httpx_error(info.value).message == (
+        "connection broken: the server closed the connection without a response"
+    )
+    assert server.wait_for(lambda: server.count("/empty") == 1)  # a fresh connection is not retried
+
+
+async def test_a_kept_alive_connection_the_server_dropped_is_replaced_once() -> None:
+    """The server keeps the first connection alive, then drops it on the next request unanswered
+    (an idle timeout racing the request): the request goes again on a new connection."""
+    answered: list[int] = []
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        mine = connections
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                if mine == 1 and answered:  # the first connection's second request: drop it
+                    break
+                answered.append(mine)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    listener = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        async with make_client(max_connections=1) as client:
+            first = await client.get(f"http://127.0.0.1:{port}/one")
+            second = await client.get(f"http://127.0.0.1:{port}/two")
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    assert (first.content, second.content) == (b"ok", b"ok")
+    assert answered == [1, 2]  # the second answer came on a second connection
+    assert connections == 2
 
 
 async def test_a_read_timeout_is_httpx_s_not_a_bare_timeout_error(site_server: Serve) -> None:
@@ -89,38 +164,83 @@ async def test_a_read_timeout_is_httpx_s_not_a_bare_timeout_error(site_server: S
         await asyncio.Event().wait()  # cancelled when the server stops
 
     server = site_server(Site().raw("/silent", silent))
-    transport = AiohttpTransport(limits=httpx.Limits(max_connections=1))
-    async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(5.0, read=0.05)) as client:
+    async with make_client(max_connections=1, timeout=httpx.Timeout(5.0, read=0.05)) as client:
         with pytest.raises(httpx.ReadTimeout) as info:
             await client.get(server.url_for("/silent"))
     # Fetcher reads a bare TimeoutError as its own total_timeout; this must not look like one.
     assert not isinstance(info.value, TimeoutError)
     error = translate_httpx_error(info.value)
     assert error.kind is ErrorKind.TIMEOUT
-    assert error.message.startswith("timeout: ")
+    assert error.message == "ReadTimeout: nothing received for 0.05s"
 
 
-async def test_a_malformed_status_line_comes_through_as_aiohttp_s_error(
-    site_server: Serve, client: httpx.AsyncClient
-) -> None:
+async def test_a_malformed_status_line_is_a_malformed_response(site_server: Serve, client: httpx.AsyncClient) -> None:
     server = site_server(Site().raw("/junk", raw_bytes(b"HTTP/1.1 2x0 Whatever\r\n\r\n")))
-    with pytest.raises(aiohttp.ClientResponseError) as info:
+    with pytest.raises(ResponseError) as info:
         await client.get(server.url_for("/junk"))
     assert translate_httpx_error(info.value).message.startswith("malformed response: ")
 
 
-def test_aiohttp_errors_map_to_the_most_specific_httpx_error() -> None:
-    cases: list[tuple[BaseException, type[httpx.HTTPError] | None]] = [
-        (aiohttp.SocketTimeoutError("read"), httpx.ReadTimeout),
-        (aiohttp.ConnectionTimeoutError("connect"), httpx.ConnectTimeout),
-        (aiohttp.ServerDisconnectedError(), httpx.ConnectTimeout),
-        (aiohttp.ClientPayloadError("cut"), httpx.ReadError),
-        (aiohttp.InvalidUrlClientError("x"), httpx.UnsupportedProtocol),
-        (aiohttp.ClientOSError(104, "reset"), httpx.ConnectTimeout),
-        (ValueError("not aiohttp's"), None),
-    ]
-    for exc, expected in cases:
-        mapped = map_aiohttp_error(exc)
-        assert (type(mapped) if mapped is not None else None) is expected, exc
-        if mapped is not None:
-            assert str(mapped) == str(exc)
+async def test_an_endless_response_head_is_refused(site_server: Serve, client: httpx.AsyncClient) -> None:
+    async def endless(request: Request, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        for _ in range(MAX_HEAD_BYTES // 1000 + 10):
+            writer.write(b"X-Pad: " + b"p" * 990 + b"\r\n")
+            await writer.drain()
+        await asyncio.Event().wait()
+
+    server = site_server(Site().raw("/endless", endless))
+    with pytest.raises(ResponseError) as info:
+        await client.get(server.url_for("/endless"))
+    assert str(info.value) == f"malformed response: status line and headers above {MAX_HEAD_BYTES:,} bytes"
+
+
+async def test_the_pool_never_opens_more_than_max_connections(site_server: Serve) -> None:
+    server = site_server(Site(default_latency=0.02).page("/a").page("/b").page("/c"))
+    async with make_client(max_connections=2) as client:
+        transport = client._transport
+        assert isinstance(transport, H1Transport)
+        most = 0
+
+        async def get(path: str) -> int:
+            nonlocal most
+            response = await client.get(server.url_for(path))
+            most = max(most, transport._open)
+            return response.status_code
+
+        statuses = await asyncio.gather(*(get(p) for p in ("/a", "/b", "/c") * 4))
+    assert statuses == [200] * 12
+    assert most <= 2
+    assert server.max_in_flight <= 2
+
+
+async def test_a_connection_to_another_origin_evicts_an_idle_one_at_the_limit(site_server: Serve) -> None:
+    one, two = site_server(Site().page("/")), site_server(Site().page("/"))
+    async with make_client(max_connections=1) as client:
+        transport = client._transport
+        assert isinstance(transport, H1Transport)
+        assert (await client.get(one.url_for("/"))).status_code == 200
+        assert (await client.get(two.url_for("/"))).status_code == 200  # no pool timeout: the idle one went
+        assert transport._open == 1
+
+
+async def test_a_body_the_reader_does_not_take_pauses_the_socket(site_server: Serve) -> None:
+    big = b"x" * (4 * 1024 * 1024)
+    server = site_server(Site().page("/big", body=big, content_type="application/octet-stream"))
+    async with make_client(max_connections=1) as client:
+        response = await client.send(client.build_request("GET", server.url_for("/big")), stream=True)
+        try:
+            transport = client._transport
+            assert isinstance(transport, H1Transport)
+            (conn,) = transport._conns
+            # Unread, the body stops being read from the socket near the high-water mark.
+            for _ in range(100):
+                if conn._paused:
+                    break
+                await conn.wait(5.0)
+            assert conn._paused
+            assert conn._buffered < 2 * 1024 * 1024
+            body = b"".join([chunk async for chunk in response.aiter_raw()])
+        finally:
+            await response.aclose()
+    assert body == big
