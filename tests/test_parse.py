@@ -125,6 +125,14 @@ def test_links_are_joined_normalised_and_weird_ones_skipped() -> None:
     ]
 
 
+def test_a_page_without_area_elements_gives_the_same_links_through_the_tag_walk() -> None:
+    # With no <area>, the links come from tags("a") instead of a CSS selector: anchors without
+    # href must be skipped there too, in document order.
+    html = '<a name="top">no href</a><a href="b.html">b</a><a href>valueless</a><a href="a.html">a</a>'
+    assert links(html) == [("http://example.com/dir/b.html", False), ("http://example.com/dir/a.html", False)]
+    assert links(html + '<map><area href="c.html"></map>') == [*links(html), ("http://example.com/dir/c.html", False)]
+
+
 def test_base_href_is_resolved_against_page_and_used_for_links() -> None:
     html = '<head><base href="../base/"><link rel="canonical" href="canon"></head><a href="x">x</a>'
     page = parse_html(html, PAGE, max_links=10)
