@@ -33,6 +33,10 @@ class ResponseError(httpx.RemoteProtocolError):
     """A response that is malformed, cut short or missing; its text is the whole message for an error row."""
 
 
+class _Surplus(Exception):
+    """Bytes after the end of a response, before the next request."""
+
+
 class _Stale(Exception):
     """A reused keep-alive connection closed before any byte of the answer: the server had dropped it."""
 
@@ -42,6 +46,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, pool: H1Transport, origin: _Origin) -> None:
         self._pool = pool
+        self._loop = asyncio.get_running_loop()  # once: in Python 3.11 each lookup is a getpid() call
         self.origin = origin
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -85,6 +90,9 @@ class _Connection(asyncio.Protocol):
             self._fail(ResponseError("malformed response: an unasked-for protocol upgrade"))
             return
         except httptools.HttpParserError as exc:
+            if self.complete:  # bytes after the whole response (see on_message_begin)
+                self._close()
+                return
             start = data.split(b"\r\n", 1)[0][:80] if not self.head_done and not self._head_bytes else None
             where = f" in {start!r}" if start is not None else ""
             self._fail(ResponseError(f"malformed response: {exc}{where}"))
@@ -113,6 +121,10 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     # ---- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer to one request: keep the first, drop the connection
+            raise _Surplus
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
@@ -187,7 +199,7 @@ class _Connection(asyncio.Protocol):
         """Until something arrives (the head, body bytes, the end) or goes wrong; ReadTimeout after read_timeout."""
         if self.error is not None:
             raise self.error
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self._waiter = waiter = loop.create_future()
         timer = None if read_timeout is None else loop.call_later(read_timeout, self._timed_out, read_timeout)
         try:

@@ -91,6 +91,19 @@ async def test_an_interim_100_continue_is_skipped(site_server: Serve, client: ht
     assert (response.status_code, response.content) == (201, b"ok")
 
 
+async def test_a_second_answer_to_one_request_is_dropped_with_its_connection(
+    site_server: Serve, client: httpx.AsyncClient
+) -> None:
+    data = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra"
+    server = site_server(Site().raw("/twice", raw_bytes(data)).page("/next", body=b"next"))
+    response = await client.get(server.url_for("/twice"))
+    assert (response.status_code, response.content) == (200, b"ok")
+    transport = client._transport
+    assert isinstance(transport, H1Transport)
+    assert not any(transport._idle.values())  # that connection carries nothing more
+    assert (await client.get(server.url_for("/next"))).content == b"next"
+
+
 async def test_a_refused_connection_is_a_connect_error_naming_the_address(client: httpx.AsyncClient) -> None:
     port = closed_port()
     with pytest.raises(httpx.ConnectError) as info:
