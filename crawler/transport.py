@@ -46,7 +46,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, pool: H1Transport, origin: _Origin) -> None:
         self._pool = pool
-        self._loop = asyncio.get_running_loop()  # once: in Python 3.11 each lookup is a getpid() call
+        self._loop = asyncio.get_running_loop()  # where the protocol's callbacks run
         self.origin = origin
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -372,9 +372,12 @@ class H1Transport(httpx.AsyncBaseTransport):
             self._room.append(waiter)
             try:
                 await waiter
-            finally:
-                if not waiter.done():
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # woken, but leaving (a pool timeout): pass the turn on
+                else:
                     waiter.cancel()
+                raise
 
     def _release(self, conn: _Connection) -> None:
         """A connection that can carry another request goes idle, if the pool keeps that many."""

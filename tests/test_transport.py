@@ -227,6 +227,18 @@ async def test_the_pool_never_opens_more_than_max_connections(site_server: Serve
     assert server.max_in_flight <= 2
 
 
+async def test_with_every_connection_busy_a_request_waits_then_times_out_on_the_pool(site_server: Serve) -> None:
+    slow, other = site_server(Site().page("/", latency=0.5)), site_server(Site().page("/"))
+    async with make_client(max_connections=1, timeout=httpx.Timeout(5.0, pool=0.05)) as client:
+        busy = asyncio.create_task(client.get(slow.url_for("/")))
+        assert await asyncio.to_thread(slow.wait_for, lambda: slow.in_flight == 1)  # it holds the only connection
+        with pytest.raises(httpx.PoolTimeout):
+            await client.get(other.url_for("/"))
+        assert (await busy).status_code == 200
+        assert (await client.get(other.url_for("/"))).status_code == 200  # room again once it is done
+    assert other.count("/") == 1
+
+
 async def test_a_connection_to_another_origin_evicts_an_idle_one_at_the_limit(site_server: Serve) -> None:
     one, two = site_server(Site().page("/")), site_server(Site().page("/"))
     async with make_client(max_connections=1) as client:
