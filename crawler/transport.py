@@ -1,8 +1,9 @@
 """Plain-http transport: httpx's transport interface over asyncio protocols and httptools' HTTP/1.1 parser.
 
-Per request it does little beyond writing the request head and feeding what arrives to
-llhttp (C, through httptools): ~100 µs of CPU per 15 KB page where aiohttp's client took
-~290 µs (bench figures in the README). One keep-alive pool per origin, under httpx.Limits.
+Per request it writes the request head and feeds llhttp (C, through httptools) what arrives,
+and little else: the crawl's whole fetch path now costs about what bare aiohttp does, half
+what it cost over aiohttp's client (bench/transport_cost.py; figures in the README). One
+keep-alive pool per origin, under httpx.Limits.
 """
 
 from __future__ import annotations
