@@ -9,17 +9,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-from warcio.statusandheaders import StatusAndHeaders
-from warcio.warcwriter import WARCWriter
 
 from crawler import __version__
 from crawler.errors import CrawlerError, UsageError
 from crawler.filters import PageFilter
 from crawler.formats import write_csv, write_jsonl
 from crawler.query import Results, StoredPage
+
+if TYPE_CHECKING:  # warcio takes ~0.1 s to import: only a WARC export loads it, not every crawl
+    from warcio.statusandheaders import StatusAndHeaders
 
 EXPORT_FORMATS = ("jsonl", "csv", "warc")
 # Every stored column but the body (the WARC export carries bodies).
@@ -73,6 +73,8 @@ def export_file(
 
 
 def write_warc(out: IO[bytes], pages: Iterator[StoredPage], *, gzip: bool, name: str, source: str) -> ExportSummary:
+    from warcio.warcwriter import WARCWriter
+
     writer = WARCWriter(out, gzip=gzip, warc_version="1.1")
     info = {
         "software": f"crawler/{__version__} (warcio)",
@@ -101,6 +103,8 @@ def write_warc(out: IO[bytes], pages: Iterator[StoredPage], *, gzip: bool, name:
 
 
 def _response_head(page: StoredPage) -> StatusAndHeaders:
+    from warcio.statusandheaders import StatusAndHeaders
+
     try:
         reason = http.HTTPStatus(page.status).phrase
     except ValueError:
@@ -111,6 +115,8 @@ def _response_head(page: StoredPage) -> StatusAndHeaders:
 
 
 def _request_head(page: StoredPage) -> StatusAndHeaders:
+    from warcio.statusandheaders import StatusAndHeaders
+
     parts = urlsplit(page.final_url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     headers = [("Host", parts.netloc)]

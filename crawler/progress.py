@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
-
-from rich.console import Console
-from rich.live import Live
-from rich.text import Text
+from typing import TYPE_CHECKING, TextIO
 
 from crawler.engine import CrawlSummary, Progress
+
+if TYPE_CHECKING:  # rich takes ~0.1 s to import: loaded only for the live display on a terminal
+    from rich.live import Live
 
 
 def _line(p: Progress) -> str:
@@ -30,6 +29,10 @@ class ProgressDisplay:
         self._last_plain = 0.0
         self._live: Live | None = None
         if not quiet and self.stream.isatty():
+            from rich.console import Console
+            from rich.live import Live
+            from rich.text import Text
+
             self._live = Live(Text("starting…"), console=Console(file=self.stream), transient=True)
 
     def __enter__(self) -> ProgressDisplay:
@@ -45,6 +48,8 @@ class ProgressDisplay:
         if self.quiet:
             return
         if self._live is not None:
+            from rich.text import Text
+
             self._live.update(Text(_line(progress)))
             return
         now = time.monotonic()
