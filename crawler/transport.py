@@ -300,8 +300,9 @@ class H1Transport(httpx.AsyncBaseTransport):
                     await conn.wait(read_timeout)
                 break
             except _Stale:
-                # The server dropped the idle connection as the request left: safe to send again
-                # on a new connection (a browser does the same), since it never reached the server.
+                # The server closed the kept-alive connection without a byte of answer (an idle
+                # timeout racing the request): a safe method goes again on a new connection, as
+                # browsers do; any other could have had an effect, so it fails.
                 self._forget(conn)
                 if request.method not in _RETRY_ON_STALE:
                     raise ResponseError(
