@@ -238,8 +238,7 @@ class _Connection(asyncio.Protocol):
             self.used = True
             self._pool._release(self)
         else:
-            self._close()
-            self._pool._forget(self)
+            self._pool._drop(self)
 
 
 class _Body(httpx.AsyncByteStream):
@@ -303,7 +302,7 @@ class H1Transport(httpx.AsyncBaseTransport):
                 # The server closed the kept-alive connection without a byte of answer (an idle
                 # timeout racing the request): a safe method goes again on a new connection, as
                 # browsers do; any other could have had an effect, so it fails.
-                self._forget(conn)
+                self._drop(conn)
                 if request.method not in _RETRY_ON_STALE:
                     raise ResponseError(
                         "connection broken: the server closed the kept-alive connection without a response"
@@ -333,8 +332,7 @@ class H1Transport(httpx.AsyncBaseTransport):
             self._idle_count -= 1
             if not conn.closed and (self._expiry is None or now - conn.idle_since < self._expiry):
                 return conn
-            conn._close()
-            self._forget(conn)
+            self._drop(conn)
         if self._max_open is not None and self._open >= self._max_open:
             try:
                 async with asyncio.timeout(pool_timeout):
@@ -349,7 +347,7 @@ class H1Transport(httpx.AsyncBaseTransport):
             async with asyncio.timeout(connect_timeout):
                 await asyncio.get_running_loop().create_connection(lambda: conn, host, port)
         except BaseException as exc:
-            self._forget(conn)
+            self._drop(conn)
             if isinstance(exc, TimeoutError):
                 raise httpx.ConnectTimeout(f"no connection to {host}:{port} within {connect_timeout:g}s") from None
             if isinstance(exc, OSError):
@@ -367,8 +365,7 @@ class H1Transport(httpx.AsyncBaseTransport):
                 oldest = min((c for conns in self._idle.values() for c in conns), key=lambda c: c.idle_since)
                 self._idle[oldest.origin].remove(oldest)
                 self._idle_count -= 1
-                oldest._close()
-                self._forget(oldest)
+                self._drop(oldest)
                 continue
             waiter = asyncio.get_running_loop().create_future()
             self._room.append(waiter)
@@ -384,16 +381,16 @@ class H1Transport(httpx.AsyncBaseTransport):
     def _release(self, conn: _Connection) -> None:
         """A connection that can carry another request goes idle, if the pool keeps that many."""
         if self._max_idle is not None and self._idle_count >= self._max_idle:
-            conn._close()
-            self._forget(conn)
+            self._drop(conn)
             return
         conn.idle_since = time.monotonic()
         self._idle.setdefault(conn.origin, []).append(conn)
         self._idle_count += 1
         self._wake_one()
 
-    def _forget(self, conn: _Connection) -> None:
-        """A connection is closed (or never opened): its place counts no more."""
+    def _drop(self, conn: _Connection) -> None:
+        """Close a connection (if it ever opened) for good: its place in the pool counts no more."""
+        conn._close()
         self._open -= 1
         self._conns.discard(conn)
         self._wake_one()
