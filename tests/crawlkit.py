@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -44,3 +45,10 @@ def rows(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ..
 def stored_paths(db: Path, base: str) -> set[str]:
     """Paths of every stored page under base (the requested URL, not the final one)."""
     return {url.removeprefix(base) for (url,) in rows(db, "SELECT url FROM pages") if url.startswith(base)}
+
+
+def closed_port() -> int:
+    """A port nothing listens on: bound by us, then closed (connections to it are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +28,7 @@ from crawler.localsite import (
     response_head,
     trickle,
 )
-from tests.crawlkit import crawl, make_config, rows, stored_paths
+from tests.crawlkit import closed_port, crawl, make_config, rows, stored_paths
 
 Serve = Callable[[Site], SiteServer]
 
@@ -47,13 +46,6 @@ def skipped(db: Path) -> dict[str, str]:
 def hub(paths: list[str], *, title: str = "Hub") -> str:
     """A home page linking to every fault, and to /ok, which must be stored whatever happens."""
     return html_page(title, [*paths, "/ok"])
-
-
-def closed_port() -> int:
-    """A port nothing listens on: bound by us, then closed (connections to it are refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def hangs_after_head(headers: list[tuple[str, str]]) -> Callable[[Request, asyncio.StreamWriter], object]:

@@ -4,7 +4,6 @@ limits, flow control, and each failure as the httpx error translate_httpx_error 
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Callable
 
 import httpx
@@ -14,6 +13,7 @@ from crawler.errors import ErrorKind
 from crawler.fetch import translate_httpx_error
 from crawler.localsite import Request, Site, SiteServer, empty_reply, raw_bytes, reset_mid_body
 from crawler.transport import MAX_HEAD_BYTES, H1Transport, ResponseError
+from tests.crawlkit import closed_port
 
 Serve = Callable[[Site], SiteServer]
 
@@ -31,12 +31,6 @@ def make_client(max_connections: int = 2, **kwargs: object) -> httpx.AsyncClient
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with make_client() as client:
         yield client
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_a_response_keeps_status_headers_body_and_version(site_server: Serve, client: httpx.AsyncClient) -> None:
