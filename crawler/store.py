@@ -8,11 +8,11 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -23,6 +23,8 @@ except ImportError:  # pragma: no cover - Windows
 
 from crawler.errors import SkipReason, StoreError
 from crawler.urls import host_key
+
+_T = TypeVar("_T")
 
 # Each entry migrates the schema from version i to i + 1, in its own transaction.
 MIGRATIONS: tuple[str, ...] = (
@@ -522,20 +524,32 @@ class Store:
             (utc_now(), reason),
         )
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One IMMEDIATE transaction: committed if the block succeeds, rolled back on any error
-        (a cancellation included); sqlite errors leave as StoreError."""
-        conn = self._conn
-        try:
-            await conn.execute("BEGIN IMMEDIATE")
+    async def _in_transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """work(db) inside one IMMEDIATE transaction, run whole in SQLite's thread.
+
+        One call into that thread instead of one per statement: each call's answer waits for
+        the event loop, and a batch of statements waited ~8 times per flush. Committed if work
+        returns, rolled back if it raises; sqlite errors leave as StoreError. The thread runs
+        work to its end even if the caller is cancelled meanwhile (a commit is never cut short).
+        """
+
+        def run() -> _T:
+            db = self._conn._conn  # aiosqlite's sqlite3 connection; only its thread may use it
+            db.execute("BEGIN IMMEDIATE")
             try:
-                yield conn
-                await conn.execute("COMMIT")
+                result = work(db)
+                db.execute("COMMIT")
             except BaseException:
-                if conn.in_transaction:
-                    await conn.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
+            return result
+
+        try:
+            # aiosqlite has no public call for "run this in the connection's thread"; _execute
+            # is how its own methods do it (pinned in pyproject.toml).
+            result: _T = await self._conn._execute(run)  # type: ignore[no-untyped-call]
+            return result
         except sqlite3.Error as exc:
             raise _translate(exc, self.path) from exc
 
@@ -544,11 +558,10 @@ class Store:
         if not changes:
             return
         now = utc_now()
-        async with self._transaction() as conn:
-            await conn.executemany(
-                "UPDATE urls SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
-                [(state, reason, now, url_id) for state, reason, url_id in changes],
-            )
+        rows = [(state, reason, now, url_id) for state, reason, url_id in changes]
+        await self._in_transaction(
+            lambda db: db.executemany("UPDATE urls SET state = ?, reason = ?, updated_at = ? WHERE id = ?", rows)
+        )
 
     async def start_run(self, config_json: str) -> int:
         try:
@@ -610,74 +623,60 @@ class Store:
         batch, self.batch = self.batch, Batch()
         if not len(batch):
             return []
-        async with self._transaction() as conn:
-            queued = await self._insert_urls(batch.new_urls)
-            if batch.pages:
-                await conn.executemany(_PAGE_INSERT, _page_chunks(batch.pages, self.run_id))
-            if batch.links:
-                # Every target has a urls row by now (this batch's new URLs went in above, or an
-                # earlier batch's did), so the join finds each one's id. In target order, the
-                # lookups walk the urls index leaf after leaf instead of all over it.
-                await conn.executemany(
-                    "INSERT OR IGNORE INTO links (from_id, to_id, nofollow)"
-                    " SELECT json_extract(j.value, '$[0]'), t.id, json_extract(j.value, '$[2]')"
-                    " FROM json_each(?) AS j JOIN urls t ON t.url = json_extract(j.value, '$[1]')",
-                    _json_chunks(sorted(batch.links, key=itemgetter(1))),
-                )
-            if batch.errors:
-                await conn.executemany(
-                    "INSERT INTO errors (url_id, url, kind, message, attempts, at, run_id)"
-                    f" VALUES (?, ?, ?, ?, ?, ?, {int(self.run_id or 0)})",
-                    batch.errors,
-                )
-            if batch.states:
-                # The last change of each URL wins, as it would applied in order: UPDATE FROM
-                # picks an arbitrary one of several matching rows, so each id comes once.
-                latest = {change[3]: change for change in batch.states}
-                await conn.executemany(
-                    f"UPDATE urls SET (state, reason, updated_at) = ({_items(3, 'j.')}) FROM json_each(?) AS j"
-                    " WHERE urls.id = json_extract(j.value, '$[3]')",
-                    _json_chunks(list(latest.values())),
-                )
-            if batch.host_skips:
-                await conn.executemany(
-                    "UPDATE urls SET state = 'skipped', reason = ?, updated_at = ? WHERE host = ? AND state = 'queued'",
-                    batch.host_skips,
-                )
-            if batch.pages:
-                # Indexed in the same transaction: a page is searchable as soon as it is stored.
-                # Twice the batch's pages, so a backlog (a database from before search) drains too.
-                await self._index_pending(conn, 2 * len(batch.pages))
-            if batch.robots:
-                await conn.executemany(
-                    "INSERT OR REPLACE INTO robots (origin, status, fetched_at, crawl_delay, sitemaps, note)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    batch.robots,
-                )
+        return await self._in_transaction(lambda db: self._commit(db, batch))
+
+    def _commit(self, db: sqlite3.Connection, batch: Batch) -> list[QueuedUrl]:
+        """flush's statements, in SQLite's thread inside its transaction."""
+        queued = self._insert_urls(db, batch.new_urls)
+        if batch.pages:
+            db.executemany(_PAGE_INSERT, _page_chunks(batch.pages, self.run_id))
+        if batch.links:
+            # Every target has a urls row by now (this batch's new URLs went in above, or an
+            # earlier batch's did), so the join finds each one's id. In target order, the
+            # lookups walk the urls index leaf after leaf instead of all over it.
+            db.executemany(
+                "INSERT OR IGNORE INTO links (from_id, to_id, nofollow)"
+                " SELECT json_extract(j.value, '$[0]'), t.id, json_extract(j.value, '$[2]')"
+                " FROM json_each(?) AS j JOIN urls t ON t.url = json_extract(j.value, '$[1]')",
+                _json_chunks(sorted(batch.links, key=itemgetter(1))),
+            )
+        if batch.errors:
+            db.executemany(
+                "INSERT INTO errors (url_id, url, kind, message, attempts, at, run_id)"
+                f" VALUES (?, ?, ?, ?, ?, ?, {int(self.run_id or 0)})",
+                batch.errors,
+            )
+        if batch.states:
+            # The last change of each URL wins, as it would applied in order: UPDATE FROM
+            # picks an arbitrary one of several matching rows, so each id comes once.
+            latest = {change[3]: change for change in batch.states}
+            db.executemany(
+                f"UPDATE urls SET (state, reason, updated_at) = ({_items(3, 'j.')}) FROM json_each(?) AS j"
+                " WHERE urls.id = json_extract(j.value, '$[3]')",
+                _json_chunks(list(latest.values())),
+            )
+        if batch.host_skips:
+            db.executemany(
+                "UPDATE urls SET state = 'skipped', reason = ?, updated_at = ? WHERE host = ? AND state = 'queued'",
+                batch.host_skips,
+            )
+        if batch.pages:
+            # Indexed in the same transaction: a page is searchable as soon as it is stored.
+            # Twice the batch's pages, so a backlog (a database from before search) drains too.
+            _index_pending(db, 2 * len(batch.pages))
+        if batch.robots:
+            db.executemany(
+                "INSERT OR REPLACE INTO robots (origin, status, fetched_at, crawl_delay, sitemaps, note)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                batch.robots,
+            )
         return queued
 
     async def index_pending(self, limit: int) -> int:
         """Move up to `limit` pages from search_pending into pages_fts in one transaction; returns how many."""
-        async with self._transaction() as conn:
-            return await self._index_pending(conn, limit)
+        return await self._in_transaction(lambda db: _index_pending(db, limit))
 
-    @staticmethod
-    async def _index_pending(conn: aiosqlite.Connection, limit: int) -> int:
-        # Fixed SQL text (no IN-list sized per call): every distinct text is a prepared
-        # statement that sqlite3 keeps cached, which grew RSS. Both subqueries pick the
-        # same rows: nothing else writes inside the caller's IMMEDIATE transaction.
-        await conn.execute(
-            "INSERT INTO pages_fts (rowid, title, text) SELECT p.url_id, p.title, p.text FROM pages p"
-            " WHERE p.url_id IN (SELECT url_id FROM search_pending ORDER BY url_id LIMIT ?) AND p.noindex = 0",
-            (limit,),
-        )
-        cursor = await conn.execute(
-            "DELETE FROM search_pending WHERE url_id IN (SELECT url_id FROM search_pending ORDER BY url_id LIMIT ?)",
-            (limit,),
-        )
-        return cursor.rowcount
-
-    async def _insert_urls(self, urls: list[NewUrl]) -> list[QueuedUrl]:
+    def _insert_urls(self, db: sqlite3.Connection, urls: list[NewUrl]) -> list[QueuedUrl]:
         """INSERT OR IGNORE lets SQLite decide what is new; RETURNING gives only the inserted rows."""
         if not urls:
             return []
@@ -689,7 +688,7 @@ class Store:
             if kept.reason == SkipReason.NOFOLLOW and item.state == "queued":
                 unique[item.url] = item
         promoted = (
-            await self._unlink_nofollow_targets([u.url for u in unique.values() if u.state == "queued"])
+            _unlink_nofollow_targets(db, [u.url for u in unique.values() if u.state == "queued"])
             if self._nofollow_rows
             else {}
         )
@@ -702,15 +701,15 @@ class Store:
             [(u.url, u.host, u.depth, u.parent_id, u.state, u.reason) for u in unique.values()]
         ):
             # RETURNING rules out executemany: one statement per chunk (most batches are one).
-            returned = await self._conn.execute_fetchall(  # one call into SQLite's thread, not two
+            returned = db.execute(
                 "INSERT OR IGNORE INTO urls (url, host, depth, parent_id, state, reason, discovered_at)"
                 f" SELECT {_items(6)}, ?2 FROM json_each(?1) ORDER BY key RETURNING id, url, host, depth, state",
                 (chunk, now),
-            )
+            ).fetchall()
             rows.extend(QueuedUrl(r[0], r[1], r[2], r[3]) for r in returned if r[4] == "queued")
         if promoted:
             # Links stored before the promotion follow their target to its new id.
-            await self._conn.executemany(
+            db.executemany(
                 "UPDATE links SET to_id = ? WHERE to_id = ?",
                 [(row.id, promoted[row.url]) for row in rows if row.url in promoted],
             )
@@ -720,22 +719,40 @@ class Store:
         rows.sort(key=lambda r: r.id)
         return rows
 
-    async def _unlink_nofollow_targets(self, queued: list[str]) -> dict[str, int]:
-        """Delete the nofollow-only rows of URLs now queued by a followed link; {url: old id}.
 
-        The insert that follows gives each a fresh id, above every id the frontier has read, so
-        it joins its host's queue like any new URL (the frontier reads ids in ascending order
-        and never looks below what it has read).
-        """
-        promoted: dict[str, int] = {}
-        for (chunk,) in _json_chunks([(url,) for url in queued]):
-            returned = await self._conn.execute_fetchall(
-                "DELETE FROM urls WHERE url IN (SELECT json_extract(value, '$[0]') FROM json_each(?))"
-                " AND state = 'skipped' AND reason = ? RETURNING id, url",
-                (chunk, SkipReason.NOFOLLOW),
-            )
-            promoted.update((url, url_id) for url_id, url in returned)
-        return promoted
+def _index_pending(db: sqlite3.Connection, limit: int) -> int:
+    """Move up to `limit` pages from search_pending into pages_fts (inside the caller's transaction)."""
+    # Fixed SQL text (no IN-list sized per call): every distinct text is a prepared
+    # statement that sqlite3 keeps cached, which grew RSS. Both subqueries pick the
+    # same rows: nothing else writes inside the caller's IMMEDIATE transaction.
+    db.execute(
+        "INSERT INTO pages_fts (rowid, title, text) SELECT p.url_id, p.title, p.text FROM pages p"
+        " WHERE p.url_id IN (SELECT url_id FROM search_pending ORDER BY url_id LIMIT ?) AND p.noindex = 0",
+        (limit,),
+    )
+    cursor = db.execute(
+        "DELETE FROM search_pending WHERE url_id IN (SELECT url_id FROM search_pending ORDER BY url_id LIMIT ?)",
+        (limit,),
+    )
+    return cursor.rowcount
+
+
+def _unlink_nofollow_targets(db: sqlite3.Connection, queued: list[str]) -> dict[str, int]:
+    """Delete the nofollow-only rows of URLs now queued by a followed link; {url: old id}.
+
+    The insert that follows gives each a fresh id, above every id the frontier has read, so
+    it joins its host's queue like any new URL (the frontier reads ids in ascending order
+    and never looks below what it has read).
+    """
+    promoted: dict[str, int] = {}
+    for (chunk,) in _json_chunks([(url,) for url in queued]):
+        returned = db.execute(
+            "DELETE FROM urls WHERE url IN (SELECT json_extract(value, '$[0]') FROM json_each(?))"
+            " AND state = 'skipped' AND reason = ? RETURNING id, url",
+            (chunk, SkipReason.NOFOLLOW),
+        ).fetchall()
+        promoted.update((url, url_id) for url_id, url in returned)
+    return promoted
 
 
 # Links, new URLs and URL states go to SQLite as JSON arrays read back with json_each,

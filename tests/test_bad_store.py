@@ -171,6 +171,11 @@ async def test_a_full_disk_fails_the_flush_and_keeps_what_was_committed(tmp_path
         assert [tuple(r) for r in await store.fetchall("SELECT url_id, url, bytes FROM pages")] == [
             (1, first.url, 1000)
         ]
+        # The failed transaction was rolled back: with room again, the next flush commits.
+        await store.fetchall("PRAGMA max_page_count = 1000000")
+        store.add_page(page(3, b"y" * 10), [])
+        await store.flush()
+        assert [r[0] for r in await store.fetchall("SELECT url_id FROM pages ORDER BY url_id")] == [1, 3]
     finally:
         await store.close()
 
