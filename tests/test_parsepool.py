@@ -173,3 +173,26 @@ async def test_a_parser_that_cannot_be_launched_leaves_parsing_to_the_crawl(tmp_
         assert await pool.parse(job(PAGES[0][0])) == inline(PAGES[0][0])
     finally:
         await pool.close()
+
+
+def _pipe_max_size() -> int:
+    try:
+        return int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    except OSError:
+        return 0
+
+
+@pytest.mark.skipif(_pipe_max_size() < 1024 * 1024, reason="Linux pipes that may grow to 1 MiB")
+async def test_a_child_widens_both_its_pipes_so_dozens_of_pages_fit_in_them() -> None:
+    import fcntl
+
+    pool = ParsePool(1)
+    await pool.start()
+    try:
+        await pool.parse(job(PAGES[0][0]))  # answered: the child is past its start
+        proc = pool._children[0].proc
+        assert proc.stdin is not None and proc.stdout is not None
+        pipes = [proc.stdin.get_extra_info("pipe"), proc.stdout._transport.get_extra_info("pipe")]  # type: ignore[attr-defined]
+        assert [fcntl.fcntl(pipe.fileno(), fcntl.F_GETPIPE_SZ) for pipe in pipes] == [1024 * 1024] * 2
+    finally:
+        await pool.close()
