@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from crawler.errors import ErrorKind, ParseError
 from crawler.localsite import Site, SiteServer
 from crawler.parse import parse_page
-from crawler.parsepool import ParseJob, ParsePool
+from crawler.parsepool import CHILD_NICENESS, ParseJob, ParsePool
 from tests.crawlkit import crawl, make_config, rows
 
 Serve = Callable[[Site], SiteServer]
@@ -194,5 +195,18 @@ async def test_a_child_widens_both_its_pipes_so_dozens_of_pages_fit_in_them() ->
         assert proc.stdin is not None and proc.stdout is not None
         pipes = [proc.stdin.get_extra_info("pipe"), proc.stdout._transport.get_extra_info("pipe")]  # type: ignore[attr-defined]
         assert [fcntl.fcntl(pipe.fileno(), fcntl.F_GETPIPE_SZ) for pipe in pipes] == [1024 * 1024] * 2
+    finally:
+        await pool.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="Unix process priorities")
+async def test_a_child_runs_at_a_lower_priority_than_the_crawl() -> None:
+    pool = ParsePool(1)
+    await pool.start()
+    try:
+        await pool.parse(job(PAGES[0][0]))  # answered: the child is past its start
+        child = pool._children[0].proc.pid
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, child) == min(own + CHILD_NICENESS, 19)
     finally:
         await pool.close()
