@@ -10,6 +10,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
@@ -402,11 +403,7 @@ class Store:
         if version < SCHEMA_VERSION:
             await conn.create_function("crawler_host_key", 1, _host_key_or_blank, deterministic=True)
         for target in range(version + 1, SCHEMA_VERSION + 1):
-            await conn.execute("BEGIN IMMEDIATE")
-            for statement in _split_sql(MIGRATIONS[target - 1]):
-                await conn.execute(statement)
-            await conn.execute(f"PRAGMA user_version = {target}")
-            await conn.execute("COMMIT")
+            await self._in_transaction(partial(_migrate, target=target))
         self._nofollow_rows = bool(
             await self.scalar(
                 "SELECT EXISTS (SELECT 1 FROM urls WHERE state = 'skipped' AND reason = ?)", (SkipReason.NOFOLLOW,)
@@ -797,6 +794,13 @@ def _page_chunks(pages: Sequence[PageRecord], run_id: int | None) -> Iterator[tu
             )  # fmt: skip
         params += _NO_PAGE * (PAGE_ROWS - len(chunk))
         yield tuple(params)
+
+
+def _migrate(db: sqlite3.Connection, target: int) -> None:
+    """Migrate the schema to version `target` from the one before it (inside the caller's transaction)."""
+    for statement in _split_sql(MIGRATIONS[target - 1]):
+        db.execute(statement)
+    db.execute(f"PRAGMA user_version = {target}")
 
 
 def _host_key_or_blank(url: str) -> str:
