@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from measure import run_measured  # noqa: E402 - bench/ scripts import their siblings this way
 
-from crawler.localsite import (  # noqa: E402
+from tests.support.localsite import (  # noqa: E402
     HTML,
     Request,
     Response,

@@ -165,7 +165,7 @@ def move_aside(path: Path, *, now: datetime | None = None) -> Path | None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from crawler.demo import build_demo_site
-    from crawler.localsite import SiteServer
+    from tests.support.localsite import SiteServer
 
     db: Path = args.db
     # The demo database is disposable: each demo starts from an empty one, leaving no backups.

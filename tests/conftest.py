@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from crawler.localsite import Site, SiteServer
 from tests.harbour import Harbour, crawl_harbour
+from tests.support.localsite import Site, SiteServer
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ import pytest
 import trustme
 
 from crawler.engine import Outcome
-from crawler.localsite import (
+from tests.crawlkit import closed_port, crawl, make_config, rows, stored_paths
+from tests.support.localsite import (
     HTML,
     Request,
     Response,
@@ -28,7 +29,6 @@ from crawler.localsite import (
     response_head,
     trickle,
 )
-from tests.crawlkit import closed_port, crawl, make_config, rows, stored_paths
 
 Serve = Callable[[Site], SiteServer]
 

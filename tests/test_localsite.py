@@ -23,7 +23,7 @@ import pytest
 import trustme
 
 from crawler.demo import DEMO_EXPECTED, build_demo_site
-from crawler.localsite import (
+from tests.support.localsite import (
     Request,
     Response,
     Site,
@@ -351,7 +351,7 @@ def test_stop_closes_connections_and_joins() -> None:
 
 
 def test_cli_serves_in_a_subprocess() -> None:
-    argv = [sys.executable, "-m", "crawler.localsite", "--pages", "5", "--links", "2"]
+    argv = [sys.executable, "-m", "tests.support.localsite", "--pages", "5", "--links", "2"]
     with subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None

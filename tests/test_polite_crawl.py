@@ -15,9 +15,18 @@ from typing import Any
 
 import pytest
 
-from crawler.localsite import Request, RequestRecord, Response, Site, SiteServer, html_page, response_head, retry_after
 from crawler.politeness import MIN_BACKOFF
 from tests.crawlkit import crawl, make_config, rows, stored_paths
+from tests.support.localsite import (
+    Request,
+    RequestRecord,
+    Response,
+    Site,
+    SiteServer,
+    html_page,
+    response_head,
+    retry_after,
+)
 
 Serve = Callable[[Site], SiteServer]
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from crawler.localsite import Request, Response, Site, SiteServer, build_site
 from tests.crawlkit import rows
+from tests.support.localsite import Request, Response, Site, SiteServer, build_site
 
 Serve = Callable[[Site], SiteServer]
 

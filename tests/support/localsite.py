@@ -1,4 +1,4 @@
-"""An in-memory HTTP/1.1 site served on 127.0.0.1, with request recording and fault injection, for the demo and tests.
+"""An in-memory HTTP/1.1 site served on 127.0.0.1, with request recording and fault injection, for tests and the demo.
 
     site = Site().page("/", title="Home", links=["/a"]).page("/a", latency=0.2)
     site.raw("/broken", reset_mid_body())
@@ -892,7 +892,7 @@ class SiteServer:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m crawler.localsite", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.support.localsite", description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=100)
     parser.add_argument("--links", type=int, default=5, help="links per page")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before every response")
@@ -919,6 +919,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
     # Run the importable copy, not this __main__ one, so Site/Response classes are the
     # same objects crawler.demo uses.
-    from crawler import localsite
+    from tests.support import localsite
 
     sys.exit(localsite.main())

@@ -1,0 +1,1 @@
+"""Test support: the fault-injection HTTP server and the sites it serves (tests and bench/ import it)."""
