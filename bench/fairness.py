@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from crawler.config import config_from_dict
 from crawler.engine import Crawl
-from tests.support.localsite import Site, SiteServer
+from tests.support.localsite import SiteServer
+from tests.support.site import Site
 
 
 def host_site(pages: int) -> Site:

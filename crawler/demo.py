@@ -15,7 +15,7 @@ import random
 import unicodedata
 from dataclasses import dataclass
 
-from tests.support.localsite import Site
+from tests.support.site import Site
 
 __all__ = ["DEMO_EXPECTED", "SHOP_NAME", "build_demo_site"]
 

@@ -7,7 +7,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.harbour import Harbour, crawl_harbour
-from tests.support.localsite import Site, SiteServer
+from tests.support.localsite import SiteServer
+from tests.support.site import Site
 
 
 @pytest.fixture

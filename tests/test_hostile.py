@@ -15,20 +15,9 @@ import trustme
 
 from crawler.engine import Outcome
 from tests.crawlkit import closed_port, crawl, make_config, rows, stored_paths
-from tests.support.localsite import (
-    HTML,
-    Request,
-    Response,
-    Site,
-    SiteServer,
-    empty_reply,
-    gzip_bomb,
-    html_page,
-    raw_bytes,
-    reset_mid_body,
-    response_head,
-    trickle,
-)
+from tests.support.faults import empty_reply, gzip_bomb, raw_bytes, reset_mid_body, trickle
+from tests.support.localsite import SiteServer
+from tests.support.site import HTML, Request, Response, Site, html_page, response_head
 
 Serve = Callable[[Site], SiteServer]
 

@@ -23,13 +23,8 @@ import pytest
 import trustme
 
 from crawler.demo import DEMO_EXPECTED, build_demo_site
-from tests.support.localsite import (
-    Request,
-    Response,
-    Site,
-    SiteServer,
+from tests.support.faults import (
     bomb_body,
-    build_site,
     deflate_bomb_body,
     empty_reply,
     gzip_bomb,
@@ -39,6 +34,8 @@ from tests.support.localsite import (
     retry_after,
     trickle,
 )
+from tests.support.localsite import SiteServer
+from tests.support.site import Request, Response, Site, build_site
 
 Serve = Callable[[Site], SiteServer]
 ROOT = Path(__file__).resolve().parent.parent

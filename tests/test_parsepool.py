@@ -14,7 +14,8 @@ from crawler.errors import ErrorKind, ParseError
 from crawler.parse import parse_page
 from crawler.parsepool import CHILD_NICENESS, ParseJob, ParsePool
 from tests.crawlkit import crawl, make_config, rows
-from tests.support.localsite import Site, SiteServer
+from tests.support.localsite import SiteServer
+from tests.support.site import Site
 
 Serve = Callable[[Site], SiteServer]
 
