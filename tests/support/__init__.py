@@ -1,1 +1,1 @@
-"""Test support: the fault-injection HTTP server and the sites it serves (tests and bench/ import it)."""
+"""Test support: the fault-injection HTTP server, the sites it serves, and a walker that checks a served site."""
