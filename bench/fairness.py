@@ -22,9 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
+# The repo root, for tests.support (the local test server) when run as `python bench/fairness.py`.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from crawler.config import config_from_dict
 from crawler.engine import Crawl
-from crawler.localsite import Site, SiteServer
+from tests.support.localsite import SiteServer
+from tests.support.site import Site
 
 
 def host_site(pages: int) -> Site:

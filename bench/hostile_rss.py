@@ -33,21 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 from measure import run_measured  # noqa: E402 - bench/ scripts import their siblings this way
 
-from crawler.localsite import (  # noqa: E402
-    HTML,
-    Request,
-    Response,
-    Site,
-    SiteServer,
-    build_site,
-    empty_reply,
-    gzip_bomb,
-    html_page,
-    raw_bytes,
-    reset_mid_body,
-    response_head,
-    trickle,
-)
+from tests.support.faults import empty_reply, gzip_bomb, raw_bytes, reset_mid_body, trickle  # noqa: E402
+from tests.support.localsite import SiteServer  # noqa: E402
+from tests.support.site import HTML, Request, Response, Site, build_site, html_page, response_head  # noqa: E402
 
 GIB = 1 << 30
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from crawler.cli_query import DEFAULT_CONFIG, db_path_from, format_stats
 from crawler.cli_query import add_commands as add_query_commands
-from crawler.config import Config, config_from_dict, load_config
+from crawler.config import Config, load_config
+from crawler.demo import DemoServer, demo_config, discard_database, next_steps
 from crawler.engine import Crawl, CrawlSummary, Outcome
 from crawler.errors import CrawlerError, NothingToResume
 from crawler.progress import ProgressDisplay, format_summary
@@ -117,7 +118,8 @@ def run_crawl(config: Config, *, quiet: bool, require_resume: bool = False) -> C
             _install_signal_handlers(crawl.request_stop, display.message)
             return await crawl.run(require_resume=require_resume)
 
-        return _event_loop_runner(main)
+        # asyncio's own loop: on the benchmarks uvloop was no faster and used more memory.
+        return asyncio.run(main())
 
 
 def _install_signal_handlers(stop: Callable[[], None], say: Callable[[str], None]) -> None:
@@ -139,12 +141,6 @@ def _install_signal_handlers(stop: Callable[[], None], say: Callable[[str], None
             loop.add_signal_handler(sig, on_signal)
 
 
-def _event_loop_runner(main: Callable[[], object]) -> CrawlSummary:
-    # The standard loop, not uvloop: on the 50-host benchmark uvloop was no faster
-    # (323-332 vs 345 pages/s) and doubled peak RSS (306-334 MB vs 166 MB).
-    return asyncio.run(main())  # type: ignore[arg-type]
-
-
 def move_aside(path: Path, *, now: datetime | None = None) -> Path | None:
     """Keep an old database (and its WAL files) next to it under a timestamped name."""
     if not path.exists():
@@ -164,14 +160,9 @@ def move_aside(path: Path, *, now: datetime | None = None) -> Path | None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from crawler.demo import build_demo_site
-    from crawler.localsite import SiteServer
-
     db: Path = args.db
-    # The demo database is disposable: each demo starts from an empty one, leaving no backups.
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(db) + suffix).unlink(missing_ok=True)
-    with SiteServer(build_demo_site()) as server:
+    discard_database(db)
+    with DemoServer() as server:
         config = demo_config(server.url, db)
         if not args.quiet:
             print(f"demo site serving at {server.url}; crawling it into {db}")
@@ -183,30 +174,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print(format_stats(results.stats()))
         print()
         print("try next:")
-        print(f"  crawler query pages --db {db} --status 4xx")
-        print(f'  crawler query search --db {db} "old quay"')
-        print(f"  crawler query sql --db {db} \"SELECT url, reason FROM urls WHERE state = 'skipped' LIMIT 5\"")
-        print(f"  crawler export --db {db} --format warc -o {db.with_suffix('.warc.gz')}")
+        for command in next_steps(db):
+            print(f"  {command}")
     return 0 if summary.outcome is not Outcome.INTERRUPTED else EXIT_INTERRUPTED
-
-
-def demo_config(base_url: str, db: Path) -> Config:
-    """Settings for a local server: no delay, generous concurrency, a short timeout."""
-    return config_from_dict(
-        {
-            "crawl": {"seeds": [base_url + "/"], "max_pages": 0, "max_depth": 20},
-            "politeness": {
-                "user_agent": "crawler-demo/0.1 (+https://example.org/contact)",
-                "concurrency": 16,
-                "per_host_concurrency": 8,
-                "delay": 0.0,
-                "adaptive": False,
-            },
-            "http": {"total_timeout": 10.0, "retries": 1, "retry_backoff": 0.05},
-            "storage": {"path": str(db)},
-        },
-        source="<demo>",
-    )
 
 
 if __name__ == "__main__":  # pragma: no cover

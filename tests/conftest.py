@@ -6,8 +6,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from crawler.localsite import Site, SiteServer
 from tests.harbour import Harbour, crawl_harbour
+from tests.support.localsite import SiteServer
+from tests.support.site import Site
 
 
 @pytest.fixture

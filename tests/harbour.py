@@ -17,8 +17,9 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from crawler.localsite import Site, SiteServer, html_page
 from tests.crawlkit import crawl, make_config
+from tests.support.localsite import SiteServer
+from tests.support.site import Site, html_page
 
 HTML = "text/html; charset=utf-8"
 USER_AGENT = "crawler-test/0.1 (+https://example.org/tests)"

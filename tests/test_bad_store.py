@@ -20,9 +20,10 @@ import pytest
 
 import crawler.engine
 from crawler.errors import StoreError
-from crawler.localsite import Site, SiteServer, build_site
 from crawler.store import PAGE_ROWS, PageRecord, Store, utc_now
 from tests.crawlkit import crawl, make_config, rows
+from tests.support.localsite import SiteServer
+from tests.support.site import Site, build_site
 
 Serve = Callable[[Site], SiteServer]
 HANG_GUARD = 120  # seconds; the CLI exits in about one, this only turns a hang into a failure

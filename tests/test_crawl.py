@@ -8,8 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from crawler.engine import Outcome
-from crawler.localsite import Site, SiteServer, build_site
 from tests.crawlkit import crawl, make_config, rows, stored_paths
+from tests.support.localsite import SiteServer
+from tests.support.site import Site, build_site
 
 Serve = Callable[[Site], SiteServer]
 

@@ -27,7 +27,7 @@ from crawler.fetch import (
     request_url,
     translate_httpx_error,
 )
-from crawler.localsite import bomb_body
+from tests.support.faults import bomb_body
 
 
 class RecordingGate:

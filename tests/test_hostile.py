@@ -14,21 +14,10 @@ import pytest
 import trustme
 
 from crawler.engine import Outcome
-from crawler.localsite import (
-    HTML,
-    Request,
-    Response,
-    Site,
-    SiteServer,
-    empty_reply,
-    gzip_bomb,
-    html_page,
-    raw_bytes,
-    reset_mid_body,
-    response_head,
-    trickle,
-)
 from tests.crawlkit import closed_port, crawl, make_config, rows, stored_paths
+from tests.support.faults import empty_reply, gzip_bomb, raw_bytes, reset_mid_body, trickle
+from tests.support.localsite import SiteServer
+from tests.support.site import HTML, Request, Response, Site, html_page, response_head
 
 Serve = Callable[[Site], SiteServer]
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import crawler
 from crawler.engine import Outcome
-from crawler.localsite import HTML, Request, Response, Site, SiteServer, html_page
 from tests.crawlkit import crawl, make_config
+from tests.support.localsite import SiteServer
+from tests.support.site import HTML, Request, Response, Site, html_page
 
 Serve = Callable[[Site], SiteServer]
 

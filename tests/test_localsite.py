@@ -1,4 +1,4 @@
-"""Tests for the local test site: HTTP behaviour, recording, faults, generated and demo sites."""
+"""Tests for the local test site: HTTP behaviour, recording, faults, generated sites."""
 
 from __future__ import annotations
 
@@ -11,25 +11,16 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.robotparser
 import zlib
-from collections import Counter
 from collections.abc import Callable
-from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import urldefrag, urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 import trustme
 
-from crawler.demo import DEMO_EXPECTED, build_demo_site
-from crawler.localsite import (
-    Request,
-    Response,
-    Site,
-    SiteServer,
+from tests.support.faults import (
     bomb_body,
-    build_site,
     deflate_bomb_body,
     empty_reply,
     gzip_bomb,
@@ -39,35 +30,12 @@ from crawler.localsite import (
     retry_after,
     trickle,
 )
+from tests.support.localsite import SiteServer
+from tests.support.site import Request, Response, Site, build_site
+from tests.support.walk import parse_page, walk
 
 Serve = Callable[[Site], SiteServer]
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class _Links(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.hrefs: list[str] = []
-        self.title = ""
-        self._in_title = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            self.hrefs.extend(v for k, v in attrs if k == "href" and v is not None)
-        self._in_title = tag == "title"
-
-    def handle_endtag(self, tag: str) -> None:
-        self._in_title = False
-
-    def handle_data(self, data: str) -> None:
-        if self._in_title:
-            self.title += data
-
-
-def parse(body: bytes) -> _Links:
-    parser = _Links()
-    parser.feed(body.decode())
-    return parser
 
 
 def get(
@@ -93,7 +61,7 @@ def test_page_renders_title_and_links(site_server: Serve) -> None:
     assert resp.getheader("Content-Length") == str(len(body))
     assert resp.getheader("Server") == "localsite"
     assert resp.getheader("Date", "").endswith("GMT")
-    page = parse(body)
+    page = parse_page(body)
     assert page.title == "Home & away"
     assert page.hrefs == ["/a", "/b?x=1&y=2", "https://example.org/"]
 
@@ -325,7 +293,7 @@ def test_serves_https_with_a_given_certificate() -> None:
         conn = http.client.HTTPSConnection("127.0.0.1", server.port, timeout=5, context=client_context)
         conn.request("GET", "/")
         resp = conn.getresponse()
-        assert (resp.status, parse(resp.read()).title) == (200, "Secure")
+        assert (resp.status, parse_page(resp.read()).title) == (200, "Secure")
         conn.close()
         assert server.paths() == ["/"]
 
@@ -351,7 +319,7 @@ def test_stop_closes_connections_and_joins() -> None:
 
 
 def test_cli_serves_in_a_subprocess() -> None:
-    argv = [sys.executable, "-m", "crawler.localsite", "--pages", "5", "--links", "2"]
+    argv = [sys.executable, "-m", "tests.support.localsite", "--pages", "5", "--links", "2"]
     with subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None
@@ -370,78 +338,19 @@ def test_cli_serves_in_a_subprocess() -> None:
 # --------------------------------------------------------------------------- sites
 
 
-def crawl(server: SiteServer, *, obey_robots: bool = True) -> dict[str, Counter[str]]:
-    """A tiny BFS crawler over one keep-alive connection; URLs are classified by outcome."""
-    robots = urllib.robotparser.RobotFileParser()
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
-
-    def fetch(path: str) -> tuple[http.client.HTTPResponse, bytes]:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp, resp.read()
-
-    resp, body = fetch("/robots.txt")
-    robots.parse(body.decode().splitlines() if resp.status == 200 else [])
-    outcome: dict[str, Counter[str]] = {k: Counter() for k in DEMO_EXPECTED}
-    seen, queue = {"/"}, ["/"]
-    while queue:
-        path = queue.pop(0)
-        if obey_robots and not robots.can_fetch("test", path):
-            outcome["disallowed"][path] += 1
-            continue
-        resp, body = fetch(path)
-        targets: list[str] = []
-        if resp.status in (301, 302, 307, 308):
-            outcome["redirects"][path] += 1
-            targets = [resp.getheader("Location", "")]
-        elif resp.status == 404:
-            outcome["not_found"][path] += 1
-        elif not resp.getheader("Content-Type", "").startswith("text/html"):
-            outcome["non_html"][path] += 1
-        else:
-            outcome["pages"][path] += 1
-            targets = parse(body).hrefs
-        for href in targets:
-            url = urldefrag(urljoin(server.url + path, href)).url
-            if url.startswith(server.url + "/"):
-                target = url[len(server.url) :]
-                if target not in seen:
-                    seen.add(target)
-                    queue.append(target)
-    conn.close()
-    return outcome
-
-
 def test_build_site_is_deterministic_and_reachable(site_server: Serve) -> None:
     site = build_site(200, links_per_page=4, seed=3, page_bytes=2000)
     server = site_server(site)
-    found = crawl(server)
+    found = walk(server.port)
     assert set(found["pages"]) == {"/"} | {f"/p/{i}" for i in range(1, 200)}
     assert server.max_in_flight == 1
     _, body = get(server, "/p/7")
     assert 1900 <= len(body) <= 2100
-    hrefs = parse(body).hrefs
+    hrefs = parse_page(body).hrefs
     assert len(hrefs) == len(set(hrefs)) == 4 and hrefs[0] == "/p/8" and "/p/7" not in hrefs
     again = SiteServer(build_site(200, links_per_page=4, seed=3, page_bytes=2000))
     with again:
         assert get(again, "/p/7")[1] == body
         assert get(again, "/p/199")[1].count(b'href="/"') >= 1  # the chain wraps round
     other = build_site(200, links_per_page=4, seed=4).response("/p/7")
-    assert other is not None and isinstance(other.body, bytes) and parse(other.body).hrefs != hrefs
-
-
-def test_demo_site_matches_expected(site_server: Serve) -> None:
-    server = site_server(build_demo_site())
-    found = crawl(server)
-    assert {k: len(v) for k, v in found.items()} == DEMO_EXPECTED
-    assert set(found["disallowed"]) == {"/private/staff/", "/private/accounts/", "/private/drafts/"}
-    assert set(found["redirects"]) == {"/old-catalogue"}
-    resp, body = get(server, "/files/brochure.pdf")
-    assert resp.getheader("Content-Type") == "application/pdf" and body.startswith(b"%PDF-")
-    # real-looking text for full-text search, and the same bytes on every build
-    book = next(p for p in found["pages"] if p.count("/") == 3 and p.startswith("/catalogue/"))
-    text = get(server, book)[1].decode()
-    assert "In stock" in text and text.count("<p>") >= 4
-    again = build_demo_site()
-    assert again.paths() == server.site.paths()
-    assert all(again.response(p) == server.site.response(p) for p in again.paths())
+    assert other is not None and isinstance(other.body, bytes) and parse_page(other.body).hrefs != hrefs

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from crawler.errors import ErrorKind, ParseError
-from crawler.localsite import Site, SiteServer
 from crawler.parse import parse_page
 from crawler.parsepool import CHILD_NICENESS, ParseJob, ParsePool
 from tests.crawlkit import crawl, make_config, rows
+from tests.support.localsite import SiteServer
+from tests.support.site import Site
 
 Serve = Callable[[Site], SiteServer]
 

@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 
-from crawler.localsite import Request, RequestRecord, Response, Site, SiteServer, html_page, response_head, retry_after
 from crawler.politeness import MIN_BACKOFF
 from tests.crawlkit import crawl, make_config, rows, stored_paths
+from tests.support.faults import retry_after
+from tests.support.localsite import RequestRecord, SiteServer
+from tests.support.site import Request, Response, Site, html_page, response_head
 
 Serve = Callable[[Site], SiteServer]
 

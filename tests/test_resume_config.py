@@ -16,9 +16,10 @@ from crawler import cli
 from crawler.config import Config
 from crawler.engine import Crawl, CrawlSummary, Outcome
 from crawler.errors import ConfigError, NothingToResume
-from crawler.localsite import Site, SiteServer, build_site
 from crawler.store import writer_lock
 from tests.crawlkit import make_config, rows, stored_paths
+from tests.support.localsite import SiteServer
+from tests.support.site import Site, build_site
 
 Serve = Callable[[Site], SiteServer]
 

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from crawler.localsite import Request, Response, Site, SiteServer, build_site
 from tests.crawlkit import rows
+from tests.support.localsite import SiteServer
+from tests.support.site import Request, Response, Site, build_site
 
 Serve = Callable[[Site], SiteServer]
 

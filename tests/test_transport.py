@@ -11,9 +11,11 @@ import pytest
 
 from crawler.errors import ErrorKind
 from crawler.fetch import translate_httpx_error
-from crawler.localsite import Request, Site, SiteServer, empty_reply, raw_bytes, reset_mid_body
 from crawler.transport import MAX_HEAD_BYTES, H1Transport, ResponseError
 from tests.crawlkit import closed_port
+from tests.support.faults import empty_reply, raw_bytes, reset_mid_body
+from tests.support.localsite import SiteServer
+from tests.support.site import Request, Site
 
 Serve = Callable[[Site], SiteServer]
 

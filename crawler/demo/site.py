@@ -1,4 +1,4 @@
-"""The bundled demo site: a few hundred linked pages served locally for `crawler demo`.
+"""The demo site's content: "Marginalia Books", a few hundred linked pages generated from a fixed seed.
 
 "Marginalia Books" is a small fake bookshop: home, catalogue, ten categories of
 paginated listings, 260 book pages with blurbs, a quotes section, about and contact
@@ -11,18 +11,17 @@ Everything is derived from a fixed seed, so DEMO_EXPECTED holds for every build.
 from __future__ import annotations
 
 import html
+import http
 import random
 import unicodedata
 from dataclasses import dataclass
 
-from crawler.localsite import Site
-
-__all__ = ["DEMO_EXPECTED", "SHOP_NAME", "build_demo_site"]
+__all__ = ["DEMO_EXPECTED", "HTML", "SHOP_NAME", "DemoSite", "Page", "build_demo_site"]
 
 SHOP_NAME = "Marginalia Books"
 
 # What a robots-obeying crawl of the whole site from "/" finds (distinct URLs, fragments
-# stripped).  tests/test_localsite.py re-derives these by walking the served site.
+# stripped).  tests/test_demo_site.py re-derives these by walking the served site.
 DEMO_EXPECTED: dict[str, int] = {
     "pages": 301,  # HTML pages served 200, allowed by robots.txt (the redirect target counted once)
     "disallowed": 3,  # /private/* pages linked from the site, skipped by robots.txt
@@ -31,6 +30,7 @@ DEMO_EXPECTED: dict[str, int] = {
     "non_html": 1,  # /files/brochure.pdf
 }
 
+HTML = "text/html; charset=utf-8"
 ROBOTS_TXT = "User-agent: *\nDisallow: /private/\n"
 _SEED = 1851
 _BOOKS_PER_CATEGORY = 26
@@ -155,6 +155,40 @@ _MISSING = "/catalogue/the-lost-folio/"
 
 
 @dataclass(frozen=True, slots=True)
+class Page:
+    """One response of the demo site; `location` is set on a redirect."""
+
+    body: bytes
+    content_type: str = HTML
+    status: int = 200
+    location: str | None = None
+
+
+def _status_page(status: int, message: str) -> Page:
+    phrase = http.HTTPStatus(status).phrase
+    text = f"<!DOCTYPE html>\n<html><head><title>{status} {phrase}</title></head>"
+    text += f"<body><h1>{status} {phrase}</h1>{html.escape(message)}</body></html>\n"
+    return Page(text.encode(), status=status)
+
+
+class DemoSite:
+    """The demo's responses keyed by request target; any other target is a 404."""
+
+    def __init__(self) -> None:
+        self.pages: dict[str, Page] = {}
+
+    def page(self, path: str, body: str | bytes, content_type: str = HTML) -> None:
+        self.pages[path] = Page(body.encode() if isinstance(body, str) else body, content_type)
+
+    def redirect(self, path: str, location: str) -> None:
+        moved = _status_page(301, f"Moved to {location}")
+        self.pages[path] = Page(moved.body, status=301, location=location)
+
+    def get(self, path: str) -> Page:
+        return self.pages.get(path) or _status_page(404, f"No page at {path}")
+
+
+@dataclass(frozen=True, slots=True)
 class _Book:
     slug: str
     title: str
@@ -242,13 +276,13 @@ def _make_books(rng: random.Random) -> list[_Book]:
     return books
 
 
-def build_demo_site() -> Site:
+def build_demo_site() -> DemoSite:
     """The demo bookshop; deterministic, so DEMO_EXPECTED always describes it."""
     rng = random.Random(_SEED)
     books = _make_books(rng)
     by_cat: list[list[_Book]] = [[b for b in books if b.category == c] for c in range(len(_CATEGORIES))]
-    site = Site()
-    site.robots(ROBOTS_TXT)
+    site = DemoSite()
+    site.page("/robots.txt", ROBOTS_TXT, "text/plain; charset=utf-8")
 
     # Home: featured books, sections, a staff-only link that robots.txt hides
     featured = rng.sample(books, 6)
@@ -266,14 +300,14 @@ def build_demo_site() -> Site:
     main += "</ul>\n<h2>Sections</h2>\n<ul>\n"
     main += "".join(f'<li><a href="/catalogue/category/{slug}/">{name}</a></li>\n' for slug, name, _, _ in _CATEGORIES)
     main += '</ul>\n<p class="staff"><a href="/private/drafts/">Staff: newsletter drafts</a></p>\n'
-    site.page("/", body=_layout("Welcome", main))
+    site.page("/", _layout("Welcome", main))
 
     # Catalogue index, plus the link to a book that never made it (404)
     main = _paras(["Every book we stock, by section."]) + "<ul>\n"
     for slug, name, blurb, _ in _CATEGORIES:
         main += f'<li><a href="category/{slug}/">{name}</a> ({_BOOKS_PER_CATEGORY} titles): {_esc(blurb)}</li>\n'
     main += f'</ul>\n<p>Coming soon: <a href="{_MISSING}">The Lost Folio</a>.</p>\n'
-    site.page("/catalogue/", body=_layout("Catalogue", main))
+    site.page("/catalogue/", _layout("Catalogue", main))
     site.redirect("/old-catalogue", "/catalogue/")
 
     # Category listings: page 1 at the directory, then page-N.html; relative links throughout
@@ -292,7 +326,7 @@ def build_demo_site() -> Site:
                 main += f'<a href="page-{n + 1}.html">next</a>'
             main += f"</p>\n<p>Page {n} of {len(chunks)}</p>\n"
             path = f"/catalogue/category/{slug}/" + ("" if n == 1 else f"page-{n}.html")
-            site.page(path, body=_layout(f"{name} (page {n})" if n > 1 else name, main))
+            site.page(path, _layout(f"{name} (page {n})" if n > 1 else name, main))
 
     # Book pages: details, blurb, three related titles from the same section
     for book in books:
@@ -309,7 +343,7 @@ def build_demo_site() -> Site:
             + "".join(f'<li><a href="/catalogue/{b.slug}/">{_esc(b.title)}</a></li>\n' for b in related)
             + "</ul>\n"
         )
-        site.page(f"/catalogue/{book.slug}/", body=_layout(book.title, main))
+        site.page(f"/catalogue/{book.slug}/", _layout(book.title, main))
 
     # Quotes: an index and one page per author
     authors = sorted({a for _, a, _ in _QUOTES})
@@ -318,13 +352,13 @@ def build_demo_site() -> Site:
         f"<cite>{_esc(w)}</cite></li>\n"
         for q, a, w in _QUOTES
     )
-    site.page("/quotes/", body=_layout("Favourite quotations", main + "</ul>\n"))
+    site.page("/quotes/", _layout("Favourite quotations", main + "</ul>\n"))
     for author in authors:
         mine = [(q, w) for q, a, w in _QUOTES if a == author]
         main = _paras([f"Lines from {author} that our booksellers keep coming back to."])
         main += "<ul>\n" + "".join(f"<li><q>{_esc(q)}</q> <cite>{_esc(w)}</cite></li>\n" for q, w in mine)
         main += '</ul>\n<p><a href="../../">All quotations</a></p>\n'
-        site.page(f"/quotes/author/{_slugify(author)}/", body=_layout(author, main))
+        site.page(f"/quotes/author/{_slugify(author)}/", _layout(author, main))
 
     about = _paras(
         [
@@ -345,7 +379,7 @@ def build_demo_site() -> Site:
         '<p>Booksellers can find the <a href="/private/staff/">staff rota</a> here.</p>\n'
         '<p>Download our <a href="/files/brochure.pdf">spring brochure</a>.</p>\n'
     )
-    site.page("/about/", body=_layout("About us", about))
+    site.page("/about/", _layout("About us", about))
     contact = _paras(
         [
             "Find us at 3 Old Quay, Greyhaven. Open Tuesday to Sunday, ten till six.",
@@ -353,9 +387,9 @@ def build_demo_site() -> Site:
         ]
     )
     contact += '<p><a href="/private/accounts/">Supplier accounts</a> (staff only).</p>\n'
-    site.page("/contact/", body=_layout("Contact", contact))
+    site.page("/contact/", _layout("Contact", contact))
 
     for path, (title, text) in _PRIVATE.items():
-        site.page(path, body=_layout(title, _paras(text) + '<p><a href="/private/staff/">Staff rota</a></p>\n'))
-    site.page("/files/brochure.pdf", body=_PDF, content_type="application/pdf")
+        site.page(path, _layout(title, _paras(text) + '<p><a href="/private/staff/">Staff rota</a></p>\n'))
+    site.page("/files/brochure.pdf", _PDF, "application/pdf")
     return site
