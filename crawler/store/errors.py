@@ -1,4 +1,4 @@
-"""The one boundary where sqlite3 and OS errors become StoreError, with a message a user can act on."""
+"""What a sqlite3 or OS error means to a user: the StoreError that SqliteConnection raises for it."""
 
 from __future__ import annotations
 

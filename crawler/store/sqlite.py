@@ -4,33 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
-
-import aiosqlite
+from typing import Any
 
 from crawler.errors import SkipReason, StoreError
 from crawler.store.batch import Batch
-from crawler.store.errors import translate
+from crawler.store.connection import SqliteConnection
 from crawler.store.flush import BatchWriter, index_pending
-from crawler.store.lock import lock_for_writing, unlock
 from crawler.store.migrations import migrate
 from crawler.store.records import URL_STATES, NewUrl, PageRecord, QueuedUrl, utc_now
 from crawler.store.schema import SCHEMA_VERSION
-
-_T = TypeVar("_T")
 
 
 class Store:
     """One open crawl database. Writes go into a Batch and are committed by `flush`."""
 
-    def __init__(self, conn: aiosqlite.Connection, path: Path, *, readonly: bool, lock: int | None = None) -> None:
+    def __init__(self, conn: SqliteConnection, *, readonly: bool) -> None:
         self._conn = conn
-        self.path = path
+        self.path = conn.path
         self.readonly = readonly
-        self._lock = lock
         self.batch = Batch()
         self.run_id: int | None = None
         self._writer = BatchWriter()
@@ -39,53 +33,26 @@ class Store:
     async def open(cls, path: Path, *, readonly: bool = False) -> Store:
         """Open (and, unless readonly, create and migrate) the database at path."""
         path = Path(path)
-        lock: int | None = None
-        conn: aiosqlite.Connection | None = None
+        if readonly and not path.exists():
+            raise StoreError(f"no database at {path}")
+        store = cls(await SqliteConnection.open(path, readonly=readonly), readonly=readonly)
         try:
-            if readonly:
-                if not path.exists():
-                    raise StoreError(f"no database at {path}")
-                conn = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                lock = lock_for_writing(path)
-                conn = await aiosqlite.connect(path, isolation_level=None)
-            store = cls(conn, path, readonly=readonly, lock=lock)
             await store._configure()
-        except BaseException as exc:
-            if conn is not None:
-                # aiosqlite's thread is not a daemon: left open, it keeps the process from exiting.
-                with contextlib.suppress(sqlite3.Error, OSError):
-                    await conn.close()
-            unlock(lock)
-            if isinstance(exc, (sqlite3.Error, OSError)):
-                raise translate(exc, path) from exc
+        except BaseException:
+            # Whatever went wrong, the thread stops and the writer lock goes; the first error is the one reported.
+            with contextlib.suppress(StoreError):
+                await store.close()
             raise
         return store
 
     async def _configure(self) -> None:
-        conn = self._conn
-        conn.row_factory = sqlite3.Row
-        await conn.execute("PRAGMA busy_timeout = 10000")
-        version = (await (await conn.execute("PRAGMA user_version")).fetchone())[0]  # type: ignore[index]
-        if self.readonly:
-            if version > SCHEMA_VERSION:
-                raise StoreError(f"{self.path} was written by a newer crawler (schema {version})")
-            return
-        # Only takes effect on a new database: pages hold a body and a text each, and large
-        # database pages write them in fewer WAL frames.
-        await conn.execute("PRAGMA page_size = 16384")
-        await conn.execute("PRAGMA journal_mode = WAL")
-        # NORMAL in WAL mode survives a process kill; only an OS crash may lose the last commits.
-        await conn.execute("PRAGMA synchronous = NORMAL")
-        # The page cache is the largest single block of the crawler's memory: this size weighs
-        # writer speed against memory (bench/frontier_memory.py measures both).
-        await conn.execute("PRAGMA cache_size = -8000")
-        await conn.execute("PRAGMA temp_store = MEMORY")
+        version = await self._conn.run(_read_version if self.readonly else _configure_connection)
         if version > SCHEMA_VERSION:
             raise StoreError(f"{self.path} was written by a newer crawler (schema {version})")
+        if self.readonly:
+            return
         for target in range(version + 1, SCHEMA_VERSION + 1):
-            await self._in_transaction(partial(migrate, target=target))
+            await self._conn.transaction(partial(migrate, target=target))
         self._writer.nofollow_rows = bool(
             await self.scalar(
                 "SELECT EXISTS (SELECT 1 FROM urls WHERE state = 'skipped' AND reason = ?)", (SkipReason.NOFOLLOW,)
@@ -93,22 +60,13 @@ class Store:
         )
 
     async def close(self) -> None:
-        try:
-            await self._conn.close()
-        except (sqlite3.Error, OSError) as exc:
-            raise translate(exc, self.path) from exc
-        finally:
-            unlock(self._lock)
-            self._lock = None
+        """Close the database; its thread stops and the writer lock is released, also when closing fails."""
+        await self._conn.close()
 
     # ---- reads -------------------------------------------------------------------------
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        try:
-            cursor = await self._conn.execute(sql, params)
-            return list(await cursor.fetchall())
-        except sqlite3.Error as exc:
-            raise translate(exc, self.path) from exc
+        return await self._conn.run(lambda db: db.execute(sql, params).fetchall())
 
     async def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         rows = await self.fetchall(sql, params)
@@ -174,11 +132,8 @@ class Store:
     # ---- immediate writes (rare: start, stop, seeds) -----------------------------------
 
     async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
-        try:
-            cursor = await self._conn.execute(sql, params)
-            return cursor.rowcount
-        except sqlite3.Error as exc:
-            raise translate(exc, self.path) from exc
+        """One statement in autocommit; returns the rows it changed."""
+        return await self._conn.run(lambda db: db.execute(sql, params).rowcount)
 
     async def set_meta(self, key: str, value: str) -> None:
         await self._write(
@@ -203,55 +158,23 @@ class Store:
             (utc_now(), reason),
         )
 
-    async def _in_transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        """work(db) inside one IMMEDIATE transaction, run whole in SQLite's thread.
-
-        One call into that thread instead of one per statement, since each call's answer waits
-        for the busy event loop. Committed if work
-        returns, rolled back if it raises; sqlite errors leave as StoreError. The thread runs
-        work to its end even if the caller is cancelled meanwhile (a commit is never cut short).
-        """
-
-        def run() -> _T:
-            db = self._conn._conn  # aiosqlite's sqlite3 connection; only its thread may use it
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(db)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            return result
-
-        try:
-            # aiosqlite has no public call for "run this in the connection's thread"; _execute
-            # is how its own methods do it (pinned in pyproject.toml).
-            result: _T = await self._conn._execute(run)  # type: ignore[no-untyped-call]
-            return result
-        except sqlite3.Error as exc:
-            raise translate(exc, self.path) from exc
-
     async def set_states(self, changes: Sequence[tuple[str, str | None, int]]) -> None:
         """(state, reason, id) changes committed at once, outside the crawl's batches."""
         if not changes:
             return
         now = utc_now()
         rows = [(state, reason, now, url_id) for state, reason, url_id in changes]
-        await self._in_transaction(
+        await self._conn.transaction(
             lambda db: db.executemany("UPDATE urls SET state = ?, reason = ?, updated_at = ? WHERE id = ?", rows)
         )
 
     async def start_run(self, config_json: str) -> int:
-        try:
-            cursor = await self._conn.execute(
-                "INSERT INTO runs (started_at, config) VALUES (?, ?)", (utc_now(), config_json)
-            )
-        except sqlite3.Error as exc:
-            raise translate(exc, self.path) from exc
-        self.run_id = cursor.lastrowid
-        assert self.run_id is not None
-        return self.run_id
+        sql = "INSERT INTO runs (started_at, config) VALUES (?, ?)"
+        params = (utc_now(), config_json)
+        run_id = await self._conn.run(lambda db: db.execute(sql, params).lastrowid)
+        assert run_id is not None
+        self.run_id = run_id
+        return run_id
 
     async def finish_run(self, outcome: str, pages: int) -> None:
         await self._write(
@@ -298,8 +221,29 @@ class Store:
         if not len(batch):
             return []
         run_id = self.run_id
-        return await self._in_transaction(lambda db: self._writer.commit(db, batch, run_id))
+        return await self._conn.transaction(lambda db: self._writer.commit(db, batch, run_id))
 
     async def index_pending(self, limit: int) -> int:
         """Move up to `limit` pages from search_pending into pages_fts in one transaction; returns how many."""
-        return await self._in_transaction(lambda db: index_pending(db, limit))
+        return await self._conn.transaction(lambda db: index_pending(db, limit))
+
+
+def _read_version(db: sqlite3.Connection) -> int:
+    db.execute("PRAGMA busy_timeout = 10000")
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _configure_connection(db: sqlite3.Connection) -> int:
+    """Set a writer's pragmas; returns the schema version the database holds."""
+    version = _read_version(db)
+    # Only takes effect on a new database: pages hold a body and a text each, and large
+    # database pages write them in fewer WAL frames.
+    db.execute("PRAGMA page_size = 16384")
+    db.execute("PRAGMA journal_mode = WAL")
+    # NORMAL in WAL mode survives a process kill; only an OS crash may lose the last commits.
+    db.execute("PRAGMA synchronous = NORMAL")
+    # The page cache is the largest single block of the crawler's memory: this size weighs
+    # writer speed against memory (bench/frontier_memory.py measures both).
+    db.execute("PRAGMA cache_size = -8000")
+    db.execute("PRAGMA temp_store = MEMORY")
+    return version
