@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str) -> Any:
     # Imported on first use: the parser's child processes import crawler.parse alone, without
-    # the query layer (aiosqlite and the store), which would cost them start-up time and memory.
+    # the query layer (sqlite3 and the store), which would cost them start-up time and memory.
     if name in ("Results", "open_results"):
         from crawler import query
 

@@ -1,6 +1,6 @@
 """A database that is not SQLite, read-only, or on a full disk: a clear message, exit status 3,
 and nothing already stored is changed or corrupted.  The CLI runs as a real subprocess, so a
-process that cannot exit (an open aiosqlite thread) would fail too."""
+process that cannot exit (the store's SQLite thread left running) would fail too."""
 
 from __future__ import annotations
 

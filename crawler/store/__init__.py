@@ -1,0 +1,25 @@
+"""The crawl database: the names the rest of the crawler imports from `crawler.store`."""
+
+from __future__ import annotations
+
+from crawler.store.batch import Batch
+from crawler.store.flush import JSON_ROWS, PAGE_ROWS
+from crawler.store.lock import writer_lock
+from crawler.store.records import URL_STATES, NewUrl, PageRecord, QueuedUrl, utc_now
+from crawler.store.schema import MIGRATIONS, SCHEMA_VERSION
+from crawler.store.sqlite import Store
+
+__all__ = [
+    "JSON_ROWS",
+    "MIGRATIONS",
+    "PAGE_ROWS",
+    "SCHEMA_VERSION",
+    "URL_STATES",
+    "Batch",
+    "NewUrl",
+    "PageRecord",
+    "QueuedUrl",
+    "Store",
+    "utc_now",
+    "writer_lock",
+]

@@ -1,0 +1,59 @@
+"""The pending batch: rows gathered between two flushes, committed together or not at all."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from crawler.store.records import NewUrl, PageRecord, utc_now
+
+
+@dataclass(slots=True)
+class Batch:
+    """Writes gathered between two flushes; a flush commits all of them in one transaction."""
+
+    new_urls: list[NewUrl] = field(default_factory=list)
+    pages: list[PageRecord] = field(default_factory=list)
+    links: list[tuple[int, str, int]] = field(default_factory=list)  # (from_id, to_url, nofollow)
+    errors: list[tuple[int | None, str, str, str, int, str]] = field(default_factory=list)
+    states: list[tuple[str, str | None, str, int]] = field(default_factory=list)  # (state, reason, at, id)
+    robots: list[tuple[str, int | None, str, float | None, str, str | None]] = field(default_factory=list)
+    host_skips: list[tuple[str, str, str]] = field(default_factory=list)  # (reason, at, host)
+
+    def __len__(self) -> int:
+        return (
+            len(self.host_skips)
+            + len(self.new_urls)
+            + len(self.pages)
+            + len(self.links)
+            + len(self.errors)
+            + len(self.states)
+            + len(self.robots)
+        )
+
+    def add_urls(self, urls: Iterable[NewUrl]) -> None:
+        self.new_urls.extend(urls)
+
+    def add_page(self, page: PageRecord, links: Iterable[tuple[str, bool]]) -> None:
+        """A page, its outgoing links and its `done` state, so that they commit together."""
+        self.pages.append(page)
+        self.links.extend((page.url_id, url, int(nofollow)) for url, nofollow in links)
+        self.states.append(("done", None, page.fetched_at, page.url_id))
+
+    def add_error(self, url_id: int | None, url: str, kind: str, message: str, attempts: int) -> None:
+        now = utc_now()
+        self.errors.append((url_id, url, kind, message, attempts, now))
+        if url_id is not None:
+            self.states.append(("failed", None, now, url_id))
+
+    def set_state(self, url_id: int, state: str, reason: str | None = None) -> None:
+        self.states.append((state, reason, utc_now(), url_id))
+
+    def skip_queued_of_host(self, host: str, reason: str) -> None:
+        self.host_skips.append((reason, utc_now(), host))
+
+    def add_robots(
+        self, origin: str, status: int | None, crawl_delay: float | None, sitemaps: Sequence[str], note: str | None
+    ) -> None:
+        self.robots.append((origin, status, utc_now(), crawl_delay, json.dumps(list(sitemaps)), note))

@@ -1,0 +1,203 @@
+"""The SQL that commits a pending Batch to SQLite, run in SQLite's thread inside one transaction."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from operator import itemgetter
+
+from crawler.errors import SkipReason
+from crawler.store.batch import Batch
+from crawler.store.records import NewUrl, PageRecord, QueuedUrl, utc_now
+
+# Links, new URLs and URL states go to SQLite as JSON arrays read back with json_each,
+# JSON_ROWS rows per statement, and executemany runs a batch's statements in one call: row by
+# row, executemany releases and retakes the GIL around every row, and beside the busy event
+# loop each retake waits. Chunks rather than one array per batch bound the peak memory. Page
+# rows go in as multi-row VALUES instead (see PAGE_ROWS).
+JSON_ROWS = 256
+
+# Page rows go PAGE_ROWS to a statement, as one multi-row VALUES: executemany row by row
+# retakes the GIL after every row, as above, and JSON would re-parse each page's text once per
+# column. A short last chunk is padded with NULL rows that the WHERE drops, so one statement
+# text (compiled once) serves every chunk.
+PAGE_ROWS = 16
+
+_PAGE_COLUMNS = (
+    "url", "final_url", "status", "content_type", "title", "depth", "fetched_at", "elapsed_ms",
+    "http_version", "bytes", "headers", "redirects", "noindex", "text", "body", "run_id",
+)  # fmt: skip
+_PAGE_UPDATE = ", ".join(f"{name} = excluded.{name}" for name in _PAGE_COLUMNS)
+_PAGE_WIDTH = 1 + len(_PAGE_COLUMNS)  # url_id, then the columns
+_PAGE_INSERT = (
+    f"INSERT INTO pages (url_id, {', '.join(_PAGE_COLUMNS)})"
+    f" SELECT * FROM (VALUES {', '.join(['(' + ','.join('?' * _PAGE_WIDTH) + ')'] * PAGE_ROWS)})"
+    " WHERE column1 IS NOT NULL"
+    # An upsert, not INSERT OR REPLACE: REPLACE deletes without firing the delete trigger,
+    # which would leave a stale entry in pages_fts.
+    f" ON CONFLICT (url_id) DO UPDATE SET {_PAGE_UPDATE}"
+)
+_NO_PAGE = (None,) * _PAGE_WIDTH
+
+
+class BatchWriter:
+    """Commits batches inside the caller's transaction; only SQLite's thread calls it."""
+
+    def __init__(self, *, nofollow_rows: bool = False) -> None:
+        # Whether urls may hold nofollow-only targets that a followed link must queue (see
+        # _unlink_nofollow_targets); False spares that lookup to every flush of a crawl that
+        # never met one.
+        self.nofollow_rows = nofollow_rows
+
+    def commit(self, db: sqlite3.Connection, batch: Batch, run_id: int | None) -> list[QueuedUrl]:
+        """Write every row of batch; returns the newly queued URLs."""
+        queued = self._insert_urls(db, batch.new_urls)
+        if batch.pages:
+            db.executemany(_PAGE_INSERT, _page_chunks(batch.pages, run_id))
+        if batch.links:
+            # Every target has a urls row by now (this batch's new URLs went in above, or an
+            # earlier batch's did), so the join finds each one's id. In target order, the
+            # lookups walk the urls index leaf after leaf instead of all over it.
+            db.executemany(
+                "INSERT OR IGNORE INTO links (from_id, to_id, nofollow)"
+                " SELECT json_extract(j.value, '$[0]'), t.id, json_extract(j.value, '$[2]')"
+                " FROM json_each(?) AS j JOIN urls t ON t.url = json_extract(j.value, '$[1]')",
+                _json_chunks(sorted(batch.links, key=itemgetter(1))),
+            )
+        if batch.errors:
+            db.executemany(
+                "INSERT INTO errors (url_id, url, kind, message, attempts, at, run_id)"
+                f" VALUES (?, ?, ?, ?, ?, ?, {int(run_id or 0)})",
+                batch.errors,
+            )
+        if batch.states:
+            # The last change of each URL wins, as it would applied in order: UPDATE FROM
+            # picks an arbitrary one of several matching rows, so each id comes once.
+            latest = {change[3]: change for change in batch.states}
+            db.executemany(
+                f"UPDATE urls SET (state, reason, updated_at) = ({_items(3, 'j.')}) FROM json_each(?) AS j"
+                " WHERE urls.id = json_extract(j.value, '$[3]')",
+                _json_chunks(list(latest.values())),
+            )
+        if batch.host_skips:
+            db.executemany(
+                "UPDATE urls SET state = 'skipped', reason = ?, updated_at = ? WHERE host = ? AND state = 'queued'",
+                batch.host_skips,
+            )
+        if batch.pages:
+            # Indexed in the same transaction: a page is searchable as soon as it is stored.
+            # Twice the batch's pages, so a backlog (a database from before search) drains too.
+            index_pending(db, 2 * len(batch.pages))
+        if batch.robots:
+            db.executemany(
+                "INSERT OR REPLACE INTO robots (origin, status, fetched_at, crawl_delay, sitemaps, note)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                batch.robots,
+            )
+        return queued
+
+    def _insert_urls(self, db: sqlite3.Connection, urls: list[NewUrl]) -> list[QueuedUrl]:
+        """INSERT OR IGNORE lets SQLite decide what is new; RETURNING gives only the inserted rows."""
+        if not urls:
+            return []
+        # Dedupe inside the batch first: the same link often appears on many pages of one batch.
+        # A followed link outranks a nofollow one to the same URL.
+        unique: dict[str, NewUrl] = {}
+        for item in urls:
+            kept = unique.setdefault(item.url, item)
+            if kept.reason == SkipReason.NOFOLLOW and item.state == "queued":
+                unique[item.url] = item
+        promoted = (
+            _unlink_nofollow_targets(db, [u.url for u in unique.values() if u.state == "queued"])
+            if self.nofollow_rows
+            else {}
+        )
+        # One JSON parameter keeps the SQL text fixed (a VALUES list sized to each batch would
+        # make every batch a new prepared statement, and sqlite3's statement cache grow) and
+        # makes the batch one statement (see JSON_ROWS).
+        rows: list[QueuedUrl] = []
+        now = utc_now()
+        for (chunk,) in _json_chunks(
+            [(u.url, u.host, u.depth, u.parent_id, u.state, u.reason) for u in unique.values()]
+        ):
+            # RETURNING rules out executemany: one statement per chunk (most batches are one).
+            returned = db.execute(
+                "INSERT OR IGNORE INTO urls (url, host, depth, parent_id, state, reason, discovered_at)"
+                f" SELECT {_items(6)}, ?2 FROM json_each(?1) ORDER BY key RETURNING id, url, host, depth, state",
+                (chunk, now),
+            ).fetchall()
+            rows.extend(QueuedUrl(r[0], r[1], r[2], r[3]) for r in returned if r[4] == "queued")
+        if promoted:
+            # Links stored before the promotion follow their target to its new id.
+            db.executemany(
+                "UPDATE links SET to_id = ? WHERE to_id = ?",
+                [(row.id, promoted[row.url]) for row in rows if row.url in promoted],
+            )
+        if not self.nofollow_rows:
+            self.nofollow_rows = any(u.reason == SkipReason.NOFOLLOW for u in unique.values())
+        # RETURNING order is not guaranteed; the frontier relies on ascending ids per host.
+        rows.sort(key=lambda r: r.id)
+        return rows
+
+
+def index_pending(db: sqlite3.Connection, limit: int) -> int:
+    """Move up to `limit` pages from search_pending into pages_fts (inside the caller's transaction)."""
+    # Fixed SQL text (no IN-list sized per call): every distinct text is a prepared
+    # statement that sqlite3 keeps cached, which grows memory. Both subqueries pick the
+    # same rows: nothing else writes inside the caller's IMMEDIATE transaction.
+    db.execute(
+        "INSERT INTO pages_fts (rowid, title, text) SELECT p.url_id, p.title, p.text FROM pages p"
+        " WHERE p.url_id IN (SELECT url_id FROM search_pending ORDER BY url_id LIMIT ?) AND p.noindex = 0",
+        (limit,),
+    )
+    cursor = db.execute(
+        "DELETE FROM search_pending WHERE url_id IN (SELECT url_id FROM search_pending ORDER BY url_id LIMIT ?)",
+        (limit,),
+    )
+    return cursor.rowcount
+
+
+def _unlink_nofollow_targets(db: sqlite3.Connection, queued: list[str]) -> dict[str, int]:
+    """Delete the nofollow-only rows of URLs now queued by a followed link; {url: old id}.
+
+    The insert that follows gives each a fresh id, above every id the frontier has read, so
+    it joins its host's queue like any new URL (the frontier reads ids in ascending order
+    and never looks below what it has read).
+    """
+    promoted: dict[str, int] = {}
+    for (chunk,) in _json_chunks([(url,) for url in queued]):
+        returned = db.execute(
+            "DELETE FROM urls WHERE url IN (SELECT json_extract(value, '$[0]') FROM json_each(?))"
+            " AND state = 'skipped' AND reason = ? RETURNING id, url",
+            (chunk, SkipReason.NOFOLLOW),
+        ).fetchall()
+        promoted.update((url, url_id) for url_id, url in returned)
+    return promoted
+
+
+def _page_chunks(pages: Sequence[PageRecord], run_id: int | None) -> Iterator[tuple[object, ...]]:
+    """executemany parameters for _PAGE_INSERT: PAGE_ROWS pages each, the last one padded."""
+    for start in range(0, len(pages), PAGE_ROWS):
+        chunk = pages[start : start + PAGE_ROWS]
+        params: list[object] = []
+        for p in chunk:
+            # In _PAGE_COLUMNS order.
+            params += (
+                p.url_id, p.url, p.final_url, p.status, p.content_type, p.title, p.depth, p.fetched_at,
+                p.elapsed_ms, p.http_version, p.size, json.dumps(p.headers), json.dumps(p.redirects),
+                int(p.noindex), p.text, p.body, run_id,
+            )  # fmt: skip
+        params += _NO_PAGE * (PAGE_ROWS - len(chunk))
+        yield tuple(params)
+
+
+def _items(count: int, table: str = "") -> str:
+    """The first `count` items of json_each's array rows as SQL columns (json_extract: SQLite 3.35 has no ->>)."""
+    return ", ".join(f"json_extract({table}value, '$[{i}]')" for i in range(count))
+
+
+def _json_chunks(rows: Sequence[tuple[object, ...]]) -> Iterator[tuple[str]]:
+    """executemany parameters: one JSON array of up to JSON_ROWS rows each, made as SQLite asks."""
+    for start in range(0, len(rows), JSON_ROWS):
+        yield (json.dumps(rows[start : start + JSON_ROWS], ensure_ascii=False, check_circular=False),)

@@ -1,0 +1,67 @@
+"""The rows a crawl stores and reads back, independent of the database that holds them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+URL_STATES = ("queued", "in_flight", "done", "failed", "skipped")
+
+_second: list[tuple[int, str]] = [(-1, "")]  # the last whole second formatted, reused within it
+
+
+def utc_now() -> str:
+    """The current time as ISO-8601 UTC with milliseconds, the format of every stored time."""
+    # Every page stores a time, so the seconds are formatted once per second rather than once per call.
+    now = time.time()
+    whole = int(now)
+    second, text = _second[0]
+    if whole != second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second[0] = (whole, text)
+    return f"{text}.{int((now - whole) * 1000):03d}Z"
+
+
+@dataclass(frozen=True, slots=True)
+class NewUrl:
+    """A URL to add to the frontier; state is 'queued' or 'skipped' (with a reason)."""
+
+    url: str
+    host: str
+    depth: int
+    parent_id: int | None = None
+    state: str = "queued"
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedUrl:
+    """A frontier row that is waiting to be fetched."""
+
+    id: int
+    url: str
+    host: str
+    depth: int
+
+
+@dataclass(slots=True)
+class PageRecord:
+    """Everything stored about one fetched page."""
+
+    url_id: int
+    url: str
+    final_url: str
+    status: int
+    content_type: str | None
+    title: str | None
+    depth: int
+    fetched_at: str
+    elapsed_ms: float
+    http_version: str | None
+    size: int  # stored in the column `bytes`
+    headers: list[tuple[str, str]]
+    redirects: list[dict[str, Any]]
+    noindex: bool
+    text: str | None
+    body: bytes | None

@@ -1,0 +1,249 @@
+"""The SQLite crawl database: opening and configuring it, frontier reads, and committing batches."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from crawler.errors import SkipReason, StoreError
+from crawler.store.batch import Batch
+from crawler.store.connection import SqliteConnection
+from crawler.store.flush import BatchWriter, index_pending
+from crawler.store.migrations import migrate
+from crawler.store.records import URL_STATES, NewUrl, PageRecord, QueuedUrl, utc_now
+from crawler.store.schema import SCHEMA_VERSION
+
+
+class Store:
+    """One open crawl database. Writes go into a Batch and are committed by `flush`."""
+
+    def __init__(self, conn: SqliteConnection, *, readonly: bool) -> None:
+        self._conn = conn
+        self.path = conn.path
+        self.readonly = readonly
+        self.batch = Batch()
+        self.run_id: int | None = None
+        self._writer = BatchWriter()
+
+    @classmethod
+    async def open(cls, path: Path, *, readonly: bool = False) -> Store:
+        """Open (and, unless readonly, create and migrate) the database at path."""
+        path = Path(path)
+        if readonly and not path.exists():
+            raise StoreError(f"no database at {path}")
+        store = cls(await SqliteConnection.open(path, readonly=readonly), readonly=readonly)
+        try:
+            await store._configure()
+        except BaseException:
+            # Whatever went wrong, the thread stops and the writer lock goes; the first error is the one reported.
+            with contextlib.suppress(StoreError):
+                await store.close()
+            raise
+        return store
+
+    async def _configure(self) -> None:
+        version = await self._conn.run(_read_version if self.readonly else _configure_connection)
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} was written by a newer crawler (schema {version})")
+        if self.readonly:
+            return
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            await self._conn.transaction(partial(migrate, target=target))
+        self._writer.nofollow_rows = bool(
+            await self.scalar(
+                "SELECT EXISTS (SELECT 1 FROM urls WHERE state = 'skipped' AND reason = ?)", (SkipReason.NOFOLLOW,)
+            )
+        )
+
+    async def close(self) -> None:
+        """Close the database; its thread stops and the writer lock is released, also when closing fails."""
+        await self._conn.close()
+
+    # ---- reads -------------------------------------------------------------------------
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return await self._conn.run(lambda db: db.execute(sql, params).fetchall())
+
+    async def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = await self.fetchall(sql, params)
+        return rows[0][0] if rows else None
+
+    async def state_counts(self) -> dict[str, int]:
+        rows = await self.fetchall("SELECT state, count(*) FROM urls GROUP BY state")
+        counts = dict.fromkeys(URL_STATES, 0)
+        counts.update({row[0]: row[1] for row in rows})
+        return counts
+
+    async def queued_for_host(self, host: str, after_id: int, limit: int) -> list[QueuedUrl]:
+        rows = await self.fetchall(
+            "SELECT id, url, depth FROM urls WHERE state = 'queued' AND host = ? AND id > ? ORDER BY id LIMIT ?",
+            (host, after_id, limit),
+        )
+        # One host string shared by the whole window rather than one copy per row.
+        return [QueuedUrl(row[0], row[1], host, row[2]) for row in rows]
+
+    async def queued_hosts(self, after: str, limit: int) -> list[str]:
+        """Up to `limit` hosts with queued rows whose names sort after `after`, in name order.
+
+        A loose index scan: one index seek per host, so the cost follows the number of hosts
+        returned, not the number of queued rows (SELECT DISTINCT would read every one).
+        """
+        rows = await self.fetchall(
+            "WITH RECURSIVE h(host) AS ("
+            " SELECT (SELECT host FROM urls WHERE state = 'queued' AND host > ? ORDER BY host LIMIT 1)"
+            " UNION ALL"
+            " SELECT (SELECT host FROM urls WHERE state = 'queued' AND host > h.host ORDER BY host LIMIT 1)"
+            " FROM h WHERE h.host IS NOT NULL LIMIT ?"
+            ") SELECT host FROM h WHERE host IS NOT NULL",
+            (after, limit),
+        )
+        return [row[0] for row in rows]
+
+    async def fetched_for_host(self, host: str) -> int:
+        """Pages fetched (done or failed) from host, in this run and earlier ones."""
+        sql = "SELECT count(*) FROM urls WHERE host = ? AND state IN ('done', 'failed')"
+        return int(await self.scalar(sql, (host,)))
+
+    async def urls_in_state(
+        self, state: str, reasons: Sequence[str] | None, after_id: int, limit: int
+    ) -> list[tuple[int, str, int, str | None]]:
+        """(id, url, depth, reason) of rows in `state` (with one of `reasons`), in id order, a chunk at a time."""
+        # "+state" keeps SQLite off the state index, so each chunk is a rowid range scan, not a sort.
+        sql = "SELECT id, url, depth, reason FROM urls WHERE +state = ? AND id > ?"
+        params: list[Any] = [state, after_id]
+        if reasons is not None:
+            sql += f" AND reason IN ({','.join('?' * len(reasons))})"
+            params += reasons
+        rows = await self.fetchall(sql + " ORDER BY id LIMIT ?", (*params, limit))
+        return [(row[0], row[1], row[2], row[3]) for row in rows]
+
+    async def pending_index(self) -> int:
+        """Pages stored but not yet in the full-text index."""
+        return int(await self.scalar("SELECT count(*) FROM search_pending"))
+
+    async def get_meta(self, key: str) -> str | None:
+        value = await self.scalar("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(value) if value is not None else None
+
+    # ---- immediate writes (rare: start, stop, seeds) -----------------------------------
+
+    async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """One statement in autocommit; returns the rows it changed."""
+        return await self._conn.run(lambda db: db.execute(sql, params).rowcount)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._write(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    async def requeue_in_flight(self) -> int:
+        """Put URLs that were in flight when the last run stopped back in the queue."""
+        return await self._write(
+            "UPDATE urls SET state = 'queued', updated_at = ? WHERE state = 'in_flight'", (utc_now(),)
+        )
+
+    async def mark_killed_runs(self) -> int:
+        """Runs still marked running ended without a word (kill -9, power loss)."""
+        return await self._write("UPDATE runs SET outcome = 'killed' WHERE outcome = 'running'")
+
+    async def requeue_skipped(self, reason: str) -> int:
+        """Queue again every URL skipped for `reason`."""
+        return await self._write(
+            "UPDATE urls SET state = 'queued', reason = NULL, updated_at = ? WHERE state = 'skipped' AND reason = ?",
+            (utc_now(), reason),
+        )
+
+    async def set_states(self, changes: Sequence[tuple[str, str | None, int]]) -> None:
+        """(state, reason, id) changes committed at once, outside the crawl's batches."""
+        if not changes:
+            return
+        now = utc_now()
+        rows = [(state, reason, now, url_id) for state, reason, url_id in changes]
+        await self._conn.transaction(
+            lambda db: db.executemany("UPDATE urls SET state = ?, reason = ?, updated_at = ? WHERE id = ?", rows)
+        )
+
+    async def start_run(self, config_json: str) -> int:
+        sql = "INSERT INTO runs (started_at, config) VALUES (?, ?)"
+        params = (utc_now(), config_json)
+        run_id = await self._conn.run(lambda db: db.execute(sql, params).lastrowid)
+        assert run_id is not None
+        self.run_id = run_id
+        return run_id
+
+    async def finish_run(self, outcome: str, pages: int) -> None:
+        await self._write(
+            "UPDATE runs SET finished_at = ?, outcome = ?, pages = ? WHERE id = ?",
+            (utc_now(), outcome, pages, self.run_id),
+        )
+
+    # ---- batched writes (see Batch) --------------------------------------------------------
+
+    def add_urls(self, urls: Iterable[NewUrl]) -> None:
+        self.batch.add_urls(urls)
+
+    def add_page(self, page: PageRecord, links: Iterable[tuple[str, bool]]) -> None:
+        self.batch.add_page(page, links)
+
+    def add_error(self, url_id: int | None, url: str, kind: str, message: str, attempts: int) -> None:
+        self.batch.add_error(url_id, url, kind, message, attempts)
+
+    def set_state(self, url_id: int, state: str, reason: str | None = None) -> None:
+        self.batch.set_state(url_id, state, reason)
+
+    def skip_queued_of_host(self, host: str, reason: str) -> None:
+        """Mark every still-queued URL of host as skipped (a per-host limit was reached)."""
+        self.batch.skip_queued_of_host(host, reason)
+
+    def add_robots(
+        self, origin: str, status: int | None, crawl_delay: float | None, sitemaps: Sequence[str], note: str | None
+    ) -> None:
+        self.batch.add_robots(origin, status, crawl_delay, sitemaps, note)
+
+    async def flush(self) -> list[QueuedUrl]:
+        """Commit the pending batch in one transaction; returns the newly queued URLs.
+
+        Why a kill at any instant loses nothing and duplicates nothing:
+        - a page row, its links, the URLs it revealed and its `done` state are in one batch
+          (the engine adds them without an await in between), so they commit together or not
+          at all; WAL with synchronous=NORMAL keeps every commit through a process kill;
+        - a URL whose page did not commit is still `queued` or `in_flight` in SQLite, and the
+          next run requeues it: only those, the ones in flight at the kill, are fetched again;
+        - refetching cannot duplicate rows: pages are keyed by url_id (an upsert),
+          links by (from_id, to_id), urls by url (INSERT OR IGNORE).
+        """
+        batch, self.batch = self.batch, Batch()
+        if not len(batch):
+            return []
+        run_id = self.run_id
+        return await self._conn.transaction(lambda db: self._writer.commit(db, batch, run_id))
+
+    async def index_pending(self, limit: int) -> int:
+        """Move up to `limit` pages from search_pending into pages_fts in one transaction; returns how many."""
+        return await self._conn.transaction(lambda db: index_pending(db, limit))
+
+
+def _read_version(db: sqlite3.Connection) -> int:
+    db.execute("PRAGMA busy_timeout = 10000")
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _configure_connection(db: sqlite3.Connection) -> int:
+    """Set a writer's pragmas; returns the schema version the database holds."""
+    version = _read_version(db)
+    # Only takes effect on a new database: pages hold a body and a text each, and large
+    # database pages write them in fewer WAL frames.
+    db.execute("PRAGMA page_size = 16384")
+    db.execute("PRAGMA journal_mode = WAL")
+    # NORMAL in WAL mode survives a process kill; only an OS crash may lose the last commits.
+    db.execute("PRAGMA synchronous = NORMAL")
+    # The page cache is the largest single block of the crawler's memory: this size weighs
+    # writer speed against memory (bench/frontier_memory.py measures both).
+    db.execute("PRAGMA cache_size = -8000")
+    db.execute("PRAGMA temp_store = MEMORY")
+    return version
