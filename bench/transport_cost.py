@@ -8,7 +8,7 @@ flight, in a fresh process. Prints CPU µs per request (the process's user + sys
 the requests, start-up excluded) and wall seconds, the median of `--rounds` runs:
   floor     asyncio protocols and httptools, no httpx: the least an HTTP/1.1 client can do here;
   aiohttp   aiohttp's ClientSession, get and read (what aiohttp-min does per page);
-  crawler   crawler.fetch.Fetcher, as the crawl calls it: the one httpx.AsyncClient over
+  crawler   crawler.http.fetcher.Fetcher, as the crawl calls it: the one httpx.AsyncClient over
             crawler/transport.py, body streamed under max_body_bytes;
   httpcore  the same Fetcher over httpx's own transport (httpcore), as https requests go.
 """
@@ -115,7 +115,7 @@ async def _fetcher(urls: list[str], connections: int, *, httpcore: bool) -> int:
     import httpx
 
     from crawler.config import HttpConfig
-    from crawler.fetch import Fetcher
+    from crawler.http.fetcher import Fetcher
 
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     transport = httpx.AsyncHTTPTransport(limits=limits, retries=0) if httpcore else None

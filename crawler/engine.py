@@ -16,8 +16,8 @@ import httpx
 
 from crawler.config import Config
 from crawler.errors import ErrorKind, FetchError, ParseError, SkipReason
-from crawler.fetch import Fetcher, FetchResult
 from crawler.frontier import Frontier, RecentUrls
+from crawler.http.fetcher import Fetcher, FetchResult
 from crawler.parse import ParsedPage, is_html, robots_directives
 from crawler.parsepool import ParseJob, ParsePool
 from crawler.politeness import HostGate, Lease, Politeness

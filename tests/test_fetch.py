@@ -16,7 +16,7 @@ import respx
 
 from crawler.config import HttpConfig
 from crawler.errors import ErrorKind, FetchError
-from crawler.fetch import (
+from crawler.http.fetcher import (
     _FAST_URLS,
     _PIECE,
     Fetcher,

@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from crawler.errors import ErrorKind
-from crawler.fetch import translate_httpx_error
+from crawler.http.fetcher import translate_httpx_error
+from crawler.http.transport import MAX_HEAD_BYTES, H1Transport, ResponseError
 from crawler.localsite import Request, Site, SiteServer, empty_reply, raw_bytes, reset_mid_body
-from crawler.transport import MAX_HEAD_BYTES, H1Transport, ResponseError
 from tests.crawlkit import closed_port
 
 Serve = Callable[[Site], SiteServer]

@@ -18,7 +18,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from crawler.config import HttpConfig
 from crawler.errors import ErrorKind, FetchError
-from crawler.transport import H1Transport, ResponseError
+from crawler.http.transport import H1Transport, ResponseError
 from crawler.urls import join_url
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -565,7 +565,7 @@ def _clip(text: str, limit: int = 300) -> str:
 
 
 def translate_httpx_error(exc: BaseException) -> FetchError:
-    """The one place httpx exceptions (crawler.transport raises httpx's too) become our error kinds."""
+    """The one place httpx exceptions (crawler.http.transport raises httpx's too) become our error kinds."""
     chain = _causes(exc)
     text = _one_line(str(exc)) or type(exc).__name__
     for cause in chain:

@@ -1,0 +1,5 @@
+"""robots.txt: parsing and matching (rules), the per-origin cache, and the crawl's policy."""
+
+from crawler.robots.rules import MAX_ROBOTS_BYTES, RobotsCache, RobotsResponse, RobotsRules, product_token
+
+__all__ = ["MAX_ROBOTS_BYTES", "RobotsCache", "RobotsResponse", "RobotsRules", "product_token"]
