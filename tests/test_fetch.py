@@ -16,17 +16,10 @@ import respx
 
 from crawler.config import HttpConfig
 from crawler.errors import ErrorKind, FetchError
-from crawler.http.fetcher import (
-    _FAST_URLS,
-    _PIECE,
-    Fetcher,
-    SchemeRouter,
-    _decode,
-    _inflaters,
-    parse_retry_after,
-    request_url,
-    translate_httpx_error,
-)
+from crawler.http.client import _FAST_URLS, SchemeRouter, request_url
+from crawler.http.decoding import PIECE, decode, inflaters
+from crawler.http.errors import translate_httpx_error
+from crawler.http.fetcher import Fetcher, parse_retry_after
 from crawler.localsite import bomb_body
 
 
@@ -296,8 +289,8 @@ def test_retry_after_parses_seconds_and_http_dates() -> None:
 
 
 def inflate_all(encodings: list[str], body: bytes, chunk: int) -> bytes:
-    layers = _inflaters(encodings)
-    return b"".join(piece for i in range(0, len(body), chunk) for piece in _decode(layers, body[i : i + chunk]))
+    layers = inflaters(encodings)
+    return b"".join(piece for i in range(0, len(body), chunk) for piece in decode(layers, body[i : i + chunk]))
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 16384, 10**9], ids=["1B", "7B", "16KiB", "whole"])
@@ -325,10 +318,10 @@ def test_bytes_after_the_last_gzip_member_are_ignored_as_browsers_do() -> None:
 
 def test_a_stacked_bomb_is_inflated_a_piece_at_a_time() -> None:
     # ~2.5 KB that inflate to 2.5 MB of gzip that inflate to 1 GiB: fed as one chunk, the first
-    # piece must come out after a bounded amount of work, and no piece may exceed _PIECE.
-    pieces = _decode(_inflaters(["gzip", "gzip"]), bomb_body(1 << 30, ("gzip", "gzip")))
+    # piece must come out after a bounded amount of work, and no piece may exceed PIECE.
+    pieces = decode(inflaters(["gzip", "gzip"]), bomb_body(1 << 30, ("gzip", "gzip")))
     taken = [next(pieces) for _ in range(100)]
-    assert all(0 < len(p) <= _PIECE for p in taken)
+    assert all(0 < len(p) <= PIECE for p in taken)
     assert b"".join(taken) == bytes(sum(map(len, taken)))
     pieces.close()
 
@@ -341,7 +334,7 @@ def test_undecodable_or_unsupported_encodings_are_protocol_errors() -> None:
         "undecodable gzip body: Error -3 while decompressing data: incorrect header check",
     )
     with pytest.raises(FetchError) as unsupported:
-        _inflaters(["br"])
+        inflaters(["br"])
     assert (unsupported.value.kind, unsupported.value.message) == (
         ErrorKind.PROTOCOL,
         "unsupported Content-Encoding 'br' (we accept gzip, deflate)",

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from crawler.errors import ErrorKind
-from crawler.http.fetcher import translate_httpx_error
+from crawler.http.errors import translate_httpx_error
 from crawler.http.transport import MAX_HEAD_BYTES, H1Transport, ResponseError
 from crawler.localsite import Request, Site, SiteServer, empty_reply, raw_bytes, reset_mid_body
 from tests.crawlkit import closed_port
