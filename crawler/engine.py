@@ -18,6 +18,7 @@ from crawler.config import Config
 from crawler.errors import ErrorKind, FetchError, ParseError, SkipReason
 from crawler.frontier import Frontier, RecentUrls
 from crawler.http.fetcher import Fetcher, FetchResult
+from crawler.http.redirects import RedirectDecision, follow_redirects
 from crawler.parse import ParsedPage, is_html, robots_directives
 from crawler.parsepool import ParseJob, ParsePool
 from crawler.politeness import HostGate, Lease, Politeness
@@ -81,11 +82,6 @@ class CrawlSummary:
 # The gate of the worker whose request needs robots.txt; the robots fetch runs under it,
 # in that worker's task (RobotsCache calls the fetch function from the caller's task).
 _current_gate: contextvars.ContextVar[HostGate] = contextvars.ContextVar("current_gate")
-
-# A redirect whose target host's robots.txt is unavailable: the target is queued, not skipped,
-# and fetched once that robots.txt answers.
-_HOLD_TARGET = "robots_unavailable"
-
 
 class _Result(StrEnum):
     FETCHED = "fetched"
@@ -296,9 +292,7 @@ class Crawl:
                 return _Result.SKIPPED
         self._fetched += 1
         try:
-            result = await self.fetcher.fetch(
-                url, gate, redirect_check=lambda target: self._redirect_check(target, lease, gate)
-            )
+            result = await follow_redirects(self.fetcher, url, gate, policy=_LeaseRedirects(self, lease, gate))
         except FetchError as exc:
             fetch_log.info("GET %s failed: %s", url, exc)
             self.store.add_error(lease.url_id, url, exc.kind, exc.message, exc.attempts)
@@ -387,7 +381,9 @@ class Crawl:
         gate = _current_gate.get()
         try:
             # RFC 9309 §2.3.1.2 and §2.5: follow 5 redirects, read (at least) 500 KiB.
-            result = await self.fetcher.fetch(robots_url, gate, max_redirects=5, truncate_at=MAX_ROBOTS_BYTES + 1)
+            result = await follow_redirects(
+                self.fetcher, robots_url, gate, max_redirects=5, truncate_at=MAX_ROBOTS_BYTES + 1
+            )
         except FetchError as exc:
             # A copy without the traceback, whose frames would outlive the fetch.
             self._robots_errors[origin(robots_url)] = FetchError(exc.kind, exc.message, attempts=exc.attempts)
@@ -397,20 +393,20 @@ class Crawl:
             return RobotsResponse(None, b"", "redirect not followed")
         return RobotsResponse(result.status, result.body, None)
 
-    async def _redirect_check(self, target: str, lease: Lease, gate: HostGate) -> str | None:
+    async def _redirect_decision(self, target: str, lease: Lease, gate: HostGate) -> RedirectDecision:
         """Whether to follow a redirect; its target host's robots.txt is fetched first if need be."""
         reason = self._scope.skip_reason(target, lease.depth)
         if reason is not None:
-            return reason
+            return RedirectDecision.skip(reason)
         if self.config.politeness.obey_robots:
             if self._robots_given_up(origin(target)):
-                return _HOLD_TARGET  # queued, to fail with the robots.txt error like its host's other URLs
+                return RedirectDecision.hold()  # queued, to fail with the robots.txt error like its host's other URLs
             rules = await self._rules_for(target, gate)
             if rules.unavailable:
-                return _HOLD_TARGET
+                return RedirectDecision.hold()
             if not rules.allowed(target):
-                return SkipReason.ROBOTS
-        return None
+                return RedirectDecision.skip(SkipReason.ROBOTS)
+        return RedirectDecision.follow()
 
     # ---- recording -----------------------------------------------------------------------
 
@@ -475,12 +471,13 @@ class Crawl:
                 if link_nofollow and first_unfollowed(url)
                 for reason in (scope.skip_reason(url, depth) or SkipReason.NOFOLLOW,)
             ]
-        if result.stopped_redirect is not None:
-            target, reason = result.stopped_redirect
-            if reason == _HOLD_TARGET:
+        stopped = result.stopped_redirect
+        if stopped is not None:
+            target = stopped.target
+            if stopped.held:
                 new.append(NewUrl(target, host_key(target), lease.depth, lease.url_id, "queued", None))
             else:
-                new.append(NewUrl(target, host_key(target), lease.depth, lease.url_id, "skipped", reason))
+                new.append(NewUrl(target, host_key(target), lease.depth, lease.url_id, "skipped", stopped.reason))
         # Same batch as add_page above, with no await in between: page, links, discoveries and
         # the done state commit together or not at all (see Store.flush).
         self.store.add_urls(new)
@@ -544,6 +541,16 @@ class Crawl:
             in_flight=self.frontier.leased,
             elapsed=time.monotonic() - started,
         )
+
+
+class _LeaseRedirects:
+    """The redirect policy of one lease's fetch."""
+
+    def __init__(self, crawl: Crawl, lease: Lease, gate: HostGate) -> None:
+        self._crawl, self._lease, self._gate = crawl, lease, gate
+
+    async def decide(self, target: str) -> RedirectDecision:
+        return await self._crawl._redirect_decision(target, self._lease, self._gate)
 
 
 def _config_json(config: Config) -> dict[str, object]:

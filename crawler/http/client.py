@@ -114,11 +114,11 @@ _BODILESS = frozenset({"GET", "HEAD"})
 
 class CrawlClient(httpx.AsyncClient):
     """The crawl's one AsyncClient: httpx's own, with a cheaper cookie jar, leaving redirects
-    to Fetcher.fetch entirely.
+    to follow_redirects entirely.
 
     httpx builds the next request of every redirect even when it will not follow it, and a
     Location such as `javascript:alert(1)` makes that raise InvalidURL, losing the response
-    before fetch() could record a bad_redirect.
+    before follow_redirects could record a bad_redirect.
     """
 
     def __init__(self, **kwargs: Any) -> None:

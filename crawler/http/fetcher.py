@@ -1,4 +1,4 @@
-"""Fetching through the crawl's one client: redirects hop by hop, retries, streamed bodies with limits."""
+"""Fetching one URL through the crawl's one client: retries, streamed bodies with limits, server feedback."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
@@ -18,7 +18,9 @@ from crawler.errors import ErrorKind, FetchError
 from crawler.http.client import CrawlClient, build_transport, request_url
 from crawler.http.decoding import ACCEPT_ENCODING, decode, inflaters
 from crawler.http.errors import Retryable, translate_httpx_error
-from crawler.urls import join_url
+
+if TYPE_CHECKING:
+    from crawler.http.redirects import StoppedRedirect
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -36,13 +38,9 @@ class Feedback(Protocol):
     def retry_after(self, url: str, seconds: float | None, status: int) -> None: ...
 
 
-# Called with each redirect target; returns a reason to stop following, or None.
-RedirectCheck = Callable[[str], Awaitable[str | None]]
-
-
 @dataclass(slots=True)
 class FetchResult:
-    """The final response of one URL, after redirects."""
+    """The response to one URL: one hop, or the last of a redirect chain (see follow_redirects)."""
 
     url: str
     final_url: str
@@ -53,7 +51,7 @@ class FetchResult:
     elapsed: float  # seconds for the final hop, body included
     redirects: list[dict[str, object]] = field(default_factory=list)
     attempts: int = 1
-    stopped_redirect: tuple[str, str] | None = None  # (target, reason) when a redirect was not followed
+    stopped_redirect: StoppedRedirect | None = None  # a redirect the policy did not let us follow
 
     @property
     def content_type(self) -> str | None:
@@ -104,7 +102,7 @@ class Fetcher:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         self.client = CrawlClient(
             http2=http.http2,
-            follow_redirects=False,  # fetch() follows hop by hop
+            follow_redirects=False,  # follow_redirects() walks the hops
             max_redirects=http.max_redirects,
             timeout=httpx.Timeout(
                 connect=http.connect_timeout, read=http.read_timeout, write=http.write_timeout, pool=http.pool_timeout
@@ -130,57 +128,13 @@ class Fetcher:
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def fetch(
-        self,
-        url: str,
-        gate: Gate,
-        *,
-        max_redirects: int | None = None,
-        redirect_check: RedirectCheck | None = None,
-        truncate_at: int | None = None,
-    ) -> FetchResult:
-        """GET url following redirects; each hop and each retry takes its own turn at the gate.
+    async def fetch(self, url: str, gate: Gate, *, truncate_at: int | None = None) -> FetchResult:
+        """GET one URL, with retries, each taking its own turn at the gate; a 3xx is returned as it is.
 
         truncate_at: keep that many body bytes and drop the rest instead of failing too_large
         (robots.txt, of which RFC 9309 asks us to parse the first 500 KiB, whatever its size).
         """
-        limit = self.http.max_redirects if max_redirects is None else max_redirects
-        chain: list[dict[str, object]] = []
-        seen = {url}
-        current = url
-        attempts_total = 0
-        while True:
-            result = await self._fetch_with_retries(current, gate, truncate_at)
-            attempts_total += result.attempts
-            if result.status not in REDIRECT_STATUSES:
-                break
-            location = next(iter(result.header_values("location")), None)
-            target = join_url(current, _utf8_header(location)) if location else None
-            if target is None:
-                raise FetchError(
-                    ErrorKind.BAD_REDIRECT, _bad_location(result.status, current, location), attempts=attempts_total
-                )
-            chain.append({"url": current, "status": result.status, "location": target})
-            if target in seen:
-                hops = " → ".join([*(str(hop["url"]) for hop in chain), target])
-                raise FetchError(ErrorKind.TOO_MANY_REDIRECTS, f"redirect loop: {_clip(hops)}", attempts=attempts_total)
-            if len(chain) > limit:
-                raise FetchError(
-                    ErrorKind.TOO_MANY_REDIRECTS,
-                    f"more than {limit} redirects, last {_clip(current)} → {_clip(target)}",
-                    attempts=attempts_total,
-                )
-            if redirect_check is not None:
-                reason = await redirect_check(target)
-                if reason is not None:
-                    result.stopped_redirect = (target, reason)
-                    break
-            seen.add(target)
-            current = target
-        result.url = url
-        result.redirects = chain
-        result.attempts = attempts_total
-        return result
+        return await self._fetch_with_retries(url, gate, truncate_at)
 
     async def _fetch_with_retries(self, url: str, gate: Gate, truncate_at: int | None) -> FetchResult:
         # Most first attempts succeed: make them without tenacity's machinery, and only
@@ -301,26 +255,3 @@ class Fetcher:
             chunks.clear()
             raise
         return b"".join(chunks)
-
-
-
-def _utf8_header(value: str) -> str:
-    """httpx decodes header bytes as latin-1; servers (and browsers) mean UTF-8 in a Location."""
-    try:
-        return value.encode("latin-1").decode("utf-8")
-    except UnicodeError:
-        return value
-
-
-def _bad_location(status: int, url: str, location: str | None) -> str:
-    if not location:
-        return f"HTTP {status} from {_clip(url)} without a Location header"
-    scheme, colon, _ = location.partition(":")
-    if colon and scheme.isascii() and scheme.isalpha() and scheme.lower() not in ("http", "https"):
-        return f"HTTP {status} from {_clip(url)} to a non-http(s) URL: {_clip(location)!r}"
-    return f"HTTP {status} from {_clip(url)} with an unusable Location: {_clip(location)!r}"
-
-
-def _clip(text: str, limit: int = 300) -> str:
-    """Keep messages readable when a hostile server sends a megabyte-long URL."""
-    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} chars)"
