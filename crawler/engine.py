@@ -1,9 +1,8 @@
-"""Wires config, store, frontier, politeness, robots, fetcher and parser into a running crawl."""
+"""Wires config, store, frontier, politeness, robots, fetcher, parser and writer into a running crawl."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import json
 import logging
@@ -26,16 +25,11 @@ from crawler.resume import ResumeInfo, prepare
 from crawler.robots import MAX_ROBOTS_BYTES, RobotsCache, RobotsResponse, RobotsRules, product_token
 from crawler.store import NewUrl, PageRecord, Store, utc_now
 from crawler.urls import Scope, host_key, normalize_url, origin
+from crawler.writer import BatchWriter
 
 log = logging.getLogger(__name__)
 fetch_log = logging.getLogger("crawler.fetch")
 
-FLUSH_INTERVAL = 0.25  # seconds between commits while pages keep coming
-# A page brings ~20 link rows and holds its body and text (~30 KB on the bench site) until
-# committed: 2,000 rows instead of 5,000 took 20 MB off the crawl's peak RSS, same speed.
-FLUSH_ROWS = 2000  # commit early once a batch holds this many rows
-MAX_PENDING_ROWS = 2 * FLUSH_ROWS  # workers wait for the writer beyond this (bounds memory)
-INDEX_BULK = 500  # pages per indexing transaction for a backlog left at the end of a run
 PARSE_SLACK = 4  # workers beyond `concurrency` per parser process, to fetch while pages are parsed
 
 
@@ -114,12 +108,8 @@ class Crawl:
         self._scope = Scope.from_config(config.crawl)
         self._token = product_token(config.politeness.user_agent)
         self._stop_requested = asyncio.Event()
-        self._flush_wanted = asyncio.Event()
-        self._committed = asyncio.Condition()  # notified after every flush
-        self._writing = True
-        self._writer_failed = False
         self._fetched = self._pages = self._errors = self._skipped = 0
-        self._queued = 0
+        self._queued_at_start = 0
         self._recent = RecentUrls()
         self._recent_unfollowed = RecentUrls(capacity=5_000)
         self._robots_misses: dict[str, int] = {}  # origin → unreachable robots.txt fetches in a row
@@ -155,9 +145,10 @@ class Crawl:
             max_pages=cfg.crawl.max_pages,
             max_pages_per_host=cfg.crawl.max_pages_per_host,
         )
-        self.frontier.on_starving = self._flush_wanted.set
+        self.writer = BatchWriter(store, self.frontier)
+        self.frontier.on_starving = self.writer.want_flush
         await self.frontier.load(fetched=stored.fetched)
-        self._queued = stored.queued
+        self._queued_at_start = stored.queued
         self._add_seeds()
         self.fetcher = Fetcher(
             cfg.http,
@@ -173,12 +164,12 @@ class Crawl:
             ttl=cfg.politeness.robots_ttl,
             retry_interval=cfg.politeness.robots_retry_interval,
         )
-        await self._flush()
-        if resumed is not None and not self._queued:
+        await self.writer.flush()
+        if resumed is not None and not self._queued():
             self._say(f"nothing left to fetch in {store.path} ({resumed.done:,} done); --fresh starts over")
 
         await self.parser.start()
-        writer = asyncio.create_task(self._writer(), name="writer")
+        writer = asyncio.create_task(self.writer.run(), name="writer")
         reporter = asyncio.create_task(self._reporter(started), name="progress")
         # Workers waiting for their page's parse hold no request slot, so extra workers keep
         # `concurrency` requests in flight meanwhile (the semaphore still caps them).
@@ -192,9 +183,7 @@ class Crawl:
                 task.cancel()
             await asyncio.gather(*workers, stopper, reporter, return_exceptions=True)
             await self.parser.close()
-            # Let the writer finish the commit it may be in, rather than cancel it mid-transaction.
-            self._writing = False
-            self._flush_wanted.set()
+            self.writer.stop()
             await asyncio.gather(writer, return_exceptions=True)
             await self.fetcher.aclose()
         for task in (writer, *workers):
@@ -202,7 +191,7 @@ class Crawl:
                 raise task.exception()  # type: ignore[misc]
         if self.frontier.error is not None:
             raise self.frontier.error
-        await self._flush()
+        await self.writer.flush()
 
         if self._stop_requested.is_set():
             outcome = Outcome.INTERRUPTED
@@ -213,7 +202,7 @@ class Crawl:
         await store.finish_run(outcome, self._pages)
         elapsed = time.monotonic() - started
         if outcome is not Outcome.INTERRUPTED:
-            await self._index_backlog()
+            await self.writer.index_backlog(self._say)
         counts = await store.state_counts()
         if self._on_progress is not None:
             self._on_progress(self._snapshot(started))
@@ -248,7 +237,7 @@ class Crawl:
 
     async def _worker(self) -> None:
         while True:
-            await self._wait_for_writer()
+            await self.writer.wait_for_room()
             lease = await self.frontier.next()
             if lease is None:
                 return
@@ -269,8 +258,7 @@ class Crawl:
                     self.frontier.requeue(lease)
                 else:
                     self.frontier.complete(lease, fetched=result is _Result.FETCHED)
-                if len(self.store.batch) >= FLUSH_ROWS:
-                    self._flush_wanted.set()
+                self.writer.rows_added()
 
     async def _process(self, lease: Lease, gate: HostGate) -> _Result:
         url = lease.url
@@ -482,48 +470,11 @@ class Crawl:
         # the done state commit together or not at all (see Store.flush).
         self.store.add_urls(new)
 
-    # ---- writer and progress ----------------------------------------------------------------
+    # ---- progress ------------------------------------------------------------------------
 
-    async def _writer(self) -> None:
-        while self._writing:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_wanted.wait(), timeout=FLUSH_INTERVAL)
-            self._flush_wanted.clear()
-            await self._flush()
-            async with self._committed:
-                self._committed.notify_all()
-
-    async def _wait_for_writer(self) -> None:
-        """Backpressure: while the writer is behind (SQLite slower than the fetching), take no new
-        work, so uncommitted rows (all held in memory) stay bounded."""
-        if len(self.store.batch) < MAX_PENDING_ROWS:
-            return
-        self._flush_wanted.set()
-        async with self._committed:
-            await self._committed.wait_for(lambda: len(self.store.batch) < MAX_PENDING_ROWS or self._writer_failed)
-
-    async def _index_backlog(self) -> None:
-        """Bring the full-text index up to date; each chunk commits, so stopping here loses nothing."""
-        pending = await self.store.pending_index()
-        if pending > INDEX_BULK:
-            self._say(f"indexing {pending:,} pages for full-text search")
-        while pending > 0 and await self.store.index_pending(INDEX_BULK) == INDEX_BULK:
-            pending -= INDEX_BULK
-
-    async def _flush(self) -> None:
-        # No await between these two: the batch store.flush swaps out holds exactly these completions.
-        completions = self.frontier.take_completions()
-        try:
-            rows = await self.store.flush()
-        except Exception:
-            # The writer is gone, whatever broke it: no worker may wait for it any longer.
-            self._writer_failed = True
-            self.frontier.close()
-            async with self._committed:
-                self._committed.notify_all()
-            raise
-        self._queued += len(rows)
-        self.frontier.committed(completions, rows)
+    def _queued(self) -> int:
+        """URLs queued this run and not yet taken (fetched or skipped)."""
+        return max(self._queued_at_start + self.writer.urls_queued - self._fetched - self._skipped, 0)
 
     async def _reporter(self, started: float) -> None:
         if self._on_progress is None:
@@ -537,7 +488,7 @@ class Crawl:
             fetched=self._fetched,
             errors=self._errors,
             skipped=self._skipped,
-            queued=max(self._queued - self._fetched - self._skipped, 0),
+            queued=self._queued(),
             in_flight=self.frontier.leased,
             elapsed=time.monotonic() - started,
         )
