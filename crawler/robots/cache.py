@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from crawler.robots.rules import RobotsResponse, RobotsRules
 
+# GET a robots.txt URL, following its redirects, under the calling worker's gate.
+RobotsFetch = Callable[[str], Awaitable[RobotsResponse]]
 
 @dataclass(slots=True)
 class _Entry:
@@ -22,22 +24,21 @@ class RobotsCache:
     2xx and 4xx outcomes are kept `ttl` seconds, unavailable ones only
     `retry_interval` seconds, so the next `rules_for` after that asks again.
 
-    The first caller for an origin fetches robots.txt in its own task (so the
-    request runs under that caller's politeness gate, and is cancelled with it);
+    The first caller for an origin fetches robots.txt in its own task, with the
+    fetch function it passed (so the request runs under that caller's politeness
+    gate, and is cancelled with it);
     callers arriving meanwhile wait for its answer.  If the fetching caller is
     cancelled, one of the waiting callers fetches instead.
     """
 
     def __init__(
         self,
-        fetch: Callable[[str], Awaitable[RobotsResponse]],
         user_agent: str,
         *,
         ttl: float = 86400.0,
         retry_interval: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._fetch = fetch
         self._user_agent = user_agent
         self._ttl = ttl  # RFC 9309 §2.4: at most 24 h; the config enforces it
         self._retry_interval = retry_interval
@@ -46,8 +47,12 @@ class RobotsCache:
         # origin → resolved with the rules, or with None if the fetching caller gave up
         self._inflight: dict[str, asyncio.Future[RobotsRules | None]] = {}
 
-    async def rules_for(self, origin: str) -> RobotsRules:
-        """The rules for `scheme://host[:port]`, fetching robots.txt if needed."""
+    async def rules_for(self, origin: str, fetch: RobotsFetch) -> RobotsRules:
+        """The rules for `scheme://host[:port]`, fetching robots.txt with `fetch` if needed.
+
+        Each caller brings its own fetch (bound to its politeness gate): a caller that takes
+        over from a cancelled one fetches under its own gate.
+        """
         origin = origin.rstrip("/")
         while True:
             rules = self.cached(origin)
@@ -55,7 +60,7 @@ class RobotsCache:
                 return rules
             pending = self._inflight.get(origin)
             if pending is None:
-                return await self._load(origin)
+                return await self._load(origin, fetch)
             # shield: a waiter being cancelled must not cancel the fetcher's future.
             rules = await asyncio.shield(pending)
             if rules is not None:
@@ -85,13 +90,13 @@ class RobotsCache:
             return None
         return entry.expires
 
-    async def _load(self, origin: str) -> RobotsRules:
+    async def _load(self, origin: str, fetch: RobotsFetch) -> RobotsRules:
         done: asyncio.Future[RobotsRules | None] = asyncio.get_running_loop().create_future()
         self._inflight[origin] = done
         rules: RobotsRules | None = None
         try:
             try:
-                resp = await self._fetch(origin + "/robots.txt")
+                resp = await fetch(origin + "/robots.txt")
             except Exception as exc:
                 resp = RobotsResponse(None, error=str(exc) or type(exc).__name__)
             now = self._clock()
