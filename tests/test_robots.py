@@ -287,6 +287,24 @@ def test_utf8_bom_is_ignored() -> None:
     assert not allowed(body, "/page")
 
 
+@pytest.mark.parametrize("prefix", [b"\xef\xbb", b"\xef"], ids=["EF BB", "EF"])
+def test_a_partial_utf8_bom_is_skipped_like_a_whole_one(prefix: bytes) -> None:
+    # Google's parser skips a cut-short BOM; read as text it would spoil the first line.
+    got = rules(prefix + b"User-agent: *\nDisallow: /private\nCrawl-delay: 3\n")
+    assert got.group == "*"
+    assert got.rule_count == 1
+    assert got.crawl_delay == 3.0
+    assert not got.allowed(SITE + "/private/x")
+    assert got.allowed(SITE + "/public")
+
+
+def test_only_a_bom_prefix_is_skipped_not_other_leading_bytes() -> None:
+    # \xef followed by anything but \xbb is no BOM: the line keeps its (unreadable) key and is ignored.
+    got = rules(b"\xef\xbfUser-agent: *\nDisallow: /\n")
+    assert got.group is None
+    assert got.allowed(SITE + "/page")
+
+
 def test_junk_lines_neither_end_nor_split_a_group() -> None:
     robots_txt = (
         "<html><body><pre>\n"

@@ -334,6 +334,14 @@ class RobotsRules:
         return text
 
 
+def _without_bom(body: bytes) -> bytes:
+    """body without a leading UTF-8 byte-order mark, or the start of one (as Google's parser skips)."""
+    for size in (3, 2, 1):
+        if body[:size] == _BOM[:size]:
+            return body[size:]
+    return body
+
+
 def _decode(body: bytes) -> str:
     if len(body) > MAX_ROBOTS_BYTES:
         cut = body[:MAX_ROBOTS_BYTES]
@@ -342,7 +350,7 @@ def _decode(body: bytes) -> str:
             # "Allow: /pri" would allow more than the site said.
             cut = cut[: max(cut.rfind(b"\n"), cut.rfind(b"\r")) + 1]
         body = cut
-    body = body.removeprefix(_BOM)
+    body = _without_bom(body)
     # surrogateescape keeps stray non-UTF-8 bytes, so they are escaped as the
     # same octets rather than all collapsing into U+FFFD.
     return body.decode("utf-8", "surrogateescape")
