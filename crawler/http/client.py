@@ -40,7 +40,7 @@ _MAX_URL_LENGTH = 65536  # httpx refuses longer URLs; the slow path raises its e
 def request_url(url: str) -> httpx.URL:
     """httpx.URL(url), without httpx's per-character validation when url is already in normal form.
 
-    httpx parses a URL in pure Python (~40 µs); ours come from normalize_url/join_url, so only
+    httpx parses a URL character by character in pure Python; ours come from normalize_url/join_url, so only
     the authority needs httpx's parse (lowercasing, default port, IP checks), once per origin.
     Relies on httpx's private URL._uri_reference (a ParseResult): _fast_urls_work() checks
     that at import, falling back to plain parsing, and tests/test_fetch.py fails loudly.
@@ -77,8 +77,8 @@ _FAST_URLS = _fast_urls_work()
 
 class SchemeRouter(httpx.AsyncBaseTransport):
     """Sends http:// requests through one transport and https:// through another, made on the
-    first https:// request: loading the CA bundle for its TLS context takes ~0.1 s of every
-    start, wasted on a plain-http crawl."""
+    first https:// request: loading the CA bundle for its TLS context slows every start, which
+    a plain-http crawl need not pay for."""
 
     def __init__(self, *, plain: httpx.AsyncBaseTransport, tls: Callable[[], httpx.AsyncBaseTransport]) -> None:
         self._plain = plain
@@ -101,8 +101,8 @@ class SchemeRouter(httpx.AsyncBaseTransport):
 class _SetCookiesOnly(httpx.Cookies):
     """A cookie jar that skips httpx's per-response cookie parsing when nothing sets a cookie.
 
-    That parsing builds urllib request/response shims for every response and was a fifth of
-    the fetch path's CPU; crawled pages rarely set cookies."""
+    That parsing builds urllib request/response shims for every response, a large part of the
+    fetch path's work, while crawled pages rarely set cookies."""
 
     def extract_cookies(self, response: httpx.Response) -> None:
         if "set-cookie" in response.headers:

@@ -218,9 +218,9 @@ class Fetcher:
     async def _read_body(self, response: httpx.Response, truncate_at: int | None = None) -> bytes:
         """Stream and decode the body ourselves, stopping at max_body_bytes of decoded bytes.
 
-        httpx's decoders inflate each network chunk in one call: 16 KiB of a gzip bomb becomes
-        16 MB, and a stacked `gzip, gzip` bomb of 10 KB becomes gigabytes before any cap can
-        look.  Inflater never produces more than PIECE bytes per call instead.
+        httpx's decoders inflate each network chunk in one call, so one chunk of a gzip bomb (or
+        of a stacked `gzip, gzip` one) becomes a huge buffer before any cap can look.  Inflater
+        never produces more than PIECE bytes per call instead.
         """
         cap = self.http.max_body_bytes if truncate_at is None else truncate_at
         declared = response.headers.get("content-length")
