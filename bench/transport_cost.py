@@ -1,4 +1,4 @@
-"""What one request costs the event loop, client by client: the figures behind crawler/transport.py.
+"""What one request costs the event loop, client by client: the figures behind crawler/http/transport.py.
 
     .venv/bin/python bench/transport_cost.py [--pages 5000] [--connections 8] [--rounds 3]
 
@@ -8,8 +8,8 @@ flight, in a fresh process. Prints CPU µs per request (the process's user + sys
 the requests, start-up excluded) and wall seconds, the median of `--rounds` runs:
   floor     asyncio protocols and httptools, no httpx: the least an HTTP/1.1 client can do here;
   aiohttp   aiohttp's ClientSession, get and read (what aiohttp-min does per page);
-  crawler   crawler.fetch.Fetcher, as the crawl calls it: the one httpx.AsyncClient over
-            crawler/transport.py, body streamed under max_body_bytes;
+  crawler   crawler.http.fetcher.Fetcher, as the crawl calls it: the one httpx.AsyncClient over
+            crawler/http/transport.py, body streamed under max_body_bytes;
   httpcore  the same Fetcher over httpx's own transport (httpcore), as https requests go.
 """
 
@@ -115,7 +115,7 @@ async def _fetcher(urls: list[str], connections: int, *, httpcore: bool) -> int:
     import httpx
 
     from crawler.config import HttpConfig
-    from crawler.fetch import Fetcher
+    from crawler.http.fetcher import Fetcher
 
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     transport = httpx.AsyncHTTPTransport(limits=limits, retries=0) if httpcore else None

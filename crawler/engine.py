@@ -1,10 +1,8 @@
-"""Wires config, store, frontier, politeness, robots, fetcher and parser into a running crawl."""
+"""Wires config, store, frontier, politeness, robots, fetcher, parser and writer into a running crawl."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import json
 import logging
 import time
@@ -15,26 +13,19 @@ from enum import StrEnum
 import httpx
 
 from crawler.config import Config
-from crawler.errors import ErrorKind, FetchError, ParseError, SkipReason
-from crawler.fetch import Fetcher, FetchResult
-from crawler.frontier import Frontier, RecentUrls
-from crawler.parse import ParsedPage, is_html, robots_directives
-from crawler.parsepool import ParseJob, ParsePool
-from crawler.politeness import HostGate, Lease, Politeness
+from crawler.frontier import Frontier
+from crawler.http.fetcher import Fetcher
+from crawler.parsepool import ParsePool
+from crawler.pipeline import Pipeline, UrlResult
+from crawler.politeness import HostGate, Politeness
 from crawler.resume import ResumeInfo, prepare
-from crawler.robots import MAX_ROBOTS_BYTES, RobotsCache, RobotsResponse, RobotsRules, product_token
-from crawler.store import NewUrl, PageRecord, Store, utc_now
-from crawler.urls import Scope, host_key, normalize_url, origin
+from crawler.robots.policy import RobotsPolicy
+from crawler.store import NewUrl, Store
+from crawler.urls import Scope, host_key, normalize_url
+from crawler.writer import BatchWriter
 
 log = logging.getLogger(__name__)
-fetch_log = logging.getLogger("crawler.fetch")
 
-FLUSH_INTERVAL = 0.25  # seconds between commits while pages keep coming
-# A page brings ~20 link rows and holds its body and text (~30 KB on the bench site) until
-# committed: 2,000 rows instead of 5,000 took 20 MB off the crawl's peak RSS, same speed.
-FLUSH_ROWS = 2000  # commit early once a batch holds this many rows
-MAX_PENDING_ROWS = 2 * FLUSH_ROWS  # workers wait for the writer beyond this (bounds memory)
-INDEX_BULK = 500  # pages per indexing transaction for a backlog left at the end of a run
 PARSE_SLACK = 4  # workers beyond `concurrency` per parser process, to fetch while pages are parsed
 
 
@@ -78,21 +69,6 @@ class CrawlSummary:
         return self.fetched / self.elapsed if self.elapsed > 0 else 0.0
 
 
-# The gate of the worker whose request needs robots.txt; the robots fetch runs under it,
-# in that worker's task (RobotsCache calls the fetch function from the caller's task).
-_current_gate: contextvars.ContextVar[HostGate] = contextvars.ContextVar("current_gate")
-
-# A redirect whose target host's robots.txt is unavailable: the target is queued, not skipped,
-# and fetched once that robots.txt answers.
-_HOLD_TARGET = "robots_unavailable"
-
-
-class _Result(StrEnum):
-    FETCHED = "fetched"
-    SKIPPED = "skipped"
-    REQUEUED = "requeued"
-
-
 class Crawl:
     """One crawl run over one database. `await Crawl(config).run()` returns its summary."""
 
@@ -116,19 +92,8 @@ class Crawl:
         self._progress_interval = progress_interval
         self._stop_grace = stop_grace
         self._scope = Scope.from_config(config.crawl)
-        self._token = product_token(config.politeness.user_agent)
         self._stop_requested = asyncio.Event()
-        self._flush_wanted = asyncio.Event()
-        self._committed = asyncio.Condition()  # notified after every flush
-        self._writing = True
-        self._writer_failed = False
-        self._fetched = self._pages = self._errors = self._skipped = 0
-        self._queued = 0
-        self._recent = RecentUrls()
-        self._recent_unfollowed = RecentUrls(capacity=5_000)
-        self._robots_misses: dict[str, int] = {}  # origin → unreachable robots.txt fetches in a row
-        self._robots_errors: dict[str, FetchError] = {}  # origin → why its robots.txt fetch last failed
-        self.status_counts: dict[str, int] = {}
+        self._queued_at_start = 0
 
     def request_stop(self) -> None:
         """Stop taking new work; in-flight requests get `stop_grace` seconds to finish."""
@@ -137,8 +102,7 @@ class Crawl:
     # ---- the run -------------------------------------------------------------------------
 
     async def run(self, *, require_resume: bool = False) -> CrawlSummary:
-        cfg = self.config
-        store = await Store.open(cfg.storage.path)
+        store = await Store.open(self.config.storage.path)
         try:
             return await self._run(store, require_resume=require_resume)
         finally:
@@ -159,9 +123,10 @@ class Crawl:
             max_pages=cfg.crawl.max_pages,
             max_pages_per_host=cfg.crawl.max_pages_per_host,
         )
-        self.frontier.on_starving = self._flush_wanted.set
+        self.writer = BatchWriter(store, self.frontier)
+        self.frontier.on_starving = self.writer.want_flush
         await self.frontier.load(fetched=stored.fetched)
-        self._queued = stored.queued
+        self._queued_at_start = stored.queued
         self._add_seeds()
         self.fetcher = Fetcher(
             cfg.http,
@@ -171,18 +136,18 @@ class Crawl:
             feedback=self.politeness,
             max_retry_after=cfg.politeness.max_retry_after,
         )
-        self.robots = RobotsCache(
-            self._fetch_robots,
-            cfg.politeness.user_agent,
-            ttl=cfg.politeness.robots_ttl,
-            retry_interval=cfg.politeness.robots_retry_interval,
+        robots = None
+        if cfg.politeness.obey_robots:
+            robots = RobotsPolicy(cfg.politeness, self.fetcher, self.politeness, store)
+        self.pipeline = Pipeline(
+            cfg, store=store, fetcher=self.fetcher, parser=self.parser, robots=robots, scope=self._scope
         )
-        await self._flush()
-        if resumed is not None and not self._queued:
+        await self.writer.flush()
+        if resumed is not None and not self._queued():
             self._say(f"nothing left to fetch in {store.path} ({resumed.done:,} done); --fresh starts over")
 
         await self.parser.start()
-        writer = asyncio.create_task(self._writer(), name="writer")
+        writer = asyncio.create_task(self.writer.run(), name="writer")
         reporter = asyncio.create_task(self._reporter(started), name="progress")
         # Workers waiting for their page's parse hold no request slot, so extra workers keep
         # `concurrency` requests in flight meanwhile (the semaphore still caps them).
@@ -196,9 +161,7 @@ class Crawl:
                 task.cancel()
             await asyncio.gather(*workers, stopper, reporter, return_exceptions=True)
             await self.parser.close()
-            # Let the writer finish the commit it may be in, rather than cancel it mid-transaction.
-            self._writing = False
-            self._flush_wanted.set()
+            self.writer.stop()
             await asyncio.gather(writer, return_exceptions=True)
             await self.fetcher.aclose()
         for task in (writer, *workers):
@@ -206,7 +169,7 @@ class Crawl:
                 raise task.exception()  # type: ignore[misc]
         if self.frontier.error is not None:
             raise self.frontier.error
-        await self._flush()
+        await self.writer.flush()
 
         if self._stop_requested.is_set():
             outcome = Outcome.INTERRUPTED
@@ -214,24 +177,25 @@ class Crawl:
             outcome = Outcome.LIMIT
         else:
             outcome = Outcome.FINISHED
-        await store.finish_run(outcome, self._pages)
+        tally = self.pipeline.tally
+        await store.finish_run(outcome, tally.pages)
         elapsed = time.monotonic() - started
         if outcome is not Outcome.INTERRUPTED:
-            await self._index_backlog()
+            await self.writer.index_backlog(self._say)
         counts = await store.state_counts()
         if self._on_progress is not None:
             self._on_progress(self._snapshot(started))
         return CrawlSummary(
             outcome=outcome,
             db_path=str(store.path),
-            fetched=self._fetched,
-            pages=self._pages,
-            errors=self._errors,
-            skipped=self._skipped,
+            fetched=tally.fetched,
+            pages=tally.pages,
+            errors=tally.errors,
+            skipped=tally.skipped,
             queued_left=counts["queued"],
             elapsed=elapsed,
             resumed=resumed,
-            status_counts=dict(sorted(self.status_counts.items())),
+            status_counts=dict(sorted(tally.status_counts.items())),
         )
 
     def _add_seeds(self) -> None:
@@ -252,281 +216,35 @@ class Crawl:
 
     async def _worker(self) -> None:
         while True:
-            await self._wait_for_writer()
+            await self.writer.wait_for_room()
             lease = await self.frontier.next()
             if lease is None:
                 return
             gate = HostGate(self.politeness, lease)
-            result = _Result.FETCHED
+            # Unless processing returns, the lease counts as fetched, as a failure does.
+            result = UrlResult.FAILED
             try:
-                result = await self._process(lease, gate)
+                result = await self.pipeline.process(lease, gate)
             except asyncio.CancelledError:
                 # Interrupted mid-request: leave the URL in flight; resume puts it back in the queue.
                 raise
             except Exception as exc:  # a bug must cost one URL, never the crawl
                 log.exception("unexpected error on %s", lease.url)
-                self.store.add_error(lease.url_id, lease.url, ErrorKind.OTHER, f"internal error: {exc!r}", 1)
-                self._errors += 1
+                self.pipeline.fail_internal(lease, exc)
             finally:
                 gate.release()
-                if result is _Result.REQUEUED:
+                if result is UrlResult.HELD:
                     self.frontier.requeue(lease)
                 else:
-                    self.frontier.complete(lease, fetched=result is _Result.FETCHED)
-                if len(self.store.batch) >= FLUSH_ROWS:
-                    self._flush_wanted.set()
+                    self.frontier.complete(lease, fetched=result is not UrlResult.SKIPPED)
+                self.writer.rows_added()
 
-    async def _process(self, lease: Lease, gate: HostGate) -> _Result:
-        url = lease.url
-        if self.config.politeness.obey_robots:
-            site = origin(url, normalized=True)  # a lease's URL is stored normalised
-            if self._robots_given_up(site):
-                self._fail_unreachable_robots(lease, site)
-                return _Result.FETCHED
-            rules = await self._rules_for(url, gate)
-            if rules.unavailable:
-                if self._robots_given_up(site):  # that fetch was the last try
-                    self._fail_unreachable_robots(lease, site)
-                    return _Result.FETCHED
-                self._hold_host(lease.host, url)
-                return _Result.REQUEUED
-            if not rules.allowed(url):
-                self.store.set_state(lease.url_id, "skipped", SkipReason.ROBOTS)
-                self._skipped += 1
-                return _Result.SKIPPED
-        self._fetched += 1
-        try:
-            result = await self.fetcher.fetch(
-                url, gate, redirect_check=lambda target: self._redirect_check(target, lease, gate)
-            )
-        except FetchError as exc:
-            fetch_log.info("GET %s failed: %s", url, exc)
-            self.store.add_error(lease.url_id, url, exc.kind, exc.message, exc.attempts)
-            self._errors += 1
-            return _Result.FETCHED
-        parsed = None
-        if 200 <= result.status < 300 and is_html(result.content_type):
-            # No more requests for this lease: the host's capacity goes to the next URL while
-            # this page is parsed (another worker takes it; there are more workers than slots).
-            gate.let_go()
-            job = ParseJob(
-                result.body, result.content_type, result.final_url, self.config.crawl.max_links_per_page, self._token
-            )
-            try:
-                parsed = await self.parser.parse(job)
-            except ParseError as exc:
-                self.store.add_error(lease.url_id, url, ErrorKind.PARSE, exc.message, result.attempts)
-                self._errors += 1
-                return _Result.FETCHED
-        self._record(lease, result, parsed)
-        return _Result.FETCHED
+    # ---- progress ------------------------------------------------------------------------
 
-    def _robots_given_up(self, site: str) -> bool:
-        """robots.txt of site was unreachable robots_max_attempts times in a row this run."""
-        return self._robots_misses.get(site, 0) >= self.config.politeness.robots_max_attempts
-
-    def _fail_unreachable_robots(self, lease: Lease, site: str) -> None:
-        """RFC 9309 says stay out while robots.txt is unreachable; after the last try, record why."""
-        exc = self._robots_errors.get(site)
-        tries = self._robots_misses[site]
-        detail = exc.message if exc is not None else "no usable answer"
-        self._fetched += 1
-        self.store.add_error(
-            lease.url_id,
-            lease.url,
-            exc.kind if exc is not None else ErrorKind.OTHER,
-            f"not fetched: {site}/robots.txt was unreachable {tries} times: {detail}",
-            exc.attempts if exc is not None else 0,
-        )
-        self._errors += 1
-
-    def _hold_host(self, host: str, url: str) -> None:
-        """robots.txt is unreachable: no request to the host until it may be retried."""
-        site = origin(url)
-        retry_at = self.robots.retry_at(site)
-        wait = (retry_at - time.monotonic()) if retry_at is not None else self.config.politeness.robots_retry_interval
-        wait = max(wait, 0.0)
-        if self.politeness.slot(host).paused_until < time.monotonic() + wait:
-            rules = self.robots.cached(site)
-            why = rules.describe() if rules is not None else "unavailable"
-            log.warning("%s/robots.txt: %s; its URLs wait, asking again in %.3gs", site, why, wait)
-        self.politeness.pause(host, wait)
-
-    async def _rules_for(self, url: str, gate: HostGate) -> RobotsRules:
-        """The robots.txt rules for url's origin, fetched under gate if need be.
-
-        When another worker is fetching them (a redirect hop into a host whose robots.txt
-        is on its way), the gate first lets go of its host: nobody waits for robots.txt
-        while holding a host's capacity (see Politeness.fetching_robots).
-        """
-        site = origin(url, normalized=True)  # a lease's URL or a redirect target (join_url's)
-        host = host_key(url, normalized=True)
-        while (rules := self.robots.cached(site)) is None:
-            if self.robots.fetching(site):
-                gate.let_go()
-                await self.robots.wait(site)
-                continue
-            token = _current_gate.set(gate)
-            try:
-                with self.politeness.fetching_robots(host):
-                    rules = await self.robots.rules_for(site)
-            finally:
-                _current_gate.reset(token)
-            # Only the fetching worker gets here, so each fetch is recorded and counted once.
-            self.store.add_robots(site, rules.status, rules.crawl_delay, rules.sitemaps, rules.describe())
-            if rules.unavailable:
-                self._robots_misses[site] = self._robots_misses.get(site, 0) + 1
-            else:
-                self._robots_misses.pop(site, None)
-                self._robots_errors.pop(site, None)
-            break
-        self.politeness.set_crawl_delay(host, rules.crawl_delay)
-        return rules
-
-    async def _fetch_robots(self, robots_url: str) -> RobotsResponse:
-        gate = _current_gate.get()
-        try:
-            # RFC 9309 §2.3.1.2 and §2.5: follow 5 redirects, read (at least) 500 KiB.
-            result = await self.fetcher.fetch(robots_url, gate, max_redirects=5, truncate_at=MAX_ROBOTS_BYTES + 1)
-        except FetchError as exc:
-            # A copy without the traceback, whose frames would outlive the fetch.
-            self._robots_errors[origin(robots_url)] = FetchError(exc.kind, exc.message, attempts=exc.attempts)
-            too_many = exc.kind is ErrorKind.TOO_MANY_REDIRECTS
-            return RobotsResponse(exc.status, b"", exc.message, too_many_redirects=too_many)
-        if result.stopped_redirect is not None:  # pragma: no cover - robots fetch has no check
-            return RobotsResponse(None, b"", "redirect not followed")
-        return RobotsResponse(result.status, result.body, None)
-
-    async def _redirect_check(self, target: str, lease: Lease, gate: HostGate) -> str | None:
-        """Whether to follow a redirect; its target host's robots.txt is fetched first if need be."""
-        reason = self._scope.skip_reason(target, lease.depth)
-        if reason is not None:
-            return reason
-        if self.config.politeness.obey_robots:
-            if self._robots_given_up(origin(target)):
-                return _HOLD_TARGET  # queued, to fail with the robots.txt error like its host's other URLs
-            rules = await self._rules_for(target, gate)
-            if rules.unavailable:
-                return _HOLD_TARGET
-            if not rules.allowed(target):
-                return SkipReason.ROBOTS
-        return None
-
-    # ---- recording -----------------------------------------------------------------------
-
-    def _record(self, lease: Lease, result: FetchResult, parsed: ParsedPage | None) -> None:
-        """Store the page (parsed when it is HTML) and queue what it links to."""
-        cfg = self.config
-        content_type = result.content_type
-        noindex, nofollow = robots_directives(result.header_values("x-robots-tag"), self._token)
-        title: str | None = None
-        text: str | None = None
-        links: tuple[tuple[str, bool], ...] = ()
-        if parsed is not None:
-            title, text = parsed.title, parsed.text
-            noindex = noindex or parsed.noindex
-            nofollow = nofollow or parsed.nofollow
-            # Links are (url, nofollow) pairs already; a page-wide nofollow marks them all.
-            links = tuple((url, True) for url, _ in parsed.links) if nofollow else parsed.links
-        keep_body = cfg.storage.store_bodies and not noindex
-        self.store.add_page(
-            PageRecord(
-                url_id=lease.url_id,
-                url=lease.url,
-                final_url=result.final_url,
-                status=result.status,
-                content_type=content_type,
-                title=title,
-                depth=lease.depth,
-                fetched_at=utc_now(),
-                elapsed_ms=round(result.elapsed * 1000, 3),
-                http_version=result.http_version,
-                size=len(result.body),
-                headers=result.headers,
-                redirects=result.redirects,
-                noindex=noindex,
-                text=None if noindex else text,
-                body=result.body if keep_body else None,
-            ),
-            links,
-        )
-        self._pages += 1
-        status_class = f"{result.status // 100}xx"
-        self.status_counts[status_class] = self.status_counts.get(status_class, 0) + 1
-        fetch_log.info("GET %s %d %.0fms", lease.url, result.status, result.elapsed * 1000)
-
-        depth = lease.depth + 1
-        follow_all = cfg.politeness.follow_nofollow
-        scope = self._scope
-        first_sight = self._recent.first_sight
-        new = [
-            NewUrl(url, host_key(url, normalized=True), depth, lease.url_id, "skipped" if reason else "queued", reason)
-            for url, link_nofollow in links
-            if (follow_all or not link_nofollow) and first_sight(url)
-            for reason in (scope.skip_reason(url, depth),)
-        ]
-        if not follow_all:
-            # Every link needs a urls row for its target (links store its id). A nofollow target
-            # has its own memory: seen here first, it must still be queued by a followed link later.
-            first_unfollowed = self._recent_unfollowed.first_sight
-            new += [
-                NewUrl(url, host_key(url, normalized=True), depth, lease.url_id, "skipped", reason)
-                for url, link_nofollow in links
-                if link_nofollow and first_unfollowed(url)
-                for reason in (scope.skip_reason(url, depth) or SkipReason.NOFOLLOW,)
-            ]
-        if result.stopped_redirect is not None:
-            target, reason = result.stopped_redirect
-            if reason == _HOLD_TARGET:
-                new.append(NewUrl(target, host_key(target), lease.depth, lease.url_id, "queued", None))
-            else:
-                new.append(NewUrl(target, host_key(target), lease.depth, lease.url_id, "skipped", reason))
-        # Same batch as add_page above, with no await in between: page, links, discoveries and
-        # the done state commit together or not at all (see Store.flush).
-        self.store.add_urls(new)
-
-    # ---- writer and progress ----------------------------------------------------------------
-
-    async def _writer(self) -> None:
-        while self._writing:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_wanted.wait(), timeout=FLUSH_INTERVAL)
-            self._flush_wanted.clear()
-            await self._flush()
-            async with self._committed:
-                self._committed.notify_all()
-
-    async def _wait_for_writer(self) -> None:
-        """Backpressure: while the writer is behind (SQLite slower than the fetching), take no new
-        work, so uncommitted rows (all held in memory) stay bounded."""
-        if len(self.store.batch) < MAX_PENDING_ROWS:
-            return
-        self._flush_wanted.set()
-        async with self._committed:
-            await self._committed.wait_for(lambda: len(self.store.batch) < MAX_PENDING_ROWS or self._writer_failed)
-
-    async def _index_backlog(self) -> None:
-        """Bring the full-text index up to date; each chunk commits, so stopping here loses nothing."""
-        pending = await self.store.pending_index()
-        if pending > INDEX_BULK:
-            self._say(f"indexing {pending:,} pages for full-text search")
-        while pending > 0 and await self.store.index_pending(INDEX_BULK) == INDEX_BULK:
-            pending -= INDEX_BULK
-
-    async def _flush(self) -> None:
-        # No await between these two: the batch store.flush swaps out holds exactly these completions.
-        completions = self.frontier.take_completions()
-        try:
-            rows = await self.store.flush()
-        except Exception:
-            # The writer is gone, whatever broke it: no worker may wait for it any longer.
-            self._writer_failed = True
-            self.frontier.close()
-            async with self._committed:
-                self._committed.notify_all()
-            raise
-        self._queued += len(rows)
-        self.frontier.committed(completions, rows)
+    def _queued(self) -> int:
+        """URLs queued this run and not yet taken (fetched or skipped)."""
+        tally = self.pipeline.tally
+        return max(self._queued_at_start + self.writer.urls_queued - tally.fetched - tally.skipped, 0)
 
     async def _reporter(self, started: float) -> None:
         if self._on_progress is None:
@@ -536,11 +254,12 @@ class Crawl:
             self._on_progress(self._snapshot(started))
 
     def _snapshot(self, started: float) -> Progress:
+        tally = self.pipeline.tally
         return Progress(
-            fetched=self._fetched,
-            errors=self._errors,
-            skipped=self._skipped,
-            queued=max(self._queued - self._fetched - self._skipped, 0),
+            fetched=tally.fetched,
+            errors=tally.errors,
+            skipped=tally.skipped,
+            queued=self._queued(),
             in_flight=self.frontier.leased,
             elapsed=time.monotonic() - started,
         )

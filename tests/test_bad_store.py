@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-import crawler.engine
+import crawler.writer
 from crawler.errors import StoreError
 from crawler.store import PAGE_ROWS, PageRecord, Store, utc_now
 from tests.crawlkit import crawl, make_config, rows
@@ -257,7 +257,7 @@ async def test_a_writer_that_breaks_ends_the_crawl_instead_of_leaving_workers_wa
     for i in range(40):
         site.page(f"/p{i}", body=f"<title>{i}</title>")
     server = site_server(site)
-    monkeypatch.setattr(crawler.engine, "MAX_PENDING_ROWS", 1)  # every worker waits for each flush
+    monkeypatch.setattr(crawler.writer, "MAX_PENDING_ROWS", 1)  # every worker waits for each flush
     flushes = 0
     real_flush = Store.flush
 

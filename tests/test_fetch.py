@@ -1,4 +1,4 @@
-"""The fetch layer against respx mocks: redirects hop by hop, retries, limits, error kinds."""
+"""The fetch layer against respx mocks: one-URL fetches, redirects hop by hop, retries, limits, error kinds."""
 
 from __future__ import annotations
 
@@ -15,18 +15,12 @@ import pytest
 import respx
 
 from crawler.config import HttpConfig
-from crawler.errors import ErrorKind, FetchError
-from crawler.fetch import (
-    _FAST_URLS,
-    _PIECE,
-    Fetcher,
-    SchemeRouter,
-    _decode,
-    _inflaters,
-    parse_retry_after,
-    request_url,
-    translate_httpx_error,
-)
+from crawler.errors import ErrorKind, FetchError, SkipReason
+from crawler.http.client import _FAST_URLS, SchemeRouter, request_url
+from crawler.http.decoding import PIECE, decode, inflaters
+from crawler.http.errors import translate_httpx_error
+from crawler.http.fetcher import Fetcher, parse_retry_after
+from crawler.http.redirects import RedirectDecision, StoppedRedirect, follow_redirects
 from tests.support.faults import bomb_body
 
 
@@ -79,7 +73,7 @@ async def test_follows_redirects_hop_by_hop_through_the_gate() -> None:
     )
     gate = RecordingGate()
     fetcher = make_fetcher()
-    result = await fetcher.fetch("http://a.test/old", gate)
+    result = await follow_redirects(fetcher, "http://a.test/old", gate)
     await fetcher.aclose()
     assert gate.started == ["http://a.test/old", "http://a.test/mid", "http://b.test/new"]
     assert result.final_url == "http://b.test/new"
@@ -97,11 +91,11 @@ async def test_redirect_loop_and_long_chain_are_too_many_redirects() -> None:
         respx.get(f"http://a.test/c{i}").mock(return_value=httpx.Response(302, headers={"Location": f"/c{i + 1}"}))
     fetcher = make_fetcher()
     with pytest.raises(FetchError) as loop:
-        await fetcher.fetch("http://a.test/x", RecordingGate())
+        await follow_redirects(fetcher, "http://a.test/x", RecordingGate())
     assert loop.value.kind is ErrorKind.TOO_MANY_REDIRECTS
     assert "loop" in loop.value.message
     with pytest.raises(FetchError) as chain:
-        await fetcher.fetch("http://a.test/c0", RecordingGate())
+        await follow_redirects(fetcher, "http://a.test/c0", RecordingGate())
     assert chain.value.kind is ErrorKind.TOO_MANY_REDIRECTS
     assert "more than 3 redirects" in chain.value.message
     await fetcher.aclose()
@@ -112,23 +106,56 @@ async def test_redirect_to_non_http_scheme_is_refused() -> None:
     respx.get("http://a.test/r").mock(return_value=httpx.Response(302, headers={"Location": "ftp://a.test/f"}))
     fetcher = make_fetcher()
     with pytest.raises(FetchError) as info:
-        await fetcher.fetch("http://a.test/r", RecordingGate())
+        await follow_redirects(fetcher, "http://a.test/r", RecordingGate())
     await fetcher.aclose()
     assert info.value.kind is ErrorKind.BAD_REDIRECT
 
 
+class OffSiteAndHeld:
+    """A redirect policy: off.test is skipped, held.test is held, the rest followed; remembers each target."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def decide(self, target: str) -> RedirectDecision:
+        self.asked.append(target)
+        if "off.test" in target:
+            return RedirectDecision.skip(SkipReason.OFF_SITE)
+        if "held.test" in target:
+            return RedirectDecision.hold()
+        return RedirectDecision.follow()
+
+
 @respx.mock
-async def test_redirect_check_can_stop_the_chain() -> None:
-    respx.get("http://a.test/r").mock(return_value=httpx.Response(302, headers={"Location": "http://off.test/"}))
-
-    async def check(target: str) -> str | None:
-        return "off_site" if "off.test" in target else None
-
+async def test_a_redirect_policy_can_stop_the_chain_with_a_skip_or_a_hold() -> None:
+    respx.get("http://a.test/r").mock(return_value=httpx.Response(301, headers={"Location": "/s"}))
+    respx.get("http://a.test/s").mock(return_value=httpx.Response(302, headers={"Location": "http://off.test/"}))
+    respx.get("http://a.test/h").mock(return_value=httpx.Response(307, headers={"Location": "http://held.test/"}))
     fetcher = make_fetcher()
-    result = await fetcher.fetch("http://a.test/r", RecordingGate(), redirect_check=check)
+    policy = OffSiteAndHeld()
+    skipped = await follow_redirects(fetcher, "http://a.test/r", RecordingGate(), policy=policy)
+    held = await follow_redirects(fetcher, "http://a.test/h", RecordingGate(), policy=policy)
     await fetcher.aclose()
-    assert result.status == 302
-    assert result.stopped_redirect == ("http://off.test/", "off_site")
+    assert policy.asked == ["http://a.test/s", "http://off.test/", "http://held.test/"]
+    assert (skipped.status, skipped.url, skipped.final_url) == (302, "http://a.test/r", "http://a.test/s")
+    assert [hop["url"] for hop in skipped.redirects] == ["http://a.test/r", "http://a.test/s"]
+    assert skipped.stopped_redirect == StoppedRedirect("http://off.test/", SkipReason.OFF_SITE, held=False)
+    assert held.status == 307
+    assert held.stopped_redirect == StoppedRedirect("http://held.test/", None, held=True)
+
+
+@respx.mock
+async def test_the_fetcher_alone_returns_a_redirect_as_it_is() -> None:
+    route = respx.get("http://a.test/r").mock(return_value=httpx.Response(302, headers={"Location": "/elsewhere"}))
+    gate = RecordingGate()
+    fetcher = make_fetcher()
+    result = await fetcher.fetch("http://a.test/r", gate)
+    await fetcher.aclose()
+    assert gate.started == ["http://a.test/r"]
+    assert route.call_count == 1
+    assert (result.status, result.final_url, result.body) == (302, "http://a.test/r", b"")
+    assert result.header_values("location") == ["/elsewhere"]
+    assert result.redirects == [] and result.stopped_redirect is None
 
 
 @respx.mock
@@ -296,8 +323,8 @@ def test_retry_after_parses_seconds_and_http_dates() -> None:
 
 
 def inflate_all(encodings: list[str], body: bytes, chunk: int) -> bytes:
-    layers = _inflaters(encodings)
-    return b"".join(piece for i in range(0, len(body), chunk) for piece in _decode(layers, body[i : i + chunk]))
+    layers = inflaters(encodings)
+    return b"".join(piece for i in range(0, len(body), chunk) for piece in decode(layers, body[i : i + chunk]))
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 16384, 10**9], ids=["1B", "7B", "16KiB", "whole"])
@@ -325,10 +352,10 @@ def test_bytes_after_the_last_gzip_member_are_ignored_as_browsers_do() -> None:
 
 def test_a_stacked_bomb_is_inflated_a_piece_at_a_time() -> None:
     # ~2.5 KB that inflate to 2.5 MB of gzip that inflate to 1 GiB: fed as one chunk, the first
-    # piece must come out after a bounded amount of work, and no piece may exceed _PIECE.
-    pieces = _decode(_inflaters(["gzip", "gzip"]), bomb_body(1 << 30, ("gzip", "gzip")))
+    # piece must come out after a bounded amount of work, and no piece may exceed PIECE.
+    pieces = decode(inflaters(["gzip", "gzip"]), bomb_body(1 << 30, ("gzip", "gzip")))
     taken = [next(pieces) for _ in range(100)]
-    assert all(0 < len(p) <= _PIECE for p in taken)
+    assert all(0 < len(p) <= PIECE for p in taken)
     assert b"".join(taken) == bytes(sum(map(len, taken)))
     pieces.close()
 
@@ -341,7 +368,7 @@ def test_undecodable_or_unsupported_encodings_are_protocol_errors() -> None:
         "undecodable gzip body: Error -3 while decompressing data: incorrect header check",
     )
     with pytest.raises(FetchError) as unsupported:
-        _inflaters(["br"])
+        inflaters(["br"])
     assert (unsupported.value.kind, unsupported.value.message) == (
         ErrorKind.PROTOCOL,
         "unsupported Content-Encoding 'br' (we accept gzip, deflate)",
@@ -367,7 +394,7 @@ async def test_a_redirect_to_javascript_or_mailto_is_a_bad_redirect_not_a_crash(
     messages = []
     for path in ("/js", "/mail", "/junk"):
         with pytest.raises(FetchError) as info:
-            await fetcher.fetch("http://a.test" + path, RecordingGate())
+            await follow_redirects(fetcher, "http://a.test" + path, RecordingGate())
         assert info.value.kind is ErrorKind.BAD_REDIRECT
         messages.append(info.value.message)
     await fetcher.aclose()

@@ -287,6 +287,24 @@ def test_utf8_bom_is_ignored() -> None:
     assert not allowed(body, "/page")
 
 
+@pytest.mark.parametrize("prefix", [b"\xef\xbb", b"\xef"], ids=["EF BB", "EF"])
+def test_a_partial_utf8_bom_is_skipped_like_a_whole_one(prefix: bytes) -> None:
+    # Google's parser skips a cut-short BOM; read as text it would spoil the first line.
+    got = rules(prefix + b"User-agent: *\nDisallow: /private\nCrawl-delay: 3\n")
+    assert got.group == "*"
+    assert got.rule_count == 1
+    assert got.crawl_delay == 3.0
+    assert not got.allowed(SITE + "/private/x")
+    assert got.allowed(SITE + "/public")
+
+
+def test_only_a_bom_prefix_is_skipped_not_other_leading_bytes() -> None:
+    # \xef followed by anything but \xbb is no BOM: the line keeps its (unreadable) key and is ignored.
+    got = rules(b"\xef\xbfUser-agent: *\nDisallow: /\n")
+    assert got.group is None
+    assert got.allowed(SITE + "/page")
+
+
 def test_junk_lines_neither_end_nor_split_a_group() -> None:
     robots_txt = (
         "<html><body><pre>\n"
@@ -601,27 +619,27 @@ DISALLOW_X = RobotsResponse(200, b"User-agent: *\nDisallow: /x\n")
 ORIGIN = "http://127.0.0.1:8080"
 
 
-def make_cache(site: FakeSite, clock: FakeClock) -> RobotsCache:
-    return RobotsCache(site.fetch, UA, ttl=100.0, retry_interval=10.0, clock=clock)
+def make_cache(clock: FakeClock) -> RobotsCache:
+    return RobotsCache(UA, ttl=100.0, retry_interval=10.0, clock=clock)
 
 
 def test_cache_fetches_once_and_keeps_rules_for_ttl() -> None:
     site, clock = FakeSite(DISALLOW_X), FakeClock()
-    cache = make_cache(site, clock)
+    cache = make_cache(clock)
 
     async def story() -> None:
         assert cache.cached(ORIGIN) is None
-        first = await cache.rules_for(ORIGIN)
+        first = await cache.rules_for(ORIGIN, site.fetch)
         assert site.fetched == [ORIGIN + "/robots.txt"]
         assert not first.allowed(ORIGIN + "/x")
         assert first.fetched_at == 1000.0
         clock.now += 99.0
-        assert await cache.rules_for(ORIGIN) is first
+        assert await cache.rules_for(ORIGIN, site.fetch) is first
         assert cache.cached(ORIGIN) is first
         assert cache.retry_at(ORIGIN) is None
         clock.now += 1.0  # ttl over
         assert cache.cached(ORIGIN) is None
-        second = await cache.rules_for(ORIGIN)
+        second = await cache.rules_for(ORIGIN, site.fetch)
         assert len(site.fetched) == 2
         assert second is not first
         assert second.fetched_at == 1100.0
@@ -631,12 +649,12 @@ def test_cache_fetches_once_and_keeps_rules_for_ttl() -> None:
 
 def test_cache_keeps_4xx_for_ttl() -> None:
     site, clock = FakeSite(RobotsResponse(404)), FakeClock()
-    cache = make_cache(site, clock)
+    cache = make_cache(clock)
 
     async def story() -> None:
-        assert (await cache.rules_for(ORIGIN)).allowed(ORIGIN + "/x")
+        assert (await cache.rules_for(ORIGIN, site.fetch)).allowed(ORIGIN + "/x")
         clock.now += 50.0
-        await cache.rules_for(ORIGIN)
+        await cache.rules_for(ORIGIN, site.fetch)
         assert len(site.fetched) == 1
         assert cache.retry_at(ORIGIN) is None
 
@@ -645,19 +663,19 @@ def test_cache_keeps_4xx_for_ttl() -> None:
 
 def test_cache_keeps_unavailable_only_for_retry_interval() -> None:
     site, clock = FakeSite(RobotsResponse(503), DISALLOW_X), FakeClock()
-    cache = make_cache(site, clock)
+    cache = make_cache(clock)
 
     async def story() -> None:
-        first = await cache.rules_for(ORIGIN)
+        first = await cache.rules_for(ORIGIN, site.fetch)
         assert first.unavailable
         assert not first.allowed(ORIGIN + "/page")
         assert cache.retry_at(ORIGIN) == 1010.0
         clock.now += 9.0
-        assert await cache.rules_for(ORIGIN) is first
+        assert await cache.rules_for(ORIGIN, site.fetch) is first
         assert len(site.fetched) == 1
         clock.now += 1.0
         assert cache.cached(ORIGIN) is None
-        second = await cache.rules_for(ORIGIN)
+        second = await cache.rules_for(ORIGIN, site.fetch)
         assert len(site.fetched) == 2
         assert not second.unavailable
         assert second.allowed(ORIGIN + "/page")
@@ -668,16 +686,16 @@ def test_cache_keeps_unavailable_only_for_retry_interval() -> None:
 
 def test_fetch_raising_is_treated_as_unreachable() -> None:
     site, clock = FakeSite(ConnectionRefusedError("refused"), TimeoutError()), FakeClock()
-    cache = make_cache(site, clock)
+    cache = make_cache(clock)
 
     async def story() -> None:
-        first = await cache.rules_for(ORIGIN)
+        first = await cache.rules_for(ORIGIN, site.fetch)
         assert first.unavailable
         assert first.status is None
         assert first.error == "refused"
         assert not first.allowed(ORIGIN + "/page")
         clock.now += 10.0
-        second = await cache.rules_for(ORIGIN)
+        second = await cache.rules_for(ORIGIN, site.fetch)
         assert second.error == "TimeoutError"  # str() is empty: the type name stands in
 
     asyncio.run(story())
@@ -685,11 +703,11 @@ def test_fetch_raising_is_treated_as_unreachable() -> None:
 
 def test_concurrent_callers_share_one_fetch() -> None:
     site, clock = FakeSite(DISALLOW_X), FakeClock()
-    cache = make_cache(site, clock)
+    cache = make_cache(clock)
 
     async def story() -> None:
         site.gate = asyncio.Event()
-        waiting = [asyncio.create_task(cache.rules_for(ORIGIN)) for _ in range(5)]
+        waiting = [asyncio.create_task(cache.rules_for(ORIGIN, site.fetch)) for _ in range(5)]
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         assert len(site.fetched) == 1
@@ -698,7 +716,7 @@ def test_concurrent_callers_share_one_fetch() -> None:
         assert all(r is results[0] for r in results)
         assert len(site.fetched) == 1
         # a different origin is fetched on its own
-        await cache.rules_for("https://example.com")
+        await cache.rules_for("https://example.com", site.fetch)
         assert site.fetched[-1] == "https://example.com/robots.txt"
 
     asyncio.run(story())
@@ -706,12 +724,12 @@ def test_concurrent_callers_share_one_fetch() -> None:
 
 def test_a_cancelled_waiter_does_not_cancel_the_shared_fetch() -> None:
     site, clock = FakeSite(DISALLOW_X), FakeClock()
-    cache = make_cache(site, clock)
+    cache = make_cache(clock)
 
     async def story() -> None:
         site.gate = asyncio.Event()
-        fetching = asyncio.create_task(cache.rules_for(ORIGIN))
-        impatient = asyncio.create_task(cache.rules_for(ORIGIN))
+        fetching = asyncio.create_task(cache.rules_for(ORIGIN, site.fetch))
+        impatient = asyncio.create_task(cache.rules_for(ORIGIN, site.fetch))
         await asyncio.sleep(0)
         impatient.cancel()
         await asyncio.sleep(0)
@@ -727,12 +745,12 @@ def test_a_cancelled_fetching_caller_hands_the_fetch_to_a_waiter() -> None:
     # The fetch runs in the first caller's task (under its politeness gate), so it
     # ends with that task; a caller that was waiting for it fetches in its place.
     site, clock = FakeSite(DISALLOW_X), FakeClock()
-    cache = make_cache(site, clock)
+    cache = make_cache(clock)
 
     async def story() -> None:
         site.gate = asyncio.Event()
-        first = asyncio.create_task(cache.rules_for(ORIGIN))
-        second = asyncio.create_task(cache.rules_for(ORIGIN))
+        first = asyncio.create_task(cache.rules_for(ORIGIN, site.fetch))
+        second = asyncio.create_task(cache.rules_for(ORIGIN, site.fetch))
         await site.fetch_began.wait()
         site.fetch_began.clear()
         assert len(site.fetched) == 1
@@ -751,11 +769,33 @@ def test_a_cancelled_fetching_caller_hands_the_fetch_to_a_waiter() -> None:
 
 def test_origin_trailing_slash_is_the_same_origin() -> None:
     site, clock = FakeSite(DISALLOW_X), FakeClock()
-    cache = make_cache(site, clock)
+    cache = make_cache(clock)
 
     async def story() -> None:
-        await cache.rules_for("https://example.com/")
+        await cache.rules_for("https://example.com/", site.fetch)
         assert site.fetched == ["https://example.com/robots.txt"]
         assert cache.cached("https://example.com") is not None
+
+    asyncio.run(story())
+
+
+def test_a_caller_taking_over_fetches_with_its_own_fetch() -> None:
+    # Each caller passes the fetch bound to its own gate; the waiter's is used once the first is cancelled.
+    first_site, second_site, clock = FakeSite(DISALLOW_X), FakeSite(DISALLOW_X), FakeClock()
+    cache = make_cache(clock)
+
+    async def story() -> None:
+        first_site.gate = asyncio.Event()
+        first = asyncio.create_task(cache.rules_for(ORIGIN, first_site.fetch))
+        await first_site.fetch_began.wait()
+        second = asyncio.create_task(cache.rules_for(ORIGIN, second_site.fetch))
+        await asyncio.sleep(0)
+        assert second_site.fetched == []  # waiting for the first caller's fetch
+        first.cancel()
+        rules = await second
+        assert first.cancelled()
+        assert first_site.fetched == [ORIGIN + "/robots.txt"]
+        assert second_site.fetched == [ORIGIN + "/robots.txt"]
+        assert not rules.allowed(ORIGIN + "/x")
 
     asyncio.run(story())

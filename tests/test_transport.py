@@ -1,4 +1,4 @@
-"""crawler/transport.py against local servers: a proper httpx.Response, keep-alive reuse, pool
+"""crawler/http/transport.py against local servers: a proper httpx.Response, keep-alive reuse, pool
 limits, flow control, and each failure as the httpx error translate_httpx_error words for an error row."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from crawler.errors import ErrorKind
-from crawler.fetch import translate_httpx_error
-from crawler.transport import MAX_HEAD_BYTES, H1Transport, ResponseError
+from crawler.http.errors import translate_httpx_error
+from crawler.http.transport import MAX_HEAD_BYTES, H1Transport, ResponseError
 from tests.crawlkit import closed_port
 from tests.support.faults import empty_reply, raw_bytes, reset_mid_body
 from tests.support.localsite import SiteServer

@@ -1,9 +1,8 @@
 """Plain-http transport: httpx's transport interface over asyncio protocols and httptools' HTTP/1.1 parser.
 
 Per request it writes the request head and feeds llhttp (C, through httptools) what arrives,
-and little else: the crawl's whole fetch path now costs about what bare aiohttp does, half
-what it cost over aiohttp's client (bench/transport_cost.py; figures in the README). One
-keep-alive pool per origin, under httpx.Limits.
+and little else, so the crawl's fetch path stays cheap (bench/transport_cost.py measures it).
+One keep-alive pool per origin, under httpx.Limits.
 """
 
 from __future__ import annotations

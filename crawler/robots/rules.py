@@ -1,4 +1,4 @@
-"""robots.txt: RFC 9309 fetch-outcome rules, matching, and a per-origin cache.
+"""robots.txt: RFC 9309 fetch-outcome rules and matching.
 
 The parser and matcher are our own rather than protego's.  protego 0.7 is a
 lenient, Google-flavoured parser and departs from RFC 9309 where it matters to
@@ -35,12 +35,9 @@ is RFC 9309's *unreachable* case (§2.3.1.4); the RFC's *unavailable* (4xx,
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 import string
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 MAX_ROBOTS_BYTES = 512_000  # RFC 9309 §2.5: parse at least 500 KiB; ignore the rest
@@ -337,6 +334,14 @@ class RobotsRules:
         return text
 
 
+def _without_bom(body: bytes) -> bytes:
+    """body without a leading UTF-8 byte-order mark, or the start of one (as Google's parser skips)."""
+    for size in (3, 2, 1):
+        if body[:size] == _BOM[:size]:
+            return body[size:]
+    return body
+
+
 def _decode(body: bytes) -> str:
     if len(body) > MAX_ROBOTS_BYTES:
         cut = body[:MAX_ROBOTS_BYTES]
@@ -345,101 +350,7 @@ def _decode(body: bytes) -> str:
             # "Allow: /pri" would allow more than the site said.
             cut = cut[: max(cut.rfind(b"\n"), cut.rfind(b"\r")) + 1]
         body = cut
-    body = body.removeprefix(_BOM)
+    body = _without_bom(body)
     # surrogateescape keeps stray non-UTF-8 bytes, so they are escaped as the
     # same octets rather than all collapsing into U+FFFD.
     return body.decode("utf-8", "surrogateescape")
-
-
-@dataclass(slots=True)
-class _Entry:
-    rules: RobotsRules
-    expires: float
-
-
-class RobotsCache:
-    """robots.txt rules per origin, fetched by one caller at a time and kept for a while.
-
-    2xx and 4xx outcomes are kept `ttl` seconds, unavailable ones only
-    `retry_interval` seconds, so the next `rules_for` after that asks again.
-
-    The first caller for an origin fetches robots.txt in its own task (so the
-    request runs under that caller's politeness gate, and is cancelled with it);
-    callers arriving meanwhile wait for its answer.  If the fetching caller is
-    cancelled, one of the waiting callers fetches instead.
-    """
-
-    def __init__(
-        self,
-        fetch: Callable[[str], Awaitable[RobotsResponse]],
-        user_agent: str,
-        *,
-        ttl: float = 86400.0,
-        retry_interval: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._fetch = fetch
-        self._user_agent = user_agent
-        self._ttl = ttl  # RFC 9309 §2.4: at most 24 h; the config enforces it
-        self._retry_interval = retry_interval
-        self._clock = clock
-        self._entries: dict[str, _Entry] = {}
-        # origin → resolved with the rules, or with None if the fetching caller gave up
-        self._inflight: dict[str, asyncio.Future[RobotsRules | None]] = {}
-
-    async def rules_for(self, origin: str) -> RobotsRules:
-        """The rules for `scheme://host[:port]`, fetching robots.txt if needed."""
-        origin = origin.rstrip("/")
-        while True:
-            rules = self.cached(origin)
-            if rules is not None:
-                return rules
-            pending = self._inflight.get(origin)
-            if pending is None:
-                return await self._load(origin)
-            # shield: a waiter being cancelled must not cancel the fetcher's future.
-            rules = await asyncio.shield(pending)
-            if rules is not None:
-                return rules
-
-    def cached(self, origin: str) -> RobotsRules | None:
-        """The stored rules for an origin while still valid; never fetches."""
-        entry = self._entries.get(origin.rstrip("/"))
-        if entry is None or self._clock() >= entry.expires:
-            return None
-        return entry.rules
-
-    async def wait(self, origin: str) -> None:
-        """Wait until no caller is fetching the origin's robots.txt (it may have failed)."""
-        pending = self._inflight.get(origin.rstrip("/"))
-        if pending is not None:
-            await asyncio.shield(pending)
-
-    def fetching(self, origin: str) -> bool:
-        """Whether a caller is fetching the origin's robots.txt right now."""
-        return origin.rstrip("/") in self._inflight
-
-    def retry_at(self, origin: str) -> float | None:
-        """When (on `clock`) an origin with unavailable rules may be retried."""
-        entry = self._entries.get(origin.rstrip("/"))
-        if entry is None or not entry.rules.unavailable:
-            return None
-        return entry.expires
-
-    async def _load(self, origin: str) -> RobotsRules:
-        done: asyncio.Future[RobotsRules | None] = asyncio.get_running_loop().create_future()
-        self._inflight[origin] = done
-        rules: RobotsRules | None = None
-        try:
-            try:
-                resp = await self._fetch(origin + "/robots.txt")
-            except Exception as exc:
-                resp = RobotsResponse(None, error=str(exc) or type(exc).__name__)
-            now = self._clock()
-            rules = RobotsRules.from_response(resp, self._user_agent, fetched_at=now)
-            lifetime = self._retry_interval if rules.unavailable else self._ttl
-            self._entries[origin] = _Entry(rules, now + lifetime)
-            return rules
-        finally:
-            del self._inflight[origin]
-            done.set_result(rules)  # None (cancelled): a waiter takes over

@@ -1,0 +1,109 @@
+"""The per-origin robots.txt cache: one fetch per origin at a time, rules kept for their lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from crawler.robots.rules import RobotsResponse, RobotsRules
+
+# GET a robots.txt URL, following its redirects, under the calling worker's gate.
+RobotsFetch = Callable[[str], Awaitable[RobotsResponse]]
+
+@dataclass(slots=True)
+class _Entry:
+    rules: RobotsRules
+    expires: float
+
+
+class RobotsCache:
+    """robots.txt rules per origin, fetched by one caller at a time and kept for a while.
+
+    2xx and 4xx outcomes are kept `ttl` seconds, unavailable ones only
+    `retry_interval` seconds, so the next `rules_for` after that asks again.
+
+    The first caller for an origin fetches robots.txt in its own task, with the
+    fetch function it passed (so the request runs under that caller's politeness
+    gate, and is cancelled with it);
+    callers arriving meanwhile wait for its answer.  If the fetching caller is
+    cancelled, one of the waiting callers fetches instead.
+    """
+
+    def __init__(
+        self,
+        user_agent: str,
+        *,
+        ttl: float = 86400.0,
+        retry_interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._user_agent = user_agent
+        self._ttl = ttl  # RFC 9309 §2.4: at most 24 h; the config enforces it
+        self._retry_interval = retry_interval
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+        # origin → resolved with the rules, or with None if the fetching caller gave up
+        self._inflight: dict[str, asyncio.Future[RobotsRules | None]] = {}
+
+    async def rules_for(self, origin: str, fetch: RobotsFetch) -> RobotsRules:
+        """The rules for `scheme://host[:port]`, fetching robots.txt with `fetch` if needed.
+
+        Each caller brings its own fetch (bound to its politeness gate): a caller that takes
+        over from a cancelled one fetches under its own gate.
+        """
+        origin = origin.rstrip("/")
+        while True:
+            rules = self.cached(origin)
+            if rules is not None:
+                return rules
+            pending = self._inflight.get(origin)
+            if pending is None:
+                return await self._load(origin, fetch)
+            # shield: a waiter being cancelled must not cancel the fetcher's future.
+            rules = await asyncio.shield(pending)
+            if rules is not None:
+                return rules
+
+    def cached(self, origin: str) -> RobotsRules | None:
+        """The stored rules for an origin while still valid; never fetches."""
+        entry = self._entries.get(origin.rstrip("/"))
+        if entry is None or self._clock() >= entry.expires:
+            return None
+        return entry.rules
+
+    async def wait(self, origin: str) -> None:
+        """Wait until no caller is fetching the origin's robots.txt (it may have failed)."""
+        pending = self._inflight.get(origin.rstrip("/"))
+        if pending is not None:
+            await asyncio.shield(pending)
+
+    def fetching(self, origin: str) -> bool:
+        """Whether a caller is fetching the origin's robots.txt right now."""
+        return origin.rstrip("/") in self._inflight
+
+    def retry_at(self, origin: str) -> float | None:
+        """When (on `clock`) an origin with unavailable rules may be retried."""
+        entry = self._entries.get(origin.rstrip("/"))
+        if entry is None or not entry.rules.unavailable:
+            return None
+        return entry.expires
+
+    async def _load(self, origin: str, fetch: RobotsFetch) -> RobotsRules:
+        done: asyncio.Future[RobotsRules | None] = asyncio.get_running_loop().create_future()
+        self._inflight[origin] = done
+        rules: RobotsRules | None = None
+        try:
+            try:
+                resp = await fetch(origin + "/robots.txt")
+            except Exception as exc:
+                resp = RobotsResponse(None, error=str(exc) or type(exc).__name__)
+            now = self._clock()
+            rules = RobotsRules.from_response(resp, self._user_agent, fetched_at=now)
+            lifetime = self._retry_interval if rules.unavailable else self._ttl
+            self._entries[origin] = _Entry(rules, now + lifetime)
+            return rules
+        finally:
+            del self._inflight[origin]
+            done.set_result(rules)  # None (cancelled): a waiter takes over

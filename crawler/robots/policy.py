@@ -1,0 +1,159 @@
+"""The crawl's robots.txt policy: a verdict per URL, misses counted, hosts held, and giving up."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from crawler.config import PolitenessConfig
+from crawler.errors import ErrorKind, FetchError
+from crawler.http.fetcher import Fetcher, Gate
+from crawler.http.redirects import follow_redirects
+from crawler.politeness import Politeness
+from crawler.robots.cache import RobotsCache, RobotsFetch
+from crawler.robots.rules import MAX_ROBOTS_BYTES, RobotsResponse, RobotsRules
+from crawler.urls import host_key, origin
+
+log = logging.getLogger(__name__)
+
+ROBOTS_MAX_REDIRECTS = 5  # RFC 9309 §2.3.1.2
+
+
+class RobotsGate(Gate, Protocol):
+    """A worker's politeness gate: a turn per request, and letting go of its host while it waits."""
+
+    def let_go(self) -> None: ...
+
+
+class RobotsLog(Protocol):
+    """Where each robots.txt fetch is recorded (the store)."""
+
+    def add_robots(
+        self, origin: str, status: int | None, crawl_delay: float | None, sitemaps: Sequence[str], note: str | None
+    ) -> None: ...
+
+
+class RobotsAccess(Enum):
+    ALLOWED = "allowed"
+    DISALLOWED = "disallowed"
+    HOLD = "hold"  # robots.txt is unavailable for now: ask again later
+    GIVEN_UP = "given_up"  # robots.txt was unreachable robots_max_attempts times in a row this run
+
+
+@dataclass(frozen=True, slots=True)
+class RobotsVerdict:
+    access: RobotsAccess
+    failure: FetchError | None = None  # GIVEN_UP: the error to record for the URL
+
+
+_ALLOWED = RobotsVerdict(RobotsAccess.ALLOWED)
+_DISALLOWED = RobotsVerdict(RobotsAccess.DISALLOWED)
+_HOLD = RobotsVerdict(RobotsAccess.HOLD)
+
+
+class RobotsPolicy:
+    """Whether the crawl may fetch a URL, going by its origin's robots.txt (RFC 9309).
+
+    robots.txt is fetched through the fetcher under the asking worker's gate, which every
+    call passes explicitly; each fetch is recorded in the store once.
+    """
+
+    def __init__(self, config: PolitenessConfig, fetcher: Fetcher, politeness: Politeness, store: RobotsLog) -> None:
+        self._config = config
+        self._fetcher = fetcher
+        self._politeness = politeness
+        self._store = store
+        self.cache = RobotsCache(config.user_agent, ttl=config.robots_ttl, retry_interval=config.robots_retry_interval)
+        self._misses: dict[str, int] = {}  # origin → unreachable robots.txt fetches in a row
+        self._errors: dict[str, FetchError] = {}  # origin → why its robots.txt fetch last failed
+
+    async def verdict(self, url: str, gate: RobotsGate) -> RobotsVerdict:
+        """The verdict for a normalised URL (a lease's, or a redirect target), fetching robots.txt if need be."""
+        site = origin(url, normalized=True)
+        if self._given_up(site):
+            return self._give_up(site)
+        rules = await self._rules_for(url, gate)
+        if rules.unavailable:
+            if self._given_up(site):  # that fetch was the last try
+                return self._give_up(site)
+            return _HOLD
+        return _ALLOWED if rules.allowed(url) else _DISALLOWED
+
+    def hold_host(self, host: str, url: str) -> None:
+        """robots.txt is unreachable: no request to the host until it may be retried."""
+        site = origin(url)
+        retry_at = self.cache.retry_at(site)
+        wait = (retry_at - time.monotonic()) if retry_at is not None else self._config.robots_retry_interval
+        wait = max(wait, 0.0)
+        if self._politeness.slot(host).paused_until < time.monotonic() + wait:
+            rules = self.cache.cached(site)
+            why = rules.describe() if rules is not None else "unavailable"
+            log.warning("%s/robots.txt: %s; its URLs wait, asking again in %.3gs", site, why, wait)
+        self._politeness.pause(host, wait)
+
+    def _given_up(self, site: str) -> bool:
+        return self._misses.get(site, 0) >= self._config.robots_max_attempts
+
+    def _give_up(self, site: str) -> RobotsVerdict:
+        """RFC 9309 says stay out while robots.txt is unreachable; after the last try, say why."""
+        exc = self._errors.get(site)
+        detail = exc.message if exc is not None else "no usable answer"
+        failure = FetchError(
+            exc.kind if exc is not None else ErrorKind.OTHER,
+            f"not fetched: {site}/robots.txt was unreachable {self._misses[site]} times: {detail}",
+            attempts=exc.attempts if exc is not None else 0,
+        )
+        return RobotsVerdict(RobotsAccess.GIVEN_UP, failure)
+
+    async def _rules_for(self, url: str, gate: RobotsGate) -> RobotsRules:
+        """The robots.txt rules for url's origin, fetched under gate if need be.
+
+        When another worker is fetching them (a redirect hop into a host whose robots.txt
+        is on its way), the gate first lets go of its host: nobody waits for robots.txt
+        while holding a host's capacity (see Politeness.fetching_robots).
+        """
+        site = origin(url, normalized=True)
+        host = host_key(url, normalized=True)
+        while (rules := self.cache.cached(site)) is None:
+            if self.cache.fetching(site):
+                gate.let_go()
+                await self.cache.wait(site)
+                continue
+            with self._politeness.fetching_robots(host):
+                rules = await self.cache.rules_for(site, self._fetch_under(gate))
+            # Only the fetching worker gets here, so each fetch is recorded and counted once.
+            self._store.add_robots(site, rules.status, rules.crawl_delay, rules.sitemaps, rules.describe())
+            if rules.unavailable:
+                self._misses[site] = self._misses.get(site, 0) + 1
+            else:
+                self._misses.pop(site, None)
+                self._errors.pop(site, None)
+            break
+        self._politeness.set_crawl_delay(host, rules.crawl_delay)
+        return rules
+
+    def _fetch_under(self, gate: RobotsGate) -> RobotsFetch:
+        """A robots.txt fetch that takes its turns at gate."""
+
+        async def fetch(robots_url: str) -> RobotsResponse:
+            try:
+                # RFC 9309 §2.3.1.2 and §2.5: follow 5 redirects, read (at least) 500 KiB.
+                result = await follow_redirects(
+                    self._fetcher,
+                    robots_url,
+                    gate,
+                    max_redirects=ROBOTS_MAX_REDIRECTS,
+                    truncate_at=MAX_ROBOTS_BYTES + 1,
+                )
+            except FetchError as exc:
+                # A copy without the traceback, whose frames would outlive the fetch.
+                self._errors[origin(robots_url)] = FetchError(exc.kind, exc.message, attempts=exc.attempts)
+                too_many = exc.kind is ErrorKind.TOO_MANY_REDIRECTS
+                return RobotsResponse(exc.status, b"", exc.message, too_many_redirects=too_many)
+            return RobotsResponse(result.status, result.body, None)
+
+        return fetch
