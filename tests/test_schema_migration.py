@@ -9,6 +9,7 @@ from pathlib import Path
 import crawler
 from crawler.rows import LinkRow
 from crawler.store import MIGRATIONS, SCHEMA_VERSION, Store
+from crawler.store.migrations import migrate
 from tests.crawlkit import rows
 
 SHOP = "http://shop.test"
@@ -67,4 +68,36 @@ async def test_a_schema_2_database_keys_its_links_by_url_id_once_the_crawler_ope
     assert after == [dataclasses.replace(row, to_state="skipped") if row.nofollow else row for row in before]
     assert rows(db, "SELECT count(*) FROM links") == [(5,)]
     assert rows(db, "SELECT count(*) FROM link_urls WHERE to_url = ?", (f"{SHOP}/nf",)) == [(2,)]
+    assert rows(db, "PRAGMA integrity_check") == [("ok",)]
+
+
+async def test_a_schema_3_database_gains_content_hashes_and_the_recrawl_and_sitemap_tables(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db)
+    for version in (1, 2, 3):
+        migrate(conn, version)
+    conn.executemany(
+        "INSERT INTO urls (id, url, host, depth, state, discovered_at)"
+        " VALUES (?, ?, 'shop.test:80', 0, 'done', '2024-05-01T12:00:00.000Z')",
+        [(1, f"{SHOP}/"), (2, f"{SHOP}/nobody")],
+    )
+    conn.executemany(
+        "INSERT INTO pages (url_id, url, final_url, status, depth, fetched_at, elapsed_ms, bytes, headers,"
+        " redirects, body) VALUES (?, ?, ?, 200, 0, '2024-05-01T12:00:01.000Z', 1.0, 5, '[]', '[]', ?)",
+        [(1, f"{SHOP}/", f"{SHOP}/", b"hello"), (2, f"{SHOP}/nobody", f"{SHOP}/nobody", None)],
+    )
+    conn.commit()
+    conn.close()
+
+    await (await Store.open(db)).close()
+
+    assert rows(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    hello = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"  # sha256(b"hello")
+    assert rows(db, "SELECT url_id, content_hash, seen_at, gone FROM pages ORDER BY url_id") == [
+        (1, hello, "2024-05-01T12:00:01.000Z", 0),
+        (2, None, "2024-05-01T12:00:01.000Z", 0),
+    ]
+    assert rows(db, "SELECT kind, source, lastmod FROM urls WHERE id = 1") == [("page", None, None)]
+    for table in ("sitemaps", "page_history", "changes"):
+        assert rows(db, f"SELECT count(*) FROM {table}") == [(0,)]
     assert rows(db, "PRAGMA integrity_check") == [("ok",)]

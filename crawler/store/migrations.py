@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from crawler.store.records import body_hash
 from crawler.store.schema import MIGRATIONS
 from crawler.urls import host_key
 
@@ -15,6 +16,7 @@ def migrate(db: sqlite3.Connection, target: int) -> None:
     is either done and recorded or not done at all.
     """
     db.create_function("crawler_host_key", 1, _host_key_or_blank, deterministic=True)
+    db.create_function("crawler_body_hash", 1, body_hash_or_null, deterministic=True)
     for statement in split_sql(MIGRATIONS[target - 1]):
         db.execute(statement)
     db.execute(f"PRAGMA user_version = {target}")
@@ -26,6 +28,11 @@ def _host_key_or_blank(url: str) -> str:
         return host_key(url)
     except ValueError:
         return ""
+
+
+def body_hash_or_null(body: bytes | None) -> str | None:
+    """body_hash for SQL (the schema 4 migration); NULL for a page stored without its body."""
+    return None if body is None else body_hash(body)
 
 
 def split_sql(script: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,11 @@ def utc_now() -> str:
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
         _second[0] = (whole, text)
     return f"{text}.{int((now - whole) * 1000):03d}Z"
+
+
+def body_hash(body: bytes) -> str:
+    """The content hash of a page body (hex SHA-256), which tells an unchanged page and exact duplicates."""
+    return hashlib.sha256(body).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

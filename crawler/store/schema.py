@@ -153,6 +153,54 @@ MIGRATIONS: tuple[str, ...] = (
         JOIN urls t ON t.id = l.to_id
         LEFT JOIN pages p ON p.url_id = t.id;
     """,
+    # 4: sitemaps and recrawl passes. A urls row says whether it is a page or a sitemap, whether a
+    # sitemap listed it, and the sitemap's <lastmod>. A page keeps its validators (ETag,
+    # Last-Modified), a hash of its body, its canonical link, when it was last confirmed and
+    # whether it is gone; page_history keeps the versions a recrawl replaced, and changes holds
+    # one row per URL fetched by a recrawl pass. Pages stored before this step get their hash
+    # from their stored body (crawler_body_hash, registered while migrating) where they kept one.
+    """
+    ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'crawl';
+    ALTER TABLE urls ADD COLUMN kind TEXT NOT NULL DEFAULT 'page';
+    ALTER TABLE urls ADD COLUMN source TEXT;
+    ALTER TABLE urls ADD COLUMN lastmod TEXT;
+    ALTER TABLE pages ADD COLUMN content_hash TEXT;
+    ALTER TABLE pages ADD COLUMN etag TEXT;
+    ALTER TABLE pages ADD COLUMN last_modified TEXT;
+    ALTER TABLE pages ADD COLUMN canonical TEXT;
+    ALTER TABLE pages ADD COLUMN seen_at TEXT;
+    ALTER TABLE pages ADD COLUMN gone INTEGER NOT NULL DEFAULT 0;
+    UPDATE pages SET content_hash = crawler_body_hash(body), seen_at = fetched_at;
+    CREATE INDEX pages_content_hash ON pages (content_hash);
+    CREATE TABLE sitemaps (
+        url        TEXT PRIMARY KEY,
+        url_id     INTEGER,
+        parent     TEXT,
+        status     INTEGER,
+        urls       INTEGER NOT NULL DEFAULT 0,
+        fetched_at TEXT NOT NULL,
+        error      TEXT,
+        run_id     INTEGER
+    );
+    CREATE TABLE page_history (
+        id           INTEGER PRIMARY KEY,
+        url_id       INTEGER NOT NULL,
+        fetched_at   TEXT NOT NULL,
+        status       INTEGER NOT NULL,
+        content_hash TEXT,
+        body         BLOB,
+        run_id       INTEGER
+    );
+    CREATE INDEX page_history_url ON page_history (url_id, id);
+    CREATE TABLE changes (
+        run_id     INTEGER NOT NULL,
+        url_id     INTEGER NOT NULL,
+        change     TEXT NOT NULL,
+        status     INTEGER,
+        fetched_at TEXT NOT NULL,
+        PRIMARY KEY (run_id, url_id)
+    ) WITHOUT ROWID;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
