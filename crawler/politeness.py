@@ -61,7 +61,7 @@ class HostSlot:
     in_flight: int = 0  # units of capacity held (leases, and redirects into this host)
     last_start: float = float("-inf")  # monotonic time of the latest turn taken or reserved
     turns: int = 0  # counts turns, so a reservation knows whether it is still the latest
-    paused_until: float = 0.0  # Retry-After or an unreachable robots.txt
+    paused_until: float = float("-inf")  # monotonic time a Retry-After or robots.txt hold ends
     fetching_robots: bool = False  # no new leases while robots.txt is being fetched
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
