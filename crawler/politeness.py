@@ -23,7 +23,7 @@ cannot put two starts closer than the delay, and a lease that never makes a requ
 (robots.txt said no) gives its turn back unused.
 
 Turns are taken just before a request is handed to the HTTP client; a server sees the
-starts shifted by the client's send lag (a few milliseconds, more on a loaded machine).
+starts shifted by the client's send lag, which grows on a loaded machine.
 
 The adaptive delay follows Scrapy's AutoThrottle rule (see `Politeness.observe`).
 """
