@@ -263,11 +263,13 @@ class Frontier:
                     wrapped, self._scan_cursor = True, ""
                     continue
                 for host in hosts:
+                    # Checked before each host, not after: add() may have brought hosts in
+                    # while the query ran.
+                    if len(self._hosts) >= self._max_hosts:
+                        break
                     self._scan_cursor = host
                     if host not in self._hosts:
                         self._activate(host)
-                        if len(self._hosts) >= self._max_hosts:
-                            break
         finally:
             self._scanning = False
         self._wake(1)

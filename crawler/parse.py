@@ -139,8 +139,8 @@ _UNICODE_SPACE = tuple(ch for ch in map(chr, range(0x80, 0x3001)) if ch.isspace(
 def _collapse(text: str) -> str:
     """ " ".join(text.split()), without splitting text that holds no whitespace to fold.
 
-    Splitting a page's text into words and joining them again is ~100 µs; the checks are
-    ~10 µs, and text from tidy markup (no line breaks or &nbsp; inside text nodes) passes them."""
+    Splitting a page's text into words and joining them again costs far more than the checks,
+    and text from tidy markup (no line breaks or &nbsp; inside text nodes) passes them."""
     if any(map(text.__contains__, _ODD_ASCII_SPACE)) or (
         not text.isascii() and any(map(text.__contains__, _UNICODE_SPACE))
     ):
@@ -208,7 +208,7 @@ def parse_html(
     tree = LexborHTMLParser(html)
 
     # Elements by tag name, filtered here, rather than CSS selectors: each css() call sets up
-    # lexbor's selector engine anew (~4 µs), a tags() call costs ~1 µs.
+    # lexbor's selector engine anew, which a tags() call does not.
     base_url = page_url
     base = next((node.attributes for node in tree.tags("base") if "href" in node.attributes), None)
     if base is not None:

@@ -1,9 +1,9 @@
 """HTML parsing in child processes, so the crawl's event loop spends its one core on fetching and storing.
 
 selectolax holds the GIL while it parses, so a thread would not help: a page's decode, parse,
-link resolution and text extraction (about half a millisecond) run in `workers` child
-processes instead, fed over pipes. Frames are a 4-byte length and a `marshal` payload: both
-ends are the same interpreter, and the payload is only bytes, str, bool, int and tuples.
+link resolution and text extraction run in `workers` child processes instead, fed over pipes.
+Frames are a 4-byte length and a `marshal` payload: both ends are the same interpreter, and
+the payload is only bytes, str, bool, int and tuples.
 
 A child that dies (a crash in the native parser, a kill) costs the page it was parsing, which
 becomes a ParseError; the pages queued behind it go to a fresh child. With workers = 0, when
@@ -258,8 +258,8 @@ def _child_main() -> None:
     out_fd = os.dup(1)
     os.dup2(2, 1)
     _widen_pipes(0, out_fd)
-    # Behind the crawl's event loop and SQLite's thread when the cores are all busy: on the
-    # bench sites SQLite's thread set the pace, and lost the CPU to this process meanwhile.
+    # Behind the crawl's event loop and SQLite's thread when the cores are all busy, since
+    # those set the crawl's pace.
     with contextlib.suppress(AttributeError, OSError):  # no os.nice off Unix
         os.nice(CHILD_NICENESS)
     with contextlib.suppress(BrokenPipeError):  # the crawl is gone
@@ -267,10 +267,10 @@ def _child_main() -> None:
 
 
 def _widen_pipes(*fds: int) -> None:
-    """Give the child's pipes room for dozens of pages (Linux; elsewhere they keep their size).
+    """Give the child's pipes room for many pages (Linux; elsewhere they keep their size).
 
-    A 64 KiB pipe holds ~4 pages or answers, so the child waited for the crawl's event loop to
-    move the next few in or out: it sat blocked on one pipe or the other ~40 % of a bench crawl.
+    A default pipe holds only a few pages or answers, so the child would wait for the crawl's
+    busy event loop to move them in or out.
     """
     try:
         import fcntl

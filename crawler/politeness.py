@@ -23,7 +23,7 @@ cannot put two starts closer than the delay, and a lease that never makes a requ
 (robots.txt said no) gives its turn back unused.
 
 Turns are taken just before a request is handed to the HTTP client; a server sees the
-starts shifted by the client's send lag (a few milliseconds, more on a loaded machine).
+starts shifted by the client's send lag, which grows on a loaded machine.
 
 The adaptive delay follows Scrapy's AutoThrottle rule (see `Politeness.observe`).
 """
@@ -61,7 +61,7 @@ class HostSlot:
     in_flight: int = 0  # units of capacity held (leases, and redirects into this host)
     last_start: float = float("-inf")  # monotonic time of the latest turn taken or reserved
     turns: int = 0  # counts turns, so a reservation knows whether it is still the latest
-    paused_until: float = 0.0  # Retry-After or an unreachable robots.txt
+    paused_until: float = float("-inf")  # monotonic time a Retry-After or robots.txt hold ends
     fetching_robots: bool = False  # no new leases while robots.txt is being fetched
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
 from crawler.engine import CrawlSummary, Progress
 
-if TYPE_CHECKING:  # rich takes ~0.1 s to import: loaded only for the live display on a terminal
+if TYPE_CHECKING:  # rich is slow to import: loaded only for the live display on a terminal
     from rich.live import Live
 
 
@@ -22,11 +23,19 @@ def _line(p: Progress) -> str:
 class ProgressDisplay:
     """Live on a TTY, a plain line every `every` seconds otherwise; `quiet` shows nothing."""
 
-    def __init__(self, stream: TextIO | None = None, *, quiet: bool = False, every: float = 10.0) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        *,
+        quiet: bool = False,
+        every: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.stream = stream or sys.stderr
         self.quiet = quiet
         self.every = every
-        self._last_plain = 0.0
+        self._clock = clock
+        self._last_plain: float | None = None  # monotonic time of the last plain line; None before the first
         self._live: Live | None = None
         if not quiet and self.stream.isatty():
             from rich.console import Console
@@ -52,8 +61,8 @@ class ProgressDisplay:
 
             self._live.update(Text(_line(progress)))
             return
-        now = time.monotonic()
-        if now - self._last_plain >= self.every:
+        now = self._clock()
+        if self._last_plain is None or now - self._last_plain >= self.every:
             self._last_plain = now
             print(_line(progress), file=self.stream, flush=True)
 

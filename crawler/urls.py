@@ -206,8 +206,8 @@ def _fix_char(m: re.Match[str]) -> str:
 
 
 # Absolute and root-relative links resolve the same on every page of a site, and most of
-# them repeat (navigation, footers, popular pages): remembering them spares a normalisation
-# (a few µs, a third of a page's link handling). Bounded, so a huge crawl costs a few MB.
+# them repeat (navigation, footers, popular pages): remembering them spares a normalisation,
+# a large part of a page's link handling.  Bounded, so a huge crawl's memory stays small.
 _normalize_link = lru_cache(maxsize=16384)(normalize_url)
 
 

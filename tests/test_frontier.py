@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,21 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
     await s.close()
 
 
-def politeness() -> Politeness:
-    return Politeness(PolitenessConfig(delay=0.0, adaptive=False, concurrency=64, per_host_concurrency=2))
+class BootClock:
+    """The monotonic clock as on a machine booted `boot` seconds ago: no test may lean on a large reading."""
+
+    def __init__(self, boot: float = 0.0) -> None:
+        self._offset = time.monotonic() - boot
+
+    def __call__(self) -> float:
+        return time.monotonic() - self._offset
+
+
+def politeness(clock: Callable[[], float] | None = None) -> Politeness:
+    return Politeness(
+        PolitenessConfig(delay=0.0, adaptive=False, concurrency=64, per_host_concurrency=2),
+        clock=clock or BootClock(),
+    )
 
 
 async def queue_urls(store: Store, hosts: int, per_host: int, *, state: str = "queued") -> list[QueuedUrl]:
@@ -235,3 +249,56 @@ async def test_batches_larger_than_one_json_statement_keep_every_row_in_order(st
         store.set_state(q.id, "done")
     await store.flush()
     assert rows(store.path, "SELECT state, count(*) FROM urls GROUP BY state") == [("done", count)]
+
+
+@pytest.mark.parametrize("boot", [-3.0, 0.0, 5.0])
+async def test_new_hosts_are_leased_at_once_whatever_the_clock_reads(store: Store, boot: float) -> None:
+    """A clock that stands still at a reading near zero: hosts never asked are ready now, not at 0.0."""
+    await queue_urls(store, hosts=3, per_host=2)
+    pol = politeness(lambda: boot)
+    frontier = Frontier(store, pol, max_hosts=2)
+    await frontier.load(fetched=0)
+    driver = Driver(store, frontier, pol)
+    # Bounded: a host held until the clock reads 0.0 would never be ready on this clock.
+    while (lease := await asyncio.wait_for(driver.lease(), timeout=5)) is not None:
+        await driver.finish(lease)
+    assert sorted(driver.leased) == sorted(f"http://h{h}.test/{i}" for h in range(3) for i in range(2))
+    assert driver.max_hosts <= 2
+
+
+async def test_the_host_cap_holds_when_new_hosts_arrive_while_a_scan_reads(store: Store) -> None:
+    """A commit can bring new hosts in while a wake-up scan waits for SQLite; the scan must
+    then wake only as many dormant hosts as the cap still allows."""
+    await queue_urls(store, hosts=10, per_host=1)
+    pol = politeness()
+    frontier = Frontier(store, pol, max_hosts=3)
+    await frontier.load(fetched=0)
+    assert frontier.hosts_in_memory() == 3
+    scan_read, go_on = asyncio.Event(), asyncio.Event()
+    queued_hosts = store.queued_hosts
+
+    async def held_scan(after: str, limit: int) -> list[str]:
+        hosts = await queued_hosts(after, limit)
+        scan_read.set()
+        await go_on.wait()
+        return hosts
+
+    store.queued_hosts = held_scan  # type: ignore[method-assign]
+    driver = Driver(store, frontier, pol)
+    try:
+        first = await driver.lease()
+        assert first is not None
+        await driver.finish(first)
+        await driver.commit()  # its host is done and forgotten: a scan starts to wake another
+        await asyncio.wait_for(scan_read.wait(), timeout=5)
+        assert frontier.hosts_in_memory() == 2
+        store.add_urls([NewUrl("http://new.test/", "new.test:80", 2)])
+        await driver.commit()  # the new host takes the free place while the scan waits
+        assert frontier.hosts_in_memory() == 3
+        go_on.set()
+        while (lease := await driver.lease()) is not None:
+            await driver.finish(lease)
+    finally:
+        go_on.set()
+    assert driver.max_hosts <= 3
+    assert len(driver.leased) == 11 and Counter(driver.leased).most_common(1)[0][1] == 1

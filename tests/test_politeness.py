@@ -18,8 +18,8 @@ URL = "http://a.test/page"
 class FakeTime:
     """A monotonic clock that only moves when someone sleeps on it."""
 
-    def __init__(self) -> None:
-        self.now = 1000.0
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
         self.slept: list[float] = []
 
     def __call__(self) -> float:
@@ -41,6 +41,37 @@ def lease_of(pol: Politeness, t: FakeTime, url: str = URL, host: str = HOST) -> 
     reservation = pol.try_reserve(host, t.now)
     assert reservation is not None
     return Lease(1, url, host, 0, reservation)
+
+
+# ---- a clock near zero ---------------------------------------------------------------------
+
+# Where a monotonic clock counts from is unspecified: right after boot it reads a few seconds,
+# and an injected clock may read zero or less.  No reading may stand for "long ago".
+NEAR_ZERO = [-3.0, 0.0, 5.0]
+
+
+@pytest.mark.parametrize("boot", NEAR_ZERO)
+async def test_a_new_host_is_ready_at_once_and_its_delay_counts_from_the_first_start(boot: float) -> None:
+    t = FakeTime(boot)
+    pol = politeness(t)
+    assert pol.slot(HOST).ready_at <= t.now
+    first = lease_of(pol, t)  # a host never asked is ready now, whatever the clock reads
+    async with HostGate(pol, first).request(URL):
+        assert t.now == boot  # the reserved turn is used at once
+    await pol.wait_turn(HOST)
+    assert (t.now, t.slept) == (boot + 1.0, [1.0])
+
+
+@pytest.mark.parametrize("boot", NEAR_ZERO)
+async def test_a_pause_near_zero_holds_the_first_request_for_exactly_its_length(boot: float) -> None:
+    t = FakeTime(boot)
+    pol = politeness(t, delay=0.0)
+    assert pol.try_reserve(HOST, t.now) is not None
+    pol.release(HOST)
+    pol.retry_after(URL, 2.0, 503)
+    assert pol.try_reserve(HOST, boot + 1.9) is None
+    await pol.wait_turn(HOST)
+    assert t.now == boot + 2.0
 
 
 # ---- turns and reservations ----------------------------------------------------------------
