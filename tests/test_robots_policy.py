@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import httpx
+import pytest
 import respx
 
 from crawler.config import HttpConfig, PolitenessConfig
@@ -93,3 +94,20 @@ async def test_a_robots_txt_that_answers_again_resets_the_misses() -> None:
     accesses = [(await policy.verdict("http://a.test/p", gate)).access for _ in range(3)]
     await fetcher.aclose()
     assert accesses == [RobotsAccess.HOLD, RobotsAccess.ALLOWED, RobotsAccess.HOLD]
+
+
+@pytest.mark.parametrize("start", [0.0, 5.0])
+@respx.mock
+async def test_an_unreachable_robots_txt_holds_its_host_until_the_retry_on_the_crawls_clock(start: float) -> None:
+    """Right after boot the monotonic clock is small: the hold still lasts robots_retry_interval on that clock."""
+    respx.get("http://a.test/robots.txt").mock(return_value=httpx.Response(503))
+    now = [start]
+    config = PolitenessConfig(robots_retry_interval=30.0)
+    politeness = Politeness(config, clock=lambda: now[0])
+    fetcher = Fetcher(HttpConfig(retries=0), config.user_agent, concurrency=4, transport=httpx.AsyncHTTPTransport())
+    policy = RobotsPolicy(config, fetcher, politeness, Log())
+    assert (await policy.verdict("http://a.test/p", Gate())).access is RobotsAccess.HOLD
+    now[0] += 10.0
+    policy.hold_host("a.test:80", "http://a.test/p")
+    await fetcher.aclose()
+    assert politeness.slot("a.test:80").paused_until == start + 30.0  # the cached answer expires then

@@ -50,7 +50,7 @@ class _Connection(asyncio.Protocol):
         self.origin = origin
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.idle_since = 0.0
+        self.idle_since = float("-inf")  # set when the connection goes idle; never idle counts as expired
         self.used = False  # has answered a request before
         self._parser = httptools.HttpResponseParser(self)
         self._active = False

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -67,7 +66,13 @@ class RobotsPolicy:
         self._fetcher = fetcher
         self._politeness = politeness
         self._store = store
-        self.cache = RobotsCache(config.user_agent, ttl=config.robots_ttl, retry_interval=config.robots_retry_interval)
+        # One clock for both: a hold compares the cache's retry time with the host's pause.
+        self.cache = RobotsCache(
+            config.user_agent,
+            ttl=config.robots_ttl,
+            retry_interval=config.robots_retry_interval,
+            clock=politeness.clock,
+        )
         self._misses: dict[str, int] = {}  # origin → unreachable robots.txt fetches in a row
         self._errors: dict[str, FetchError] = {}  # origin → why its robots.txt fetch last failed
 
@@ -86,10 +91,11 @@ class RobotsPolicy:
     def hold_host(self, host: str, url: str) -> None:
         """robots.txt is unreachable: no request to the host until it may be retried."""
         site = origin(url)
+        now = self._politeness.clock()
         retry_at = self.cache.retry_at(site)
-        wait = (retry_at - time.monotonic()) if retry_at is not None else self._config.robots_retry_interval
+        wait = (retry_at - now) if retry_at is not None else self._config.robots_retry_interval
         wait = max(wait, 0.0)
-        if self._politeness.slot(host).paused_until < time.monotonic() + wait:
+        if self._politeness.slot(host).paused_until < now + wait:
             rules = self.cache.cached(site)
             why = rules.describe() if rules is not None else "unavailable"
             log.warning("%s/robots.txt: %s; its URLs wait, asking again in %.3gs", site, why, wait)
