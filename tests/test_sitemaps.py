@@ -378,3 +378,19 @@ async def test_a_sitemap_in_flight_when_the_crawl_stops_is_read_on_resume(site_s
     assert summary.outcome is Outcome.FINISHED
     assert stored_paths(db, base) == {"/", "/orphan"}
     assert sitemaps_table(db, base) == {"/sitemap.xml": ("/robots.txt", 200, 1, None)}
+
+
+async def test_on_resume_the_page_limits_still_do_not_count_sitemaps(site_server: Serve, tmp_path: Path) -> None:
+    site = Site()
+    server = site_server(site)
+    base = server.url
+    site.page("/sitemap.xml", content_type=XML, body=urlset(*(f"{base}/p{i}" for i in range(6))))
+    pages(site, *(f"/p{i}" for i in range(6)))
+    db = tmp_path / "c.db"
+    first = await crawl(make_config(db, [base + "/sitemap.xml"], crawl={"max_pages": 2}))
+    assert (first.outcome, first.pages) == (Outcome.LIMIT, 2)
+
+    # Done rows: the sitemap and 2 pages; the per-host limit counts the 2 pages only.
+    second = await crawl(make_config(db, [base + "/sitemap.xml"], crawl={"max_pages": 0, "max_pages_per_host": 4}))
+    assert second.pages == 2
+    assert len(stored_paths(db, base)) == 4
