@@ -244,7 +244,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _stats_sections(s: Stats) -> dict[str, Mapping[Any, int]]:
-    return {
+    sections: dict[str, Mapping[Any, int]] = {
         "urls by state": s.urls_by_state,
         "pages by status": s.pages_by_status_class,
         "pages by host": s.pages_by_host,
@@ -253,6 +253,9 @@ def _stats_sections(s: Stats) -> dict[str, Mapping[Any, int]]:
         "skipped by reason": s.skipped_by_reason,
         "pages by depth": s.depths,
     }
+    if s.sitemaps:  # only crawls that met a sitemap
+        sections["sitemaps"] = s.sitemaps
+    return sections
 
 
 def _stats_rows(s: Stats) -> Iterable[tuple[str, Any, Any]]:

@@ -38,6 +38,7 @@ class CrawlConfig:
     parse_workers: int = _spec(
         1, lo=0, hi=64, doc="processes that parse HTML beside the crawl's event loop; 0 = parse in it"
     )
+    sitemaps: bool = _spec(True, doc="read the sitemaps robots.txt names, and seeds that answer with one")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -20,6 +20,7 @@ from crawler.pipeline import Pipeline, UrlResult
 from crawler.politeness import HostGate, Politeness
 from crawler.resume import ResumeInfo, prepare
 from crawler.robots.policy import RobotsPolicy
+from crawler.sitemaps.reader import SitemapReader
 from crawler.store import NewUrl, Store
 from crawler.urls import Scope, host_key, normalize_url
 from crawler.writer import BatchWriter
@@ -136,11 +137,19 @@ class Crawl:
             feedback=self.politeness,
             max_retry_after=cfg.politeness.max_retry_after,
         )
+        sitemaps = SitemapReader(store, self._scope) if cfg.crawl.sitemaps else None
         robots = None
         if cfg.politeness.obey_robots:
-            robots = RobotsPolicy(cfg.politeness, self.fetcher, self.politeness, store)
+            on_sitemaps = sitemaps.named_by_robots if sitemaps is not None else None
+            robots = RobotsPolicy(cfg.politeness, self.fetcher, self.politeness, store, on_sitemaps=on_sitemaps)
         self.pipeline = Pipeline(
-            cfg, store=store, fetcher=self.fetcher, parser=self.parser, robots=robots, scope=self._scope
+            cfg,
+            store=store,
+            fetcher=self.fetcher,
+            parser=self.parser,
+            robots=robots,
+            scope=self._scope,
+            sitemaps=sitemaps,
         )
         await self.writer.flush()
         if resumed is not None and not self._queued():
@@ -236,7 +245,9 @@ class Crawl:
                 if result is UrlResult.HELD:
                     self.frontier.requeue(lease)
                 else:
-                    self.frontier.complete(lease, fetched=result is not UrlResult.SKIPPED)
+                    # Skipped URLs and sitemaps are no pages: max_pages does not count them.
+                    counts = result is not UrlResult.SKIPPED and result is not UrlResult.SITEMAP
+                    self.frontier.complete(lease, fetched=counts)
                 self.writer.rows_added()
 
     # ---- progress ------------------------------------------------------------------------

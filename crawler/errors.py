@@ -69,6 +69,7 @@ class ErrorKind(StrEnum):
     TOO_LARGE = "too_large"  # body (decompressed) above max_body_bytes
     RETRY_AFTER_TOO_LONG = "retry_after_too_long"  # server asked for a pause above max_retry_after
     PARSE = "parse"  # the page could not be parsed: its parser process died on it, or the parser failed
+    SITEMAP = "sitemap"  # a sitemap that cannot be read: not one, malformed, a DTD (XML bomb), over a limit
     OTHER = "other"  # anything unexpected, e.g. an internal error; the message holds the detail
 
 

@@ -340,7 +340,7 @@ class Frontier:
             self.leased += 1
             self._schedule(host)
             self._store.set_state(item.id, "in_flight")
-            return Lease(item.id, item.url, host, item.depth, reservation)
+            return Lease(item.id, item.url, host, item.depth, reservation, item.kind)
         return None
 
     def _drop_host(self, host: str) -> None:
@@ -430,7 +430,7 @@ class Frontier:
     def requeue(self, lease: Lease) -> None:
         """Put a leased URL back at the front of its host's queue (e.g. robots.txt unreachable)."""
         hq = self._hosts[lease.host]
-        hq.queue.appendleft(QueuedUrl(lease.url_id, lease.url, lease.host, lease.depth))
+        hq.queue.appendleft(QueuedUrl(lease.url_id, lease.url, lease.host, lease.depth, lease.kind))
         self._in_memory += 1
         self._store.set_state(lease.url_id, "queued")
         hq.leased -= 1

@@ -16,7 +16,8 @@ from crawler.parsepool import ParseJob, ParsePool
 from crawler.politeness import HostGate, Lease
 from crawler.robots.policy import RobotsAccess, RobotsPolicy
 from crawler.robots.rules import product_token
-from crawler.store import NewUrl, PageRecord, Store, utc_now
+from crawler.sitemaps.reader import SitemapReader
+from crawler.store import SITEMAP, NewUrl, PageRecord, Store, utc_now
 from crawler.urls import Scope, host_key
 
 fetch_log = logging.getLogger("crawler.fetch")
@@ -29,6 +30,7 @@ class UrlResult(Enum):
     FAILED = "failed"  # an error row was recorded: fetch, parse or robots.txt given up
     SKIPPED = "skipped"  # disallowed by robots.txt; nothing fetched
     HELD = "held"  # robots.txt unavailable: the URL goes back to its host's queue
+    SITEMAP = "sitemap"  # a sitemap, read or failed: no page, so it does not count against max_pages
 
 
 @dataclass(slots=True)
@@ -39,6 +41,7 @@ class Tally:
     pages: int = 0  # page rows stored
     errors: int = 0
     skipped: int = 0
+    sitemaps: int = 0  # sitemaps fetched, or failed trying (also counted in `fetched`)
     status_counts: dict[str, int] = field(default_factory=dict)  # "2xx" → pages
 
 
@@ -54,14 +57,16 @@ class Pipeline:
         parser: ParsePool,
         robots: RobotsPolicy | None,
         scope: Scope,
+        sitemaps: SitemapReader | None = None,
     ) -> None:
-        """robots is None when the crawl does not obey robots.txt."""
+        """robots is None when the crawl does not obey robots.txt, sitemaps when it reads no sitemaps."""
         self._config = config
         self._store = store
         self._fetcher = fetcher
         self._parser = parser
         self._robots = robots
         self._scope = scope
+        self._sitemaps = sitemaps
         self._token = product_token(config.politeness.user_agent)
         self._recent = RecentUrls()
         self._recent_unfollowed = RecentUrls(capacity=5_000)
@@ -75,6 +80,11 @@ class Pipeline:
                 assert verdict.failure is not None
                 failure = verdict.failure
                 self.tally.fetched += 1
+                if lease.kind == SITEMAP and self._sitemaps is not None:
+                    self.tally.sitemaps += 1
+                    failure = self._sitemaps.fetch_failed(lease, failure)
+                    self._fail(lease, failure.kind, failure.message, failure.attempts)
+                    return UrlResult.SITEMAP
                 self._fail(lease, failure.kind, failure.message, failure.attempts)
                 return UrlResult.FAILED
             if verdict.access is RobotsAccess.HOLD:
@@ -86,6 +96,8 @@ class Pipeline:
                 return UrlResult.SKIPPED
 
         self.tally.fetched += 1
+        if lease.kind == SITEMAP and self._sitemaps is not None:
+            return await self._read_sitemap(lease, gate, self._sitemaps)
         redirects = _LeaseRedirects(self._scope, self._robots, lease.depth, gate)
         try:
             result = await follow_redirects(self._fetcher, url, gate, policy=redirects)
@@ -93,6 +105,12 @@ class Pipeline:
             fetch_log.info("GET %s failed: %s", url, exc)
             self._fail(lease, exc.kind, exc.message, exc.attempts)
             return UrlResult.FAILED
+
+        if lease.depth == 0 and self._sitemaps is not None and self._sitemaps.is_sitemap(result):
+            # A seed that answers with a sitemap is read as one (it was fetched under the page's body limit).
+            gate.let_go()
+            self.tally.sitemaps += 1
+            return self._sitemap_outcome(lease, await self._sitemaps.read(lease, result))
 
         parsed = None
         if 200 <= result.status < 300 and is_html(result.content_type):
@@ -110,6 +128,28 @@ class Pipeline:
 
         self._record(lease, result, parsed)
         return UrlResult.STORED
+
+    async def _read_sitemap(self, lease: Lease, gate: HostGate, sitemaps: SitemapReader) -> UrlResult:
+        """A sitemap's lease: the same fetch as a page's, up to the protocol's size, then read rather than parsed."""
+        self.tally.sitemaps += 1
+        # Its urls row's depth is its nesting level, not link hops: redirects are judged as from a seed.
+        redirects = _LeaseRedirects(self._scope, self._robots, 0, gate)
+        async with sitemaps.turn(gate):
+            try:
+                result = await follow_redirects(
+                    self._fetcher, lease.url, gate, policy=redirects, max_body=sitemaps.max_bytes
+                )
+            except FetchError as exc:
+                fetch_log.info("GET %s failed: %s", lease.url, exc)
+                return self._sitemap_outcome(lease, sitemaps.fetch_failed(lease, exc))
+            fetch_log.info("GET %s %d %.0fms (sitemap)", lease.url, result.status, result.elapsed * 1000)
+            gate.let_go()
+            return self._sitemap_outcome(lease, await sitemaps.read(lease, result))
+
+    def _sitemap_outcome(self, lease: Lease, error: FetchError | None) -> UrlResult:
+        if error is not None:
+            self._fail(lease, error.kind, error.message, error.attempts)
+        return UrlResult.SITEMAP
 
     def fail_internal(self, lease: Lease, exc: BaseException) -> None:
         """A bug hit this URL: record it as an error row, so it costs one URL, never the crawl."""

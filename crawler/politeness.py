@@ -293,6 +293,7 @@ class Lease:
     host: str
     depth: int
     reservation: Reservation | None = None
+    kind: str = "page"  # urls.kind: 'page', or 'sitemap' for a document read for the URLs it lists
 
 
 class HostGate:

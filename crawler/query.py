@@ -278,7 +278,23 @@ class Results:
             bytes=size,
             unindexed=self.unindexed(),
             runs=runs,
+            sitemaps=self._sitemap_counts(),
         )
+
+    def _sitemap_counts(self) -> dict[str, int]:
+        """Sitemaps read and failed, the URLs they list, and the URLs a sitemap found first (schema 4 on)."""
+        if not self._scalar("SELECT count(*) FROM sqlite_master WHERE name = 'sitemaps'"):
+            return {}
+        read, failed, listed = next(
+            self._rows(
+                "SELECT count(*) FILTER (WHERE error IS NULL), count(*) FILTER (WHERE error IS NOT NULL),"
+                " coalesce(sum(urls), 0) FROM sitemaps"
+            )
+        )
+        if not read + failed:
+            return {}
+        found = self._scalar("SELECT count(*) FROM urls WHERE source = 'sitemap' AND kind = 'page'")
+        return {"read": read, "failed": failed, "urls listed": listed, "urls from sitemaps": found}
 
     # ---- plumbing ------------------------------------------------------------------------
 

@@ -60,7 +60,7 @@ async def prepare(
     in_flight = await store.requeue_in_flight()
     await store.mark_killed_runs()
     counts = await store.state_counts()
-    fetched = counts["done"] + counts["failed"]
+    fetched = counts["done"] + counts["failed"] - await store.sitemaps_settled()  # sitemaps are no pages
     info = ResumeInfo(done=counts["done"], queued=counts["queued"], in_flight=in_flight)
     max_pages = config.crawl.max_pages
     if require_resume and not info.queued:

@@ -105,6 +105,8 @@ class Stats:
     bytes: int
     unindexed: int  # pages not yet in the full-text index
     runs: list[Run] = field(default_factory=list)
+    # sitemap documents "read" and "failed", the "urls listed" in them, the "urls from sitemaps" (found there first)
+    sitemaps: dict[str, int] = field(default_factory=dict)
 
     @property
     def queued(self) -> int:

@@ -128,20 +128,25 @@ class Fetcher:
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def fetch(self, url: str, gate: Gate, *, truncate_at: int | None = None) -> FetchResult:
+    async def fetch(
+        self, url: str, gate: Gate, *, truncate_at: int | None = None, max_body: int | None = None
+    ) -> FetchResult:
         """GET one URL, with retries, each taking its own turn at the gate; a 3xx is returned as it is.
 
         truncate_at: keep that many body bytes and drop the rest instead of failing too_large
         (robots.txt, of which RFC 9309 asks us to parse the first 500 KiB, whatever its size).
+        max_body: the decoded body's limit instead of http.max_body_bytes (sitemaps, whose protocol sets its own).
         """
-        return await self._fetch_with_retries(url, gate, truncate_at)
+        return await self._fetch_with_retries(url, gate, truncate_at, max_body)
 
-    async def _fetch_with_retries(self, url: str, gate: Gate, truncate_at: int | None) -> FetchResult:
+    async def _fetch_with_retries(
+        self, url: str, gate: Gate, truncate_at: int | None, max_body: int | None = None
+    ) -> FetchResult:
         # Most first attempts succeed: make them without tenacity's machinery, and only
         # hand a failure to tenacity, which replays it as its own attempt 1 and so keeps
         # its attempt numbers, waits and stop decisions exactly as if it had made it.
         try:
-            return await self._fetch_once(url, gate, truncate_at)
+            return await self._fetch_once(url, gate, truncate_at, max_body)
         except FetchError as exc:
             first: FetchError | None = exc
         attempts = 1
@@ -153,7 +158,7 @@ class Fetcher:
                         failed, first = first, None
                         raise failed
                     attempts += 1
-                    result = await self._fetch_once(url, gate, truncate_at)
+                    result = await self._fetch_once(url, gate, truncate_at, max_body)
                     result.attempts = attempts
                     return result
         except Retryable as exc:
@@ -164,7 +169,9 @@ class Fetcher:
             raise
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
-    async def _fetch_once(self, url: str, gate: Gate, truncate_at: int | None) -> FetchResult:
+    async def _fetch_once(
+        self, url: str, gate: Gate, truncate_at: int | None, max_body: int | None = None
+    ) -> FetchResult:
         async with gate.request(url):
             started = time.monotonic()
             try:
@@ -174,7 +181,7 @@ class Fetcher:
                     )
                     try:
                         redirect = response.status_code in REDIRECT_STATUSES
-                        body = b"" if redirect else await self._read_body(response, truncate_at)
+                        body = b"" if redirect else await self._read_body(response, truncate_at, max_body)
                     finally:
                         await response.aclose()
             except TimeoutError:
@@ -215,14 +222,17 @@ class Fetcher:
         if self._feedback is not None:
             self._feedback.observe_url(url, status, elapsed)
 
-    async def _read_body(self, response: httpx.Response, truncate_at: int | None = None) -> bytes:
+    async def _read_body(
+        self, response: httpx.Response, truncate_at: int | None = None, max_body: int | None = None
+    ) -> bytes:
         """Stream and decode the body ourselves, stopping at max_body_bytes of decoded bytes.
 
         httpx's decoders inflate each network chunk in one call, so one chunk of a gzip bomb (or
         of a stacked `gzip, gzip` one) becomes a huge buffer before any cap can look.  Inflater
         never produces more than PIECE bytes per call instead.
         """
-        cap = self.http.max_body_bytes if truncate_at is None else truncate_at
+        cap = truncate_at or max_body or self.http.max_body_bytes
+        limit = "max_body_bytes" if max_body is None else "the limit"
         declared = response.headers.get("content-length")
         # isascii: "²" and other Unicode digits pass isdigit() but not int().
         if (
@@ -232,9 +242,7 @@ class Fetcher:
             and declared.isdigit()
             and int(declared) > cap
         ):
-            raise FetchError(
-                ErrorKind.TOO_LARGE, f"Content-Length {int(declared):,} bytes is above max_body_bytes {cap:,}"
-            )
+            raise FetchError(ErrorKind.TOO_LARGE, f"Content-Length {int(declared):,} bytes is above {limit} {cap:,}")
         layers = inflaters(response.headers.get_list("content-encoding", split_commas=True))
         chunks: list[bytes] = []
         size = 0
@@ -247,7 +255,7 @@ class Fetcher:
                             chunks.append(piece[: len(piece) - (size - cap)])
                             return b"".join(chunks)
                         what = "decompressed body" if layers else "body"
-                        raise FetchError(ErrorKind.TOO_LARGE, f"{what} exceeded max_body_bytes {cap:,} while streaming")
+                        raise FetchError(ErrorKind.TOO_LARGE, f"{what} exceeded {limit} {cap:,} while streaming")
                     chunks.append(piece)
         except BaseException:
             # The exception's traceback keeps this frame alive in a reference cycle, which only

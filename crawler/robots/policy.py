@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -61,8 +61,18 @@ class RobotsPolicy:
     call passes explicitly; each fetch is recorded in the store once.
     """
 
-    def __init__(self, config: PolitenessConfig, fetcher: Fetcher, politeness: Politeness, store: RobotsLog) -> None:
+    def __init__(
+        self,
+        config: PolitenessConfig,
+        fetcher: Fetcher,
+        politeness: Politeness,
+        store: RobotsLog,
+        *,
+        on_sitemaps: Callable[[str, Sequence[str]], None] | None = None,
+    ) -> None:
+        """on_sitemaps(origin, urls) hears the Sitemap: lines of each robots.txt fetched (the sitemap reader)."""
         self._config = config
+        self._on_sitemaps = on_sitemaps
         self._fetcher = fetcher
         self._politeness = politeness
         self._store = store
@@ -133,6 +143,8 @@ class RobotsPolicy:
                 rules = await self.cache.rules_for(site, self._fetch_under(gate))
             # Only the fetching worker gets here, so each fetch is recorded and counted once.
             self._store.add_robots(site, rules.status, rules.crawl_delay, rules.sitemaps, rules.describe())
+            if self._on_sitemaps is not None and rules.sitemaps:
+                self._on_sitemaps(site, rules.sitemaps)
             if rules.unavailable:
                 self._misses[site] = self._misses.get(site, 0) + 1
             else:

@@ -5,20 +5,23 @@ from __future__ import annotations
 from crawler.store.batch import Batch
 from crawler.store.flush import JSON_ROWS, PAGE_ROWS
 from crawler.store.lock import writer_lock
-from crawler.store.records import URL_STATES, NewUrl, PageRecord, QueuedUrl, utc_now
+from crawler.store.records import PAGE, SITEMAP, URL_STATES, NewUrl, PageRecord, QueuedUrl, SitemapRecord, utc_now
 from crawler.store.schema import MIGRATIONS, SCHEMA_VERSION
 from crawler.store.sqlite import Store
 
 __all__ = [
     "JSON_ROWS",
     "MIGRATIONS",
+    "PAGE",
     "PAGE_ROWS",
     "SCHEMA_VERSION",
+    "SITEMAP",
     "URL_STATES",
     "Batch",
     "NewUrl",
     "PageRecord",
     "QueuedUrl",
+    "SitemapRecord",
     "Store",
     "utc_now",
     "writer_lock",

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from crawler.store.records import NewUrl, PageRecord, utc_now
+from crawler.store.records import NewUrl, PageRecord, SitemapRecord, utc_now
 
 
 @dataclass(slots=True)
@@ -20,6 +20,10 @@ class Batch:
     states: list[tuple[str, str | None, str, int]] = field(default_factory=list)  # (state, reason, at, id)
     robots: list[tuple[str, int | None, str, float | None, str, str | None]] = field(default_factory=list)
     host_skips: list[tuple[str, str, str]] = field(default_factory=list)  # (reason, at, host)
+    # URLs a sitemap (or robots.txt) lists, apart: they carry kind, source and lastmod, which
+    # links never do, so the links' insert stays as lean as it was.
+    listed_urls: list[NewUrl] = field(default_factory=list)
+    sitemaps: list[SitemapRecord] = field(default_factory=list)
 
     def __len__(self) -> int:
         return (
@@ -30,10 +34,18 @@ class Batch:
             + len(self.errors)
             + len(self.states)
             + len(self.robots)
+            + len(self.listed_urls)
+            + len(self.sitemaps)
         )
 
     def add_urls(self, urls: Iterable[NewUrl]) -> None:
         self.new_urls.extend(urls)
+
+    def add_listed_urls(self, urls: Iterable[NewUrl]) -> None:
+        self.listed_urls.extend(urls)
+
+    def add_sitemap(self, sitemap: SitemapRecord) -> None:
+        self.sitemaps.append(sitemap)
 
     def add_page(self, page: PageRecord, links: Iterable[tuple[str, bool]]) -> None:
         """A page, its outgoing links and its `done` state, so that they commit together."""

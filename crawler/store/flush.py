@@ -9,7 +9,7 @@ from operator import itemgetter
 
 from crawler.errors import SkipReason
 from crawler.store.batch import Batch
-from crawler.store.records import NewUrl, PageRecord, QueuedUrl, utc_now
+from crawler.store.records import NewUrl, PageRecord, QueuedUrl, SitemapRecord, utc_now
 
 # Links, new URLs and URL states go to SQLite as JSON arrays read back with json_each,
 # JSON_ROWS rows per statement, and executemany runs a batch's statements in one call: row by
@@ -53,6 +53,9 @@ class BatchWriter:
     def commit(self, db: sqlite3.Connection, batch: Batch, run_id: int | None) -> list[QueuedUrl]:
         """Write every row of batch; returns the newly queued URLs."""
         queued = self._insert_urls(db, batch.new_urls)
+        if batch.listed_urls:
+            # Inserted after the links' URLs, so their ids are higher and the list stays in id order.
+            queued += self._insert_listed_urls(db, batch.listed_urls)
         if batch.pages:
             db.executemany(_PAGE_INSERT, _page_chunks(batch.pages, run_id))
         if batch.links:
@@ -89,6 +92,8 @@ class BatchWriter:
             # Indexed in the same transaction: a page is searchable as soon as it is stored.
             # Twice the batch's pages, so a backlog (a database from before search) drains too.
             index_pending(db, 2 * len(batch.pages))
+        if batch.sitemaps:
+            _write_sitemaps(db, batch.sitemaps, run_id)
         if batch.robots:
             db.executemany(
                 "INSERT OR REPLACE INTO robots (origin, status, fetched_at, crawl_delay, sitemaps, note)"
@@ -108,11 +113,7 @@ class BatchWriter:
             kept = unique.setdefault(item.url, item)
             if kept.reason == SkipReason.NOFOLLOW and item.state == "queued":
                 unique[item.url] = item
-        promoted = (
-            _unlink_nofollow_targets(db, [u.url for u in unique.values() if u.state == "queued"])
-            if self.nofollow_rows
-            else {}
-        )
+        promoted = self._promote(db, unique)
         # One JSON parameter keeps the SQL text fixed (a VALUES list sized to each batch would
         # make every batch a new prepared statement, and sqlite3's statement cache grow) and
         # makes the batch one statement (see JSON_ROWS).
@@ -128,6 +129,51 @@ class BatchWriter:
                 (chunk, now),
             ).fetchall()
             rows.extend(QueuedUrl(r[0], r[1], r[2], r[3]) for r in returned if r[4] == "queued")
+        return self._settle(db, rows, unique, promoted)
+
+    def _insert_listed_urls(self, db: sqlite3.Connection, urls: list[NewUrl]) -> list[QueuedUrl]:
+        """URLs listed by sitemaps or robots.txt: new ones with their kind, source and lastmod; known
+        ones (a link found them first) only take a newer lastmod, which tells a recrawl they changed."""
+        unique: dict[str, NewUrl] = {}
+        for item in urls:
+            unique.setdefault(item.url, item)
+        promoted = self._promote(db, unique)
+        rows: list[QueuedUrl] = []
+        now = utc_now()
+        for (chunk,) in _json_chunks(
+            [
+                (u.url, u.host, u.depth, u.parent_id, u.state, u.reason, u.kind, u.source, u.lastmod)
+                for u in unique.values()
+            ]
+        ):
+            returned = db.execute(
+                "INSERT OR IGNORE INTO urls"
+                " (url, host, depth, parent_id, state, reason, kind, source, lastmod, discovered_at)"
+                f" SELECT {_items(9)}, ?2 FROM json_each(?1) ORDER BY key"
+                " RETURNING id, url, host, depth, state, kind",
+                (chunk, now),
+            ).fetchall()
+            rows.extend(QueuedUrl(r[0], r[1], r[2], r[3], r[5]) for r in returned if r[4] == "queued")
+        dated = [(u.url, u.lastmod) for u in urls if u.lastmod is not None]
+        if dated:
+            db.executemany(
+                "UPDATE urls SET lastmod = j.lastmod"
+                " FROM (SELECT json_extract(value, '$[0]') AS url, json_extract(value, '$[1]') AS lastmod"
+                " FROM json_each(?)) AS j"
+                " WHERE urls.url = j.url AND (urls.lastmod IS NULL OR urls.lastmod < j.lastmod)",
+                _json_chunks(dated),
+            )
+        return self._settle(db, rows, unique, promoted)
+
+    def _promote(self, db: sqlite3.Connection, unique: dict[str, NewUrl]) -> dict[str, int]:
+        if not self.nofollow_rows:
+            return {}
+        return _unlink_nofollow_targets(db, [u.url for u in unique.values() if u.state == "queued"])
+
+    def _settle(
+        self, db: sqlite3.Connection, rows: list[QueuedUrl], unique: dict[str, NewUrl], promoted: dict[str, int]
+    ) -> list[QueuedUrl]:
+        """Links follow promoted targets, the nofollow flag learns of new rows; rows come back in id order."""
         if promoted:
             # Links stored before the promotion follow their target to its new id.
             db.executemany(
@@ -156,6 +202,20 @@ def index_pending(db: sqlite3.Connection, limit: int) -> int:
         (limit,),
     )
     return cursor.rowcount
+
+
+def _write_sitemaps(db: sqlite3.Connection, sitemaps: list[SitemapRecord], run_id: int | None) -> None:
+    """Each sitemap's row (its parent from the urls row that listed it, unless robots.txt named it),
+    and its urls row marked a sitemap: a seed that answered with one was leased as a page."""
+    db.executemany(
+        "INSERT OR REPLACE INTO sitemaps (url, url_id, parent, status, urls, fetched_at, error, run_id)"
+        " VALUES (?1, ?2, coalesce(?3, (SELECT p.url FROM urls s JOIN urls p ON p.id = s.parent_id WHERE s.id = ?2)),"
+        " ?4, ?5, ?6, ?7, ?8)",
+        [(s.url, s.url_id, s.parent, s.status, s.urls, s.fetched_at, s.error, run_id) for s in sitemaps],
+    )
+    db.executemany(
+        "UPDATE urls SET kind = 'sitemap' WHERE id = ? AND kind != 'sitemap'", [(s.url_id,) for s in sitemaps]
+    )
 
 
 def _unlink_nofollow_targets(db: sqlite3.Connection, queued: list[str]) -> dict[str, int]:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 URL_STATES = ("queued", "in_flight", "done", "failed", "skipped")
+PAGE = "page"  # urls.kind of a page, and of a URL listed by a sitemap
+SITEMAP = "sitemap"  # urls.kind of a sitemap document: read for the URLs it lists, never stored as a page
 
 _second: list[tuple[int, str]] = [(-1, "")]  # the last whole second formatted, reused within it
 
@@ -39,6 +41,9 @@ class NewUrl:
     parent_id: int | None = None
     state: str = "queued"
     reason: str | None = None
+    kind: str = PAGE
+    source: str | None = None  # None: a seed or a link; 'sitemap' or 'robots': who listed it first
+    lastmod: str | None = None  # the sitemap's <lastmod>, ISO-8601 UTC
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +54,20 @@ class QueuedUrl:
     url: str
     host: str
     depth: int
+    kind: str = PAGE
+
+
+@dataclass(frozen=True, slots=True)
+class SitemapRecord:
+    """One sitemap read, or not: a row of `sitemaps`."""
+
+    url: str
+    url_id: int
+    parent: str | None  # the robots.txt that named it; None to take the urls row's parent
+    status: int | None  # the HTTP status, None when the fetch failed
+    urls: int  # URLs the file lists
+    fetched_at: str
+    error: str | None
 
 
 @dataclass(slots=True)

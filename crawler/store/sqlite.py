@@ -14,7 +14,7 @@ from crawler.store.batch import Batch
 from crawler.store.connection import SqliteConnection
 from crawler.store.flush import BatchWriter, index_pending
 from crawler.store.migrations import migrate
-from crawler.store.records import URL_STATES, NewUrl, PageRecord, QueuedUrl, utc_now
+from crawler.store.records import URL_STATES, NewUrl, PageRecord, QueuedUrl, SitemapRecord, utc_now
 from crawler.store.schema import SCHEMA_VERSION
 
 
@@ -80,11 +80,11 @@ class Store:
 
     async def queued_for_host(self, host: str, after_id: int, limit: int) -> list[QueuedUrl]:
         rows = await self.fetchall(
-            "SELECT id, url, depth FROM urls WHERE state = 'queued' AND host = ? AND id > ? ORDER BY id LIMIT ?",
+            "SELECT id, url, depth, kind FROM urls WHERE state = 'queued' AND host = ? AND id > ? ORDER BY id LIMIT ?",
             (host, after_id, limit),
         )
         # One host string shared by the whole window rather than one copy per row.
-        return [QueuedUrl(row[0], row[1], host, row[2]) for row in rows]
+        return [QueuedUrl(row[0], row[1], host, row[2], row[3]) for row in rows]
 
     async def queued_hosts(self, after: str, limit: int) -> list[str]:
         """Up to `limit` hosts with queued rows whose names sort after `after`, in name order.
@@ -104,8 +104,13 @@ class Store:
         return [row[0] for row in rows]
 
     async def fetched_for_host(self, host: str) -> int:
-        """Pages fetched (done or failed) from host, in this run and earlier ones."""
-        sql = "SELECT count(*) FROM urls WHERE host = ? AND state IN ('done', 'failed')"
+        """Pages fetched (done or failed) from host, in this run and earlier ones; sitemaps are no pages."""
+        # The urls count stays within the (state, host, id) index; the few sitemaps come off it.
+        sql = (
+            "SELECT (SELECT count(*) FROM urls WHERE host = ?1 AND state IN ('done', 'failed'))"
+            " - (SELECT count(*) FROM sitemaps s JOIN urls u ON u.id = s.url_id"
+            " WHERE u.host = ?1 AND u.state IN ('done', 'failed'))"
+        )
         return int(await self.scalar(sql, (host,)))
 
     async def urls_in_state(
@@ -120,6 +125,11 @@ class Store:
             params += reasons
         rows = await self.fetchall(sql + " ORDER BY id LIMIT ?", (*params, limit))
         return [(row[0], row[1], row[2], row[3]) for row in rows]
+
+    async def sitemaps_settled(self) -> int:
+        """Sitemap documents read or failed (urls rows done or failed that are no pages)."""
+        sql = "SELECT count(*) FROM sitemaps s JOIN urls u ON u.id = s.url_id WHERE u.state IN ('done', 'failed')"
+        return int(await self.scalar(sql))
 
     async def pending_index(self) -> int:
         """Pages stored but not yet in the full-text index."""
@@ -189,6 +199,14 @@ class Store:
 
     def add_page(self, page: PageRecord, links: Iterable[tuple[str, bool]]) -> None:
         self.batch.add_page(page, links)
+
+    def add_listed_urls(self, urls: Iterable[NewUrl]) -> None:
+        """URLs a sitemap or robots.txt lists; a known one takes a newer lastmod, and keeps the rest."""
+        self.batch.add_listed_urls(urls)
+
+    def add_sitemap(self, sitemap: SitemapRecord) -> None:
+        """A sitemap's row in `sitemaps`; its urls row becomes kind 'sitemap' (a seed may turn out one)."""
+        self.batch.add_sitemap(sitemap)
 
     def add_error(self, url_id: int | None, url: str, kind: str, message: str, attempts: int) -> None:
         self.batch.add_error(url_id, url, kind, message, attempts)
