@@ -8,6 +8,7 @@ import pytest
 
 from tests.harbour import Harbour, crawl_harbour
 from tests.support.localsite import SiteServer
+from tests.support.postgres import pg_server, pg_server_url, pg_url  # noqa: F401  (fixtures)
 from tests.support.site import Site
 
 
