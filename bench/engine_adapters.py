@@ -41,13 +41,18 @@ _CURL_VERSIONS = {1: b"HTTP/1.0", 2: b"HTTP/1.1", 3: b"HTTP/2", 30: b"HTTP/3"}
 class CurlTransport(httpx.AsyncBaseTransport):
     """httpx's transport interface over one curl_cffi AsyncSession (libcurl's multi interface)."""
 
-    def __init__(self, *, max_clients: int, ca_pem: str, http2: bool = True) -> None:
+    def __init__(self, *, max_clients: int, ca_pem: str, http2: bool = True, proxy: str | None = None) -> None:
         from curl_cffi import CurlHttpVersion
         from curl_cffi.requests import AsyncSession
 
         version = CurlHttpVersion.V2TLS if http2 else CurlHttpVersion.V1_1
         self._session = AsyncSession(
-            max_clients=max_clients, verify=ca_pem, http_version=version, default_headers=False, trust_env=False
+            max_clients=max_clients,
+            verify=ca_pem,
+            http_version=version,
+            default_headers=False,
+            trust_env=False,
+            proxy=proxy,
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
