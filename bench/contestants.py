@@ -47,6 +47,7 @@ class Job:
     settings: Settings
     workdir: Path
     timeout: float
+    ca_bundle: Path | None = None  # the private CA an https site's certificate comes from
 
 
 def child_env() -> dict[str, str]:
@@ -122,8 +123,9 @@ class OurCrawler(Contestant):
         return job.workdir / "bench.db"
 
     def config_text(self, job: Job) -> str:
-        """The TOML config with the run's settings."""
+        """The TOML config with the run's settings; on https, default settings (HTTP/2 offered) and the CA."""
         s = job.settings
+        http = "http2 = false\n" if job.ca_bundle is None else f"ca_bundle = {json.dumps(str(job.ca_bundle))}\n"
         return (
             "[crawl]\n"
             f"seeds = {json.dumps(job.site.seeds)}\n"
@@ -138,7 +140,7 @@ class OurCrawler(Contestant):
             "delay = 0.0\n"
             "adaptive = false\n"
             "[http]\n"
-            "http2 = false\n"
+            f"{http}"
             "[storage]\n"
             f"path = {json.dumps(str(self.db_path(job)))}\n"
         )
@@ -200,6 +202,7 @@ class ScrapyContestant(Contestant):
             str(s.per_host),
             "--user-agent",
             s.user_agent,
+            *(["--ca-bundle", str(job.ca_bundle)] if job.ca_bundle else []),
         ]
 
     def count(self, job: Job, stdout: str) -> int:
@@ -239,6 +242,8 @@ class AiohttpMin(Contestant):
         ]
         if not s.obey_robots:
             cmd.append("--no-robots")
+        if job.ca_bundle:
+            cmd += ["--ca-bundle", str(job.ca_bundle)]
         return cmd
 
     def count(self, job: Job, stdout: str) -> int:

@@ -1,12 +1,12 @@
 """Pure-Python fallback for nginx: serve a generated site from memory with aiohttp.
 
-Usage: python bench/pyserver.py ROOT PORT HOST [HOST ...]
+Usage: python bench/pyserver.py [--tls CERT_PEM KEY_PEM] ROOT PORT HOST [HOST ...]
 
 Loads every file under ROOT/<host>/ into memory, then listens on HOST:PORT for each host
 (loopback addresses only) and answers GET/HEAD with the file for the path ("/" → index.html),
 or 404. The host is chosen by the address the connection arrived on, not by the Host header.
 Several copies may run side by side: the sockets use SO_REUSEPORT, so the kernel spreads
-connections across them. Stops on SIGTERM or SIGINT.
+connections across them. With --tls it serves https (HTTP/1.1 only). Stops on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import signal
+import ssl
 import sys
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def make_app(sites: dict[str, dict[str, tuple[bytes, str]]]) -> web.Application:
     return app
 
 
-async def serve(root: Path, port: int, hosts: list[str]) -> None:
+async def serve(root: Path, port: int, hosts: list[str], tls: ssl.SSLContext | None = None) -> None:
     """Serve until SIGTERM/SIGINT."""
     for host in hosts:
         if not ipaddress.ip_address(host).is_loopback:
@@ -61,7 +62,7 @@ async def serve(root: Path, port: int, hosts: list[str]) -> None:
     runner = web.AppRunner(make_app(sites), access_log=None, handle_signals=False)
     await runner.setup()
     for host in hosts:
-        await web.TCPSite(runner, host, port, reuse_port=True, backlog=1024).start()
+        await web.TCPSite(runner, host, port, reuse_port=True, backlog=1024, ssl_context=tls).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -73,10 +74,16 @@ async def serve(root: Path, port: int, hosts: list[str]) -> None:
 
 def main(argv: list[str]) -> int:
     """Parse ROOT PORT HOST... and serve."""
+    tls = None
+    if argv[:1] == ["--tls"] and len(argv) >= 3:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(argv[1], argv[2])
+        tls.set_alpn_protocols(["http/1.1"])
+        argv = argv[3:]
     if len(argv) < 3:
         print(__doc__, file=sys.stderr)
         return 2
-    asyncio.run(serve(Path(argv[0]), int(argv[1]), argv[2:]))
+    asyncio.run(serve(Path(argv[0]), int(argv[1]), argv[2:], tls))
     return 0
 
 

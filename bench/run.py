@@ -1,13 +1,16 @@
 """Benchmark harness: our crawler against Scrapy and a minimal aiohttp crawler, in one run.
 
-    .venv/bin/python bench/run.py [--site single|multi|both] [--pages N] [--smoke]
-                                  [--only crawler,scrapy,aiohttp-min] [--strict]
+    .venv/bin/python bench/run.py [--site single|multi|both] [--protocol http|https|both]
+                                  [--pages N] [--smoke] [--only crawler,scrapy,aiohttp-min] [--strict]
 
 For each site (single: one host with N pages; multi: H hosts on 127.0.0.2… with N/H pages
 each) it generates deterministic HTML, serves it on loopback (nginx if installed, else an
 aiohttp server), measures the server's raw throughput, then runs each contestant one after
 the other with equal settings (robots obeyed, no delay; single: 8 in flight; multi: 64 in
-flight and 2 per host). It prints pages/s, CPU seconds, peak RSS and the server's CPU share
+flight and 2 per host), over http and over https (the same site served by nginx with TLS from
+a private trustme CA, HTTP/2 and HTTP/1.1 by ALPN; every contestant trusts that CA and
+verifies certificates; --smoke serves only the single site over https).
+It prints pages/s, CPU seconds, peak RSS and the server's CPU share
 per run, then markdown tables with ratios, and writes them to bench/out/.
 
 Exit status: 0 if every contestant that ran stored exactly the expected number of pages;
@@ -37,7 +40,7 @@ from pathlib import Path
 import psutil
 from contestants import ALL, Contestant, Job, Settings, child_env
 from measure import run_measured
-from servers import NginxServer, PythonServer, Server, find_nginx, pick_port
+from servers import NginxServer, PythonServer, Server, Tls, find_nginx, make_tls, pick_port
 from sitegen import Site, SiteSpec, generate_site, multi_host_spec, single_host_spec
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -97,6 +100,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--site", choices=("single", "multi", "both"), default="both")
     p.add_argument(
+        "--protocol",
+        choices=("http", "https", "both"),
+        default="both",
+        help="serve the sites over http, https (TLS, HTTP/2 offered) or both (default; smoke: https single only)",
+    )
+    p.add_argument(
         "--pages",
         type=int,
         help="pages of the single-host site and of the multi site in all (default 10000; smoke 200)",
@@ -138,22 +147,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def plan(args: argparse.Namespace) -> list[tuple[SiteSpec, Settings]]:
     """The sites to run and the settings for each."""
     runs: list[tuple[SiteSpec, Settings]] = []
-    if args.site in ("single", "both"):
-        settings = Settings(args.single_concurrency, args.single_concurrency)
-        runs.append((single_host_spec(args.pages, args.seed), settings))
-    if args.site in ("multi", "both"):
-        spec = multi_host_spec(args.hosts, args.host_pages, args.seed)
-        runs.append((spec, Settings(args.multi_concurrency, args.multi_per_host)))
+    schemes = ("http", "https") if args.protocol == "both" else (args.protocol,)
+    for scheme in schemes:
+        # The smoke run keeps to seconds: over both protocols, https serves the single site only.
+        brief = args.smoke and args.protocol == "both" and scheme == "https"
+        if args.site in ("single", "both"):
+            settings = Settings(args.single_concurrency, args.single_concurrency)
+            runs.append((single_host_spec(args.pages, args.seed, scheme), settings))
+        if args.site in ("multi", "both") and not (brief and args.site == "both"):
+            spec = multi_host_spec(args.hosts, args.host_pages, args.seed, scheme)
+            runs.append((spec, Settings(args.multi_concurrency, args.multi_per_host)))
     return runs
 
 
-def make_server(args: argparse.Namespace, site: Site, workdir: Path) -> Server:
+def make_server(args: argparse.Namespace, site: Site, workdir: Path, tls: Tls | None = None) -> Server:
     """nginx if wanted and found, else the aiohttp server; explains the choice."""
     nginx = find_nginx()
     if args.server == "nginx" and not nginx:
         raise SystemExit("nginx not found: install it with `apt-get install -y nginx-light` or bash bench/setup.sh")
     if nginx and args.server != "python":
-        return NginxServer(site, workdir, args.server_workers or 1, nginx)
+        return NginxServer(site, workdir, args.server_workers or 1, nginx, tls)
     if args.server == "auto" and args.smoke:
         print("  (nginx not found: the smoke run uses the aiohttp server, which is fine for checking the harness)")
     elif args.server == "auto":
@@ -161,7 +174,7 @@ def make_server(args: argparse.Namespace, site: Site, workdir: Path) -> Server:
             "! nginx not found; serving with the aiohttp fallback server, which competes for the same cores.\n"
             "  Install nginx for trustworthy figures: apt-get install -y nginx-light (or bash bench/setup.sh)"
         )
-    return PythonServer(site, workdir, args.server_workers or (1 if args.smoke else 2))
+    return PythonServer(site, workdir, args.server_workers or (1 if args.smoke else 2), tls)
 
 
 def measure_raw(site: Site, server: Server, workdir: Path, smoke: bool) -> list[RawResult]:
@@ -172,7 +185,8 @@ def measure_raw(site: Site, server: Server, workdir: Path, smoke: bool) -> list[
     clients: list[tuple[str, list[str]]] = [
         (
             "aiohttp keep-alive, 64 conns, all pages",
-            [sys.executable, str(BENCH_DIR / "rawload.py"), str(urls_file), "64", "0.5" if smoke else "3"],
+            [sys.executable, str(BENCH_DIR / "rawload.py"), str(urls_file), "64", "0.5" if smoke else "3"]
+            + ([str(server.tls.ca_pem)] if server.tls else []),
         ),
     ]
     wrk = shutil.which("wrk")
@@ -204,7 +218,7 @@ def measure_raw(site: Site, server: Server, workdir: Path, smoke: bool) -> list[
         else:
             figures = json.loads(out.strip().splitlines()[-1])
         result = RawResult(
-            site=site.spec.name,
+            site=site.spec.label,
             client=label,
             requests=int(figures["requests"]),
             req_per_s=float(figures["req_per_s"]),
@@ -243,7 +257,7 @@ def wait_for_quiet(max_wait: float, threshold_pct: float = NOISY_PCT) -> None:
 def run_one(contestant: Contestant, job: Job, server: Server) -> Result:
     """Run one contestant on one site and judge its page count."""
     site = job.site
-    result = Result(site=site.spec.name, contestant=contestant.name, status="ok", expected=site.expected_pages)
+    result = Result(site=site.spec.label, contestant=contestant.name, status="ok", expected=site.expected_pages)
     job.workdir.mkdir(parents=True, exist_ok=True)
     cmd = contestant.command(job)
     before, busy_before = server.cpu_seconds(), busy_seconds()
@@ -280,7 +294,8 @@ def run_repeated(
     """`--repeat` runs of one contestant; a failed run wins (to be reported), else the fastest."""
     tries: list[Result] = []
     for k in range(max(1, args.repeat)):
-        job = Job(site, settings, tmp / f"{site.spec.name}-{contestant.name}-{k}", args.timeout)
+        folder = tmp / f"{site.spec.label.replace(' ', '-')}-{contestant.name}-{k}"
+        job = Job(site, settings, folder, args.timeout, server.tls.ca_pem if server.tls else None)
         # The previous run's files (a crawl database is hundreds of MB) are written back by the
         # kernel after it exits; without this, that work is billed to the next contestant.
         os.sync()
@@ -323,12 +338,15 @@ def markdown(
     """The report: context lines, per-run table, raw server table, ratio table."""
     out = [*header, ""]
     for site in sites:
-        s = settings[site.spec.name]
+        s = settings[site.spec.label]
         per_host = f", {s.per_host} per host" if len(site.spec.hosts) > 1 else ""
+        tls = (
+            "; https: TLS from a private CA, HTTP/2 and HTTP/1.1 offered by ALPN" if site.spec.scheme == "https" else ""
+        )
         out.append(
-            f"- **{site.spec.name}**: {len(site.spec.hosts)} host(s) × {site.spec.pages_per_host:,} pages "
+            f"- **{site.spec.label}**: {len(site.spec.hosts)} host(s) × {site.spec.pages_per_host:,} pages "
             f"({site.expected_pages:,} pages, avg {site.bytes_total / len(site.urls) / 1000:.1f} KB, "
-            f"~20 links each); {s.concurrency} in flight{per_host}; robots obeyed, no delay"
+            f"~20 links each); {s.concurrency} in flight{per_host}; robots obeyed, no delay{tls}"
         )
     out += [
         "",
@@ -383,10 +401,10 @@ def markdown(
         "|---|---:|---:|---:|---:|---:|",
     ]
     for site in sites:
-        by = {r.contestant: r for r in results if r.site == site.spec.name and r.status == "ok"}
+        by = {r.contestant: r for r in results if r.site == site.spec.label and r.status == "ok"}
         ours, scrapy, base = by.get("crawler"), by.get("scrapy"), by.get("aiohttp-min")
         out.append(
-            f"| {site.spec.name} | {_ratio(ours, scrapy, 'pages_per_s')} | {_ratio(ours, base, 'pages_per_s')} | "
+            f"| {site.spec.label} | {_ratio(ours, scrapy, 'pages_per_s')} | {_ratio(ours, base, 'pages_per_s')} | "
             f"{_ratio(ours, scrapy, 'peak_rss_mb')} | {_ratio(ours, scrapy, 'pages_per_cpu_s')} | "
             f"{_ratio(ours, base, 'pages_per_cpu_s')} |"
         )
@@ -439,16 +457,18 @@ def main(argv: list[str] | None = None) -> int:
     server_desc = ""
     try:
         for spec, settings in plan(args):
-            settings_by_site[spec.name] = settings
-            print(f"\n== site {spec.name}: {len(spec.hosts)} host(s) × {spec.pages_per_host:,} pages ==")
+            settings_by_site[spec.label] = settings
+            print(f"\n== site {spec.label}: {len(spec.hosts)} host(s) × {spec.pages_per_host:,} pages ==")
             started = time.perf_counter()
-            site = generate_site(spec, tmp / f"site-{spec.name}", pick_port(spec.hosts))
+            key = spec.label.replace(" ", "-")
+            site = generate_site(spec, tmp / f"site-{key}", pick_port(spec.hosts))
             sites.append(site)
             print(
                 f"  generated {len(site.urls):,} pages, {site.bytes_total / 1e6:.0f} MB, "
                 f"in {time.perf_counter() - started:.1f} s; seeds {site.seeds[0]}…"
             )
-            server = make_server(args, site, tmp / f"server-{spec.name}")
+            tls = make_tls(tmp / f"tls-{key}", spec.hosts) if spec.scheme == "https" else None
+            server = make_server(args, site, tmp / f"server-{key}", tls)
             try:
                 server.start()
             except RuntimeError as exc:
@@ -457,10 +477,10 @@ def main(argv: list[str] | None = None) -> int:
             server_desc = server.describe()
             try:
                 print(f"  serving with {server_desc} on port {site.port}")
-                raws += measure_raw(site, server, tmp / f"server-{spec.name}", args.smoke)
+                raws += measure_raw(site, server, tmp / f"server-{key}", args.smoke)
                 for name in args.only:
                     if name in skipped:
-                        results.append(Result(spec.name, name, "skipped", site.expected_pages, note=skipped[name]))
+                        results.append(Result(spec.label, name, "skipped", site.expected_pages, note=skipped[name]))
                         continue
                     results.append(run_repeated(contestants[name], site, settings, server, tmp, args))
             finally:

@@ -1,5 +1,9 @@
 """Serve a generated site on loopback: nginx if installed, else the aiohttp fallback.
 
+An https site (the TLS twin) is served with a certificate from a private trustme CA that
+covers every host address; `Tls.ca_pem` is the file each client must trust. nginx offers
+HTTP/2 and HTTP/1.1 by ALPN; the aiohttp fallback speaks HTTP/1.1 only.
+
 Both servers run as child processes in their own session, so the harness can count their
 CPU time (to show they are not the bottleneck) and kill them as a group. Only loopback
 addresses are ever bound.
@@ -14,9 +18,11 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -60,17 +66,52 @@ def pick_port(hosts: tuple[str, ...]) -> int:
     raise RuntimeError("no TCP port is free on all loopback addresses")
 
 
+@dataclass(frozen=True, slots=True)
+class Tls:
+    """The files of a private CA and of one server certificate for a set of loopback addresses."""
+
+    ca_pem: Path  # what clients trust: [http] ca_bundle, SSL_CERT_FILE, an ssl context's cafile
+    cert_pem: Path  # the server's certificate, then the chain up to the CA
+    key_pem: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client context that trusts only the private CA."""
+        return ssl.create_default_context(cafile=str(self.ca_pem))
+
+
+def make_tls(folder: Path, hosts: tuple[str, ...] | list[str]) -> Tls:
+    """A new trustme CA and a certificate for every address in `hosts` (IP SANs) and localhost."""
+    import trustme  # the bench extra has it; only https sites need it
+
+    _check_loopback(hosts)
+    folder.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA(organization_name="crawler bench CA")
+    cert = ca.issue_cert(*hosts, "localhost")
+    tls = Tls(ca_pem=folder / "ca.pem", cert_pem=folder / "server.pem", key_pem=folder / "server.key")
+    ca.cert_pem.write_to_path(str(tls.ca_pem))
+    cert.private_key_pem.write_to_path(str(tls.key_pem))
+    with tls.cert_pem.open("wb") as out:
+        for blob in cert.cert_chain_pems:
+            out.write(blob.bytes())
+    for path in (tls.ca_pem, tls.cert_pem, tls.key_pem):
+        path.chmod(0o644)  # nginx workers (run as `nobody` when started by root) read them after start
+    return tls
+
+
 class Server:
     """Base class: a server process (tree) serving one Site; use as a context manager."""
 
     kind = "server"
 
-    def __init__(self, site: Site, workdir: Path, workers: int) -> None:
+    def __init__(self, site: Site, workdir: Path, workers: int, tls: Tls | None = None) -> None:
         self.site = site
         self.workdir = workdir
         self.workers = workers
+        self.tls = tls
         self.procs: list[subprocess.Popen[bytes]] = []
         _check_loopback(site.spec.hosts)
+        if (site.spec.scheme == "https") != (tls is not None):
+            raise ValueError(f"a {site.spec.scheme} site needs {'a' if tls is None else 'no'} certificate")
 
     def describe(self) -> str:
         """One line naming the server and its worker count."""
@@ -93,7 +134,7 @@ class Server:
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"{self.kind} not answering after {timeout:.0f} s; {self._log_tail()}")
-            if _robots_ok(pending[0], self.site.port):
+            if _robots_ok(pending[0], self.site.port, self.tls):
                 pending.pop(0)
             else:
                 time.sleep(0.05)
@@ -153,8 +194,12 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-def _robots_ok(host: str, port: int) -> bool:
-    conn = http.client.HTTPConnection(host, port, timeout=1.0)
+def _robots_ok(host: str, port: int, tls: Tls | None) -> bool:
+    conn = (
+        http.client.HTTPSConnection(host, port, timeout=1.0, context=tls.client_context())
+        if tls is not None
+        else http.client.HTTPConnection(host, port, timeout=1.0)
+    )
     try:
         conn.request("GET", "/robots.txt")
         return conn.getresponse().status == 200
@@ -169,10 +214,24 @@ class NginxServer(Server):
 
     kind = "nginx"
 
-    def __init__(self, site: Site, workdir: Path, workers: int, binary: str) -> None:
-        super().__init__(site, workdir, workers)
+    def __init__(self, site: Site, workdir: Path, workers: int, binary: str, tls: Tls | None = None) -> None:
+        super().__init__(site, workdir, workers, tls)
         self.binary = binary
         self._build_info = ""
+
+    def _version(self) -> tuple[int, ...]:
+        text = subprocess.run([self.binary, "-v"], capture_output=True, text=True).stderr
+        found = text.split("nginx/", 1)[-1].split()[0] if "nginx/" in text else "0"
+        return tuple(int(p) for p in found.split(".") if p.isdigit())
+
+    def _listen(self, host: str) -> str:
+        """The listen directive(s): plain, or TLS with HTTP/2 and HTTP/1.1 offered by ALPN."""
+        line = f"    listen {host}:{self.site.port} backlog=4096"
+        if self.tls is None:
+            return line + ";\n"
+        if self._version() >= (1, 25, 1):  # `listen … http2` is deprecated from 1.25.1 on
+            return line + " ssl;\n    http2 on;\n"
+        return line + " ssl http2;\n"
 
     def config_text(self) -> str:
         """The nginx.conf: one server block per host address, static files, no access log."""
@@ -183,10 +242,15 @@ class NginxServer(Server):
             if self._has_module(module)
         )
         servers = "".join(
-            f"  server {{\n    listen {host}:{self.site.port} backlog=4096;\n"
-            f"    root {self.site.root / host};\n    index index.html;\n  }}\n"
+            f"  server {{\n{self._listen(host)}    root {self.site.root / host};\n    index index.html;\n  }}\n"
             for host in self.site.spec.hosts
         )
+        tls = ""
+        if self.tls is not None:
+            tls = (
+                f"  ssl_certificate {self.tls.cert_pem};\n  ssl_certificate_key {self.tls.key_pem};\n"
+                "  ssl_protocols TLSv1.2 TLSv1.3;\n  ssl_session_cache shared:SSL:10m;\n"
+            )
         return (
             "daemon off;\nmaster_process on;\n"
             f"worker_processes {self.workers};\n"
@@ -197,7 +261,7 @@ class NginxServer(Server):
             "  open_file_cache max=50000 inactive=120s;\n"
             "  types {\n    text/html html;\n    text/plain txt;\n  }\n"
             "  default_type application/octet-stream;\n"
-            f"{temp_paths}{servers}}}\n"
+            f"{tls}{temp_paths}{servers}}}\n"
         )
 
     def _has_module(self, module: str) -> bool:
@@ -229,8 +293,10 @@ class PythonServer(Server):
     kind = "aiohttp-server"
 
     def _launch(self) -> None:
-        cmd = [sys.executable, str(BENCH_DIR / "pyserver.py"), str(self.site.root), str(self.site.port)]
-        cmd += list(self.site.spec.hosts)
+        cmd = [sys.executable, str(BENCH_DIR / "pyserver.py")]
+        if self.tls is not None:
+            cmd += ["--tls", str(self.tls.cert_pem), str(self.tls.key_pem)]
+        cmd += [str(self.site.root), str(self.site.port), *self.site.spec.hosts]
         with open(self.workdir / "server.log", "ab") as log:
             for _ in range(self.workers):
                 self.procs.append(

@@ -1,6 +1,7 @@
 """Deterministic benchmark sites: HTML pages of about 15 KB with about 20 links each.
 
-A site is a set of hosts, one loopback address per host, all on one port. Each host has
+A site is a set of hosts, one loopback address per host, all on one port, served over http
+or (the TLS twin, `scheme="https"`) https; the pages are the same but for their absolute URLs. Each host has
 `pages_per_host` public pages, numbered 0..P-1, where page 0 is "/" and page i > 0 lives at
 "/<section>/<slug>-<i>.html". Every host also serves a robots.txt that disallows
 "/private/", and a few pages link to such private pages (which exist, so a crawler that
@@ -59,6 +60,12 @@ class SiteSpec:
     hosts: tuple[str, ...]
     pages_per_host: int
     seed: int = 1
+    scheme: str = "http"  # "https": the same pages, every absolute URL with https (the TLS twin)
+
+    @property
+    def label(self) -> str:
+        """The name in reports: "single", or "single https" for the TLS twin."""
+        return self.name if self.scheme == "http" else f"{self.name} {self.scheme}"
 
     @property
     def total_pages(self) -> int:
@@ -83,17 +90,17 @@ class Site:
         return self.spec.total_pages
 
 
-def single_host_spec(pages: int, seed: int = 1) -> SiteSpec:
+def single_host_spec(pages: int, seed: int = 1, scheme: str = "http") -> SiteSpec:
     """One host (127.0.0.1) with `pages` pages."""
-    return SiteSpec(name="single", hosts=("127.0.0.1",), pages_per_host=pages, seed=seed)
+    return SiteSpec(name="single", hosts=("127.0.0.1",), pages_per_host=pages, seed=seed, scheme=scheme)
 
 
-def multi_host_spec(hosts: int, pages_per_host: int, seed: int = 1) -> SiteSpec:
+def multi_host_spec(hosts: int, pages_per_host: int, seed: int = 1, scheme: str = "http") -> SiteSpec:
     """`hosts` hosts on 127.0.0.2, 127.0.0.3, … with `pages_per_host` pages each."""
     if not 1 <= hosts <= 250:
         raise ValueError("hosts must be between 1 and 250 (127.0.0.2 … 127.0.0.251)")
     addresses = tuple(f"127.0.0.{2 + i}" for i in range(hosts))
-    return SiteSpec(name="multi", hosts=addresses, pages_per_host=pages_per_host, seed=seed)
+    return SiteSpec(name="multi", hosts=addresses, pages_per_host=pages_per_host, seed=seed, scheme=scheme)
 
 
 def page_path(i: int) -> str:
@@ -187,13 +194,14 @@ def generate_site(spec: SiteSpec, root: Path, port: int) -> Site:
     """Write every host's pages and robots.txt under `root`; check reachability; return the Site."""
     root.mkdir(parents=True, exist_ok=True)
     pages = spec.pages_per_host
-    seeds = [f"http://{host}:{port}/" for host in spec.hosts]
+    scheme = spec.scheme
+    seeds = [f"{scheme}://{host}:{port}/" for host in spec.hosts]
     site = Site(spec=spec, root=root, port=port, seeds=seeds)
     graph: dict[str, list[str]] = {}
     for host_index, host in enumerate(spec.hosts):
         rng = random.Random(f"{spec.seed}:{spec.name}:{host_index}")
         sentences = _sentence_pool(rng)
-        base = f"http://{host}:{port}"
+        base = f"{scheme}://{host}:{port}"
         host_dir = root / host
         (host_dir / "private").mkdir(parents=True, exist_ok=True)
         for section in SECTIONS:
@@ -214,7 +222,7 @@ def generate_site(spec: SiteSpec, root: Path, port: int) -> Site:
             if len(spec.hosts) > 1 and rng.random() < CROSS_HOST_PROBABILITY:
                 other = rng.choice([h for h in spec.hosts if h != host])
                 j = rng.randrange(pages)
-                links.append((f"http://{other}:{port}{page_path(j)}", f"Partner {other} {j}"))
+                links.append((f"{scheme}://{other}:{port}{page_path(j)}", f"Partner {other} {j}"))
             if i % PRIVATE_EVERY == PRIVATE_EVERY // 3:
                 links.append((f"/private/doc-{i % PRIVATE_PAGES}.html", "Members only"))
             title = "Home" if i == 0 else f"{SECTIONS[i % len(SECTIONS)].title()} page {i}"
