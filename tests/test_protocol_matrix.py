@@ -29,6 +29,7 @@ from tests.support.matrix_servers import (
     LoopThread,
     StdlibServer,
     Tls,
+    dropped_unanswered,
     make_tls,
     start_aiohttp,
     start_hypercorn,
@@ -266,11 +267,14 @@ async def test_content_length_longer_than_the_body_is_a_protocol_error(target: T
 async def test_dropped_keepalive_connection_does_not_fail_the_next_request(target: Target, path: str) -> None:
     """A connection that looked kept alive is closed (after the answer, or on the next request unanswered):
     the next GET is sent again on a new connection and succeeds."""
+    dropped_before = dropped_unanswered.get(path, 0)
     async with crawl_fetcher(target) as fetcher:
         first = await get(fetcher, target.url(path))
         second = await get(fetcher, target.url("/page"))
     assert (first.status, first.body) == (200, PAGE)
     assert (second.status, second.body) == (200, PAGE)
+    if path == "/drop-next":  # the second GET did go out on the kept-alive connection, and was dropped
+        assert dropped_unanswered[path] == dropped_before + 1
 
 
 ENCODED_CASES = [

@@ -168,6 +168,7 @@ async def _raw_answer(
             await writer.drain()
             with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
                 await reader.readuntil(b"\r\n\r\n")  # the next request: read, then dropped unanswered
+                dropped_unanswered[path] = dropped_unanswered.get(path, 0) + 1
         return path == "/page"
     if path == "/chunked-trailers":
         writer.write(_head("HTTP/1.1 200 OK", [("Content-Type", HTML), ("Transfer-Encoding", "chunked"),
@@ -200,6 +201,7 @@ async def _raw_answer(
     return True
 
 
+dropped_unanswered: dict[str, int] = {}  # "/drop-next" -> requests the raw server read and left unanswered
 _raw_writers: set[asyncio.StreamWriter] = set()  # open raw connections, closed when the server stops
 
 
