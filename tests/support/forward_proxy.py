@@ -42,9 +42,7 @@ class ForwardProxy:
 
     def __init__(self, *, credentials: tuple[str, str] | None = None, fail: bool = False) -> None:
         self._expected = (
-            "Basic " + base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
-            if credentials
-            else None
+            "Basic " + base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode() if credentials else None
         )
         self._fail = fail
         self._log: list[ProxyLogEntry] = []
