@@ -74,6 +74,8 @@ class HttpConfig:
     retry_backoff: float = _spec(1.0, lo=0.0, doc="first retry wait in seconds; doubles, with jitter")
     retry_backoff_max: float = _spec(60.0, lo=0.0, doc="ceiling of one retry wait")
     ca_bundle: Path | None = _spec(None, doc="PEM file of CA certificates to trust instead of the system's")
+    proxy: str | None = _spec(None, doc="http://[user:password@]host:port proxy for every request")
+    trust_env: bool = _spec(True, doc="without proxy: honour HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -222,6 +224,12 @@ def _check_whole(config: Config, source: str) -> None:
         bare = host.removeprefix("*.")
         if not bare or "/" in bare or (":" in bare.strip("[]") and not bare.startswith("[")):
             raise ConfigError(source, "crawl.allowed_hosts", f"not a host name: {host!r} (no scheme, path or port)")
+    if config.http.proxy is not None:
+        from crawler.http.proxies import proxy_problem, shown  # imported late: only a config naming a proxy needs it
+
+        problem = proxy_problem(config.http.proxy)
+        if problem is not None:
+            raise ConfigError(source, "http.proxy", f"{problem}, got {shown(config.http.proxy)!r}")
     pol = config.politeness
     if pol.max_delay < pol.delay:
         raise ConfigError(source, "politeness.max_delay", f"must be ≥ politeness.delay ({pol.delay:g})")

@@ -62,6 +62,7 @@ class ErrorKind(StrEnum):
     TIMEOUT = "timeout"  # connect/read/write/pool timeout, or the total deadline (total_timeout)
     CONNECT = "connect"  # refused, DNS failure, unreachable
     TLS = "tls"  # certificate or handshake failure; not retried
+    PROXY = "proxy"  # the proxy refused the connection, asked for credentials (407) or refused a CONNECT tunnel
     PROTOCOL = "protocol"  # reset mid-body, empty reply, malformed response, undecodable or unknown encoding
     HTTP_STATUS = "http_status"  # 429/5xx still failing after retries
     TOO_MANY_REDIRECTS = "too_many_redirects"  # loop, or chain longer than max_redirects

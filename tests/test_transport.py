@@ -4,13 +4,17 @@ limits, flow control, and each failure as the httpx error translate_httpx_error 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 import pytest
 
 from crawler.errors import ErrorKind
 from crawler.http.errors import translate_httpx_error
+from crawler.http.resolver import DnsCache
 from crawler.http.transport import MAX_HEAD_BYTES, H1Transport, ResponseError
 from tests.crawlkit import closed_port
 from tests.support.faults import empty_reply, raw_bytes, reset_mid_body
@@ -265,3 +269,127 @@ async def test_a_body_the_reader_does_not_take_pauses_the_socket(site_server: Se
         finally:
             await response.aclose()
     assert body == big
+
+
+# ---- new connections: the DNS cache and happy eyeballs (RFC 8305) -------------------------
+
+
+class Resolver:
+    """An injected resolver: every host name resolves to `addresses`; calls are counted."""
+
+    def __init__(self, *addresses: str) -> None:
+        self.addresses = list(addresses)
+        self.calls = 0
+
+    async def __call__(self, host: str) -> list[str]:
+        self.calls += 1
+        return self.addresses
+
+
+def transport_with(resolver: Resolver, *, keep_alive: bool = True, **kwargs: object) -> H1Transport:
+    limits = httpx.Limits(max_connections=8, max_keepalive_connections=8 if keep_alive else 0)
+    dns = DnsCache(resolver, **kwargs)  # type: ignore[arg-type]
+    return H1Transport(limits=limits, dns=dns)
+
+
+@contextlib.contextmanager
+def unanswering_listener(port: int) -> Iterator[str]:
+    """127.0.0.3:port accepts no new connection and answers no SYN: its one-place backlog is full."""
+    address = "127.0.0.3"
+    listener = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind((address, port))
+        listener.listen(0)
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex((address, port))
+            fillers.append(filler)
+        probe = socket.socket()
+        probe.settimeout(0.3)
+        try:
+            probe.connect((address, port))
+            pytest.skip("this kernel answers connections beyond a full backlog")
+        except TimeoutError:
+            pass
+        finally:
+            probe.close()
+        yield address
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+async def test_an_address_that_never_answers_costs_one_happy_eyeballs_delay_not_a_connect_timeout(
+    site_server: Serve,
+) -> None:
+    server = site_server(Site().page("/"))
+    with unanswering_listener(server.port) as dead:
+        resolver = Resolver(dead, "127.0.0.1")
+        transport = H1Transport(
+            limits=httpx.Limits(max_connections=2), dns=DnsCache(resolver), happy_eyeballs_delay=0.1
+        )
+        async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(5.0)) as client:
+            started = time.monotonic()
+            response = await client.get(f"http://two-addresses.test:{server.port}/")
+            elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    assert elapsed < 2.5  # the dead address is left behind after 0.1 s, far from the 5 s connect timeout
+    assert server.requests[-1].headers["host"] == f"two-addresses.test:{server.port}"
+
+
+async def test_a_refused_address_hands_over_to_the_next_at_once(site_server: Serve) -> None:
+    server = site_server(Site().page("/"))
+    resolver = Resolver("127.0.0.2", "127.0.0.1")  # nothing listens on 127.0.0.2: refused
+    transport = H1Transport(limits=httpx.Limits(max_connections=2), dns=DnsCache(resolver), happy_eyeballs_delay=3.0)
+    async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(10.0)) as client:
+        started = time.monotonic()
+        response = await client.get(f"http://refused-first.test:{server.port}/")
+        elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    assert elapsed < 2.0  # not the 3 s delay: a failed attempt starts the next one
+
+
+async def test_every_address_failing_is_one_connect_error_naming_the_host(site_server: Serve) -> None:
+    port = closed_port()
+    transport = transport_with(Resolver("127.0.0.2", "127.0.0.1"))
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(httpx.ConnectError) as info:
+            await client.get(f"http://nowhere.test:{port}/")
+    error = translate_httpx_error(info.value)
+    assert error.kind is ErrorKind.CONNECT
+    assert error.message == f"connection failed: Connection refused (nowhere.test:{port})"
+
+
+async def test_a_name_that_does_not_resolve_is_a_connect_error() -> None:
+    async def no_such_name(host: str) -> list[str]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    transport = H1Transport(limits=httpx.Limits(max_connections=2), dns=DnsCache(no_such_name))
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(httpx.ConnectError) as info:
+            await client.get("http://nx.test/")
+    error = translate_httpx_error(info.value)
+    assert (error.kind, error.message) == (
+        ErrorKind.CONNECT,
+        "connection failed: Name or service not known (nx.test:80)",
+    )
+
+
+async def test_new_connections_resolve_once_per_ttl(site_server: Serve) -> None:
+    server = site_server(Site().page("/"))
+    resolver, now = Resolver("127.0.0.1"), [0.0]
+    transport = transport_with(resolver, keep_alive=False, ttl=60.0, clock=lambda: now[0])
+    async with httpx.AsyncClient(transport=transport) as client:
+        url = f"http://cached.test:{server.port}/"
+        for _ in range(3):  # no keep-alive: three connections
+            assert (await client.get(url)).status_code == 200
+        assert resolver.calls == 1
+        assert await asyncio.gather(*(client.get(url) for _ in range(4)))  # four at once share the answer
+        assert resolver.calls == 1
+        now[0] = 60.0
+        assert (await client.get(url)).status_code == 200
+        assert resolver.calls == 2
+    assert len(server.requests) == 8

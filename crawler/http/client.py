@@ -2,27 +2,40 @@
 
 from __future__ import annotations
 
+import os
 import re
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
 
 from crawler.config import HttpConfig
+from crawler.http.proxies import ProxyRules, tunnel_failure
 from crawler.http.transport import H1Transport
 
 
-def build_transport(http: HttpConfig, limits: httpx.Limits) -> httpx.AsyncBaseTransport:
-    """Our HTTP/1.1 transport for plain http (the fast path), httpx's own transport (h2 via ALPN) for https."""
+def build_transport(
+    http: HttpConfig, limits: httpx.Limits, *, environ: Mapping[str, str] = os.environ
+) -> httpx.AsyncBaseTransport:
+    """Our HTTP/1.1 transport for plain http (the fast path), httpx's own transport (h2 via ALPN) for https.
+
+    environ: where HTTP_PROXY and the like are read, unless http.proxy names the proxy or http.trust_env is off.
+    """
     # verify=True uses certifi's bundle; ca_bundle adds trust in a private CA instead, read
     # here so that a bad bundle fails the start rather than every https page.
     verify: ssl.SSLContext | bool = True
     if http.ca_bundle is not None:
         verify = ssl.create_default_context(cafile=str(http.ca_bundle))
+    proxies = ProxyRules.from_config(http, environ)
+
+    def tls(proxy: httpx.URL | None = None) -> httpx.AsyncBaseTransport:
+        # Through an http:// proxy, httpcore tunnels https with CONNECT.
+        via = httpx.Proxy(proxy) if proxy is not None else None
+        return httpx.AsyncHTTPTransport(http2=http.http2, limits=limits, retries=0, verify=verify, proxy=via)
+
     return SchemeRouter(
-        plain=H1Transport(limits=limits),
-        tls=lambda: httpx.AsyncHTTPTransport(http2=http.http2, limits=limits, retries=0, verify=verify),
+        plain=H1Transport(limits=limits, proxies=proxies), tls=tls, tunnel=tls if proxies.any else None, proxies=proxies
     )
 
 
@@ -78,24 +91,55 @@ _FAST_URLS = _fast_urls_work()
 class SchemeRouter(httpx.AsyncBaseTransport):
     """Sends http:// requests through one transport and https:// through another, made on the
     first https:// request: loading the CA bundle for its TLS context slows every start, which
-    a plain-http crawl need not pay for."""
+    a plain-http crawl need not pay for.
 
-    def __init__(self, *, plain: httpx.AsyncBaseTransport, tls: Callable[[], httpx.AsyncBaseTransport]) -> None:
+    With proxies, an https:// request that ProxyRules sends through a proxy goes through
+    tunnel(proxy) instead, one transport per proxy, and a failure at the proxy is a ProxyError.
+    """
+
+    def __init__(
+        self,
+        *,
+        plain: httpx.AsyncBaseTransport,
+        tls: Callable[[], httpx.AsyncBaseTransport],
+        tunnel: Callable[[httpx.URL], httpx.AsyncBaseTransport] | None = None,
+        proxies: ProxyRules | None = None,
+    ) -> None:
         self._plain = plain
         self._make_tls = tls
         self._tls: httpx.AsyncBaseTransport | None = None
+        self._make_tunnel = tunnel
+        self._proxies = proxies if tunnel is not None and proxies is not None and proxies.any else None
+        self._tunnels: dict[httpx.URL, httpx.AsyncBaseTransport] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.scheme != "https":
             return await self._plain.handle_async_request(request)
+        proxy = self._proxies.for_url(request.url) if self._proxies is not None else None
+        if proxy is not None:
+            return await self._through(proxy, request)
         if self._tls is None:
             self._tls = self._make_tls()
         return await self._tls.handle_async_request(request)
 
+    async def _through(self, proxy: httpx.URL, request: httpx.Request) -> httpx.Response:
+        tunnel = self._tunnels.get(proxy)
+        if tunnel is None:
+            assert self._make_tunnel is not None
+            tunnel = self._tunnels[proxy] = self._make_tunnel(proxy)
+        try:
+            return await tunnel.handle_async_request(request)
+        except httpx.TransportError as exc:
+            failure = tunnel_failure(exc, proxy)
+            if failure is None:
+                raise
+            raise failure from exc
+
     async def aclose(self) -> None:
         await self._plain.aclose()
-        if self._tls is not None:
-            await self._tls.aclose()
+        for transport in (self._tls, *self._tunnels.values()):
+            if transport is not None:
+                await transport.aclose()
 
 
 class _SetCookiesOnly(httpx.Cookies):

@@ -26,6 +26,11 @@ def translate_httpx_error(exc: BaseException) -> FetchError:
         if isinstance(cause, ssl.SSLError):
             reason = _one_line(str(cause)) or type(cause).__name__
             return FetchError(ErrorKind.TLS, f"TLS failure: {reason}")
+    if isinstance(exc, httpx.ProxyError):  # crawler.http.proxies.ProxyError, with the proxy's answer if any
+        status = getattr(exc, "status", None)
+        if status == 407:  # wrong or missing credentials stay wrong
+            return FetchError(ErrorKind.PROXY, text, status=status)
+        return Retryable(ErrorKind.PROXY, text, status=status)
     if isinstance(exc, ResponseError):  # its text says it all: "body cut short: ...", "malformed response: ..."
         return Retryable(ErrorKind.PROTOCOL, text)
     if isinstance(exc, httpx.TimeoutException):

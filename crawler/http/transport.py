@@ -2,7 +2,9 @@
 
 Per request it writes the request head and feeds llhttp (C, through httptools) what arrives,
 and little else, so the crawl's fetch path stays cheap (bench/transport_cost.py measures it).
-One keep-alive pool per origin, under httpx.Limits.
+One keep-alive pool per origin, under httpx.Limits. A request that ProxyRules sends through a
+proxy goes to it in absolute form, on connections pooled per proxy. New connections take their
+addresses from a DnsCache and race them with happy eyeballs (RFC 8305).
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ import os
 import time
 from collections.abc import AsyncIterator
 
+import aiohappyeyeballs
 import httptools
 import httpx
+
+from crawler.http.proxies import ProxyError, ProxyRules, basic_credentials
+from crawler.http.resolver import DnsCache, addr_infos
 
 # Above this many unread body bytes a connection stops reading from its socket until the
 # reader catches up, so a fast server cannot fill memory faster than the crawl reads.
@@ -25,8 +31,11 @@ MAX_HEAD_BYTES = 64 * 1024
 # Methods safe to send again when a reused keep-alive connection turns out to be closed.
 _RETRY_ON_STALE = frozenset({"GET", "HEAD", "OPTIONS"})
 
+# RFC 8305's recommended wait before racing the next address.
+HAPPY_EYEBALLS_DELAY = 0.25
+
 _HTTP_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
-_Origin = tuple[str, int]
+_Origin = tuple[str, int, bool]  # host, port, whether it is a proxy (requests in absolute form)
 
 
 class ResponseError(httpx.RemoteProtocolError):
@@ -268,9 +277,23 @@ class _Body(httpx.AsyncByteStream):
 
 
 class H1Transport(httpx.AsyncBaseTransport):
-    """HTTP/1.1 for http:// URLs: keep-alive connections per origin, at most limits.max_connections open."""
+    """HTTP/1.1 for http:// URLs: keep-alive connections per origin, at most limits.max_connections open.
 
-    def __init__(self, *, limits: httpx.Limits) -> None:
+    proxies: which requests go through a proxy; dns: where new connections look their host up.
+    """
+
+    def __init__(
+        self,
+        *,
+        limits: httpx.Limits,
+        proxies: ProxyRules | None = None,
+        dns: DnsCache | None = None,
+        happy_eyeballs_delay: float = HAPPY_EYEBALLS_DELAY,
+    ) -> None:
+        self._proxies = proxies if proxies is not None and proxies.any else None
+        self._proxy_auth: dict[httpx.URL, bytes] = {}  # proxy → its Proxy-Authorization header line, or b""
+        self._dns = dns if dns is not None else DnsCache()
+        self._happy_eyeballs_delay = happy_eyeballs_delay
         self._max_open = limits.max_connections
         self._max_idle = limits.max_keepalive_connections
         self._expiry = limits.keepalive_expiry
@@ -286,9 +309,15 @@ class H1Transport(httpx.AsyncBaseTransport):
             raise httpx.UnsupportedProtocol(f"this transport speaks plain http, not {url.scheme}")
         timeouts = request.extensions.get("timeout") or {}
         read_timeout = timeouts.get("read")
-        origin = (url.raw_host.decode("ascii"), url.port or 80)  # IDNA hosts in their ASCII form
         body = await request.aread()
-        head = _request_head(request, len(body))
+        proxy = self._proxies.for_url(url) if self._proxies is not None else None
+        if proxy is None:
+            origin = (url.raw_host.decode("ascii"), url.port or 80, False)  # IDNA hosts in their ASCII form
+            head = _request_head(request, len(body), url.raw_path)
+        else:
+            origin = (proxy.raw_host.decode("ascii"), proxy.port or 80, True)
+            target = b"http://" + url.netloc + url.raw_path  # absolute form, without any userinfo
+            head = _request_head(request, len(body), target, self._proxy_authorization(proxy))
         head_only = request.method == "HEAD"
         conn = await self._checkout(origin, timeouts.get("connect"), timeouts.get("pool"))
         while True:
@@ -310,6 +339,9 @@ class H1Transport(httpx.AsyncBaseTransport):
             except BaseException:
                 conn.finish()
                 raise
+        if conn.status == 407 and proxy is not None:
+            conn.finish()
+            raise ProxyError(f"the proxy {_where(origin)} asked for credentials (407)", status=407)
         return httpx.Response(
             status_code=conn.status,
             headers=conn.headers,
@@ -341,20 +373,44 @@ class H1Transport(httpx.AsyncBaseTransport):
         self._open += 1
         conn = _Connection(self, origin)
         self._conns.add(conn)
-        host, port = origin
         try:
             async with asyncio.timeout(connect_timeout):
-                await asyncio.get_running_loop().create_connection(lambda: conn, host, port)
+                await self._connect(conn, origin)
         except BaseException as exc:
             self._drop(conn)
+            where, proxied = _where(origin), origin[2]
             if isinstance(exc, TimeoutError):
-                raise httpx.ConnectTimeout(f"no connection to {host}:{port} within {connect_timeout:g}s") from None
+                if proxied:
+                    raise ProxyError(f"no connection to the proxy {where} within {connect_timeout:g}s") from None
+                raise httpx.ConnectTimeout(f"no connection to {where} within {connect_timeout:g}s") from None
             if isinstance(exc, OSError):
                 # asyncio's own text repeats the address; the errno's words say what happened.
                 reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else (exc.strerror or str(exc))
-                raise httpx.ConnectError(f"{reason} ({host}:{port})") from exc
+                if proxied:
+                    raise ProxyError(f"cannot connect to the proxy {where}: {reason}") from exc
+                raise httpx.ConnectError(f"{reason} ({where})") from exc
             raise
         return conn
+
+    async def _connect(self, conn: _Connection, origin: _Origin) -> None:
+        """Look the host up (cached), race its addresses (happy eyeballs), and hand the winner to conn."""
+        host, port, _ = origin
+        addresses = await self._dns.lookup(host)
+        sock = await aiohappyeyeballs.start_connection(
+            addr_infos(addresses, port), happy_eyeballs_delay=self._happy_eyeballs_delay, interleave=1
+        )
+        try:
+            await asyncio.get_running_loop().create_connection(lambda: conn, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+
+    def _proxy_authorization(self, proxy: httpx.URL) -> bytes:
+        line = self._proxy_auth.get(proxy)
+        if line is None:
+            credentials = basic_credentials(proxy)
+            line = self._proxy_auth[proxy] = b"Proxy-Authorization: %s\r\n" % credentials if credentials else b""
+        return line
 
     async def _make_room(self) -> None:
         """At the limit: close the longest-idle connection (to any origin), or wait until one closes."""
@@ -410,9 +466,16 @@ class H1Transport(httpx.AsyncBaseTransport):
         self._open = 0
 
 
-def _request_head(request: httpx.Request, body_length: int) -> bytes:
+def _where(origin: _Origin) -> str:
+    host, port, _ = origin
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _request_head(request: httpx.Request, body_length: int, target: bytes, extra: bytes = b"") -> bytes:
     """The request line and headers; a body goes whole, with its Content-Length (never chunked)."""
-    lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), request.url.raw_path)]
+    lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), target)]
+    if extra:
+        lines.append(extra)
     has_length = False
     for name, value in request.headers.raw:
         lower = name.lower()
