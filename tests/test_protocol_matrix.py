@@ -224,12 +224,6 @@ H2_BODY_LENGTH_ESCAPES = pytest.mark.xfail(
     " Content-Length) escape untranslated: Fetcher.fetch raises h2.exceptions.InvalidBodyLengthError, not"
     " FetchError, so a crawl records kind 'other'; crawler/http/fetcher.py catches only httpx.HTTPError",
 )
-OUR_HEAD_LIMIT_UNCHECKED = pytest.mark.xfail(
-    strict=True,
-    reason="crawler/http/transport.py checks MAX_HEAD_BYTES (64 KiB) only while the head is unfinished"
-    " (data_received, head_done False): a 100 KiB head is accepted when the read that carries it past 64 KiB"
-    " also completes it (refused only when it trickles in)",
-)
 H11_HEAD_LIMIT_UNCHECKED = pytest.mark.xfail(
     strict=True,
     reason="httpcore's h11 (the https engine today, HTTP/1.1) bounds only an incomplete head"
@@ -320,14 +314,14 @@ async def test_brotli_body_sent_anyway_is_a_clear_error(target: Target) -> None:
 @pytest.mark.parametrize(
     "target",
     [
-        pytest.param("nginx-http", marks=OUR_HEAD_LIMIT_UNCHECKED),
+        "nginx-http",
         pytest.param("nginx-https", marks=H2_HEAD_LIMIT_KIND),
-        pytest.param("hypercorn-http", marks=OUR_HEAD_LIMIT_UNCHECKED),
+        "hypercorn-http",
         pytest.param("hypercorn-https", marks=H2_HEAD_LIMIT_KIND),
-        pytest.param("aiohttp-http", marks=OUR_HEAD_LIMIT_UNCHECKED),
+        "aiohttp-http",
         pytest.param("aiohttp-https", marks=H11_HEAD_LIMIT_UNCHECKED),
-        pytest.param("httpserver-http", marks=OUR_HEAD_LIMIT_UNCHECKED),
-        pytest.param("raw-http", marks=OUR_HEAD_LIMIT_UNCHECKED),
+        "httpserver-http",
+        "raw-http",
         pytest.param("raw-https", marks=H11_HEAD_LIMIT_UNCHECKED),
     ],
     indirect=True,

@@ -42,6 +42,10 @@ class ResponseError(httpx.RemoteProtocolError):
     """A response that is malformed, cut short or missing; its text is the whole message for an error row."""
 
 
+class _HeadTooBig(Exception):
+    """A response head above MAX_HEAD_BYTES arrived whole, in one read."""
+
+
 class _Surplus(Exception):
     """Bytes after the end of a response, before the next request."""
 
@@ -77,7 +81,8 @@ class _Connection(asyncio.Protocol):
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._got_bytes = False
-        self._head_bytes = 0
+        self._head_bytes = 0  # bytes read while the head was unfinished
+        self._head_size = 0  # the parsed head's status line and headers
         self._body_bytes = 0
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
@@ -99,6 +104,9 @@ class _Connection(asyncio.Protocol):
             self._fail(ResponseError("malformed response: an unasked-for protocol upgrade"))
             return
         except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _HeadTooBig):
+                self._fail(ResponseError(f"malformed response: status line and headers above {MAX_HEAD_BYTES:,} bytes"))
+                return
             if self.complete:  # bytes after the whole response (see on_message_begin)
                 self._close()
                 return
@@ -137,14 +145,20 @@ class _Connection(asyncio.Protocol):
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
+        self._head_size += len(reason)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4  # ": " and CRLF
 
     def on_headers_complete(self) -> None:
+        # The bound in data_received sees only heads still unfinished after a read; this one sees a whole head.
+        if self._head_size > MAX_HEAD_BYTES:
+            raise _HeadTooBig
         status = self._parser.get_status_code()
         if status < 200:  # an interim answer (100 Continue, 103 Early Hints): the real one follows
             self.headers = []
+            self._head_size = 0
             self.reason = b""
             return
         self.status = status
