@@ -10,7 +10,8 @@ the requests, start-up excluded) and wall seconds, the median of `--rounds` runs
   aiohttp   aiohttp's ClientSession, get and read (what aiohttp-min does per page);
   crawler   crawler.http.fetcher.Fetcher, as the crawl calls it: the one httpx.AsyncClient over
             crawler/http/transport.py, body streamed under max_body_bytes;
-  httpcore  the same Fetcher over httpx's own transport (httpcore), as https requests go.
+  httpcore  the same Fetcher over httpx's own transport (httpcore), as https requests went before pyreqwest;
+  reqwest   the same Fetcher over crawler/http/reqwest.py (pyreqwest), as https requests go, here on plain http.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-CLIENTS = ("floor", "aiohttp", "crawler", "httpcore")
+CLIENTS = ("floor", "aiohttp", "crawler", "httpcore", "reqwest")
 USER_AGENT = "crawler-bench/0.1 (+https://example.org/bench)"
 
 
@@ -111,15 +112,21 @@ class _NoGate:
         yield
 
 
-async def _fetcher(urls: list[str], connections: int, *, httpcore: bool) -> int:
+async def _fetcher(urls: list[str], connections: int, *, engine: str) -> int:
     import httpx
 
     from crawler.config import HttpConfig
     from crawler.http.fetcher import Fetcher
+    from crawler.http.reqwest import ReqwestTransport, build_client
 
+    http = HttpConfig()
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    transport = httpx.AsyncHTTPTransport(limits=limits, retries=0) if httpcore else None
-    fetcher = Fetcher(HttpConfig(), USER_AGENT, concurrency=connections, transport=transport)
+    transport: httpx.AsyncBaseTransport | None = None
+    if engine == "httpcore":
+        transport = httpx.AsyncHTTPTransport(limits=limits, retries=0)
+    elif engine == "reqwest":
+        transport = ReqwestTransport(build_client(http, max_connections=connections), http)
+    fetcher = Fetcher(http, USER_AGENT, concurrency=connections, transport=transport)
     gate = _NoGate()
 
     async def fetch(url: str) -> int:
@@ -137,8 +144,9 @@ def child(client: str, urls_file: Path, connections: int) -> None:
     run: Callable[[], Awaitable[int]] = {
         "floor": lambda: _floor(urls, connections),
         "aiohttp": lambda: _aiohttp(urls, connections),
-        "crawler": lambda: _fetcher(urls, connections, httpcore=False),
-        "httpcore": lambda: _fetcher(urls, connections, httpcore=True),
+        "crawler": lambda: _fetcher(urls, connections, engine="crawler"),
+        "httpcore": lambda: _fetcher(urls, connections, engine="httpcore"),
+        "reqwest": lambda: _fetcher(urls, connections, engine="reqwest"),
     }[client]
     cpu, wall = time.process_time(), time.perf_counter()
     size = asyncio.run(run())

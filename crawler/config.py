@@ -73,7 +73,7 @@ class HttpConfig:
     retries: int = _spec(3, lo=0, hi=20, doc="extra attempts for transient failures")
     retry_backoff: float = _spec(1.0, lo=0.0, doc="first retry wait in seconds; doubles, with jitter")
     retry_backoff_max: float = _spec(60.0, lo=0.0, doc="ceiling of one retry wait")
-    ca_bundle: Path | None = _spec(None, doc="PEM file of CA certificates to trust instead of the system's")
+    ca_bundle: Path | None = _spec(None, doc="PEM file of CA certificates to trust besides the system's")
     proxy: str | None = _spec(None, doc="http://[user:password@]host:port proxy for every request")
     trust_env: bool = _spec(True, doc="without proxy: honour HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY")
 

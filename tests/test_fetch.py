@@ -7,7 +7,6 @@ import ssl
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from unittest import mock
 
 import httpcore
 import httpx
@@ -16,7 +15,7 @@ import respx
 
 from crawler.config import HttpConfig
 from crawler.errors import ErrorKind, FetchError, SkipReason
-from crawler.http.client import _FAST_URLS, SchemeRouter, request_url
+from crawler.http.client import SchemeRouter
 from crawler.http.decoding import PIECE, decode, inflaters
 from crawler.http.errors import translate_httpx_error
 from crawler.http.fetcher import Fetcher, parse_retry_after
@@ -421,62 +420,6 @@ def test_tls_errors_are_found_behind_httpcore_wrappers() -> None:
     assert type(error) is FetchError  # not the retryable subclass: a certificate does not fix itself
 
 
-REQUEST_URLS = [
-    "http://a.test/",
-    "http://a.test",
-    "https://A.Example.COM/Path/To?Q=1&r=%2F",
-    "http://127.0.0.1:8080/p;jsessionid=1?x=a:b@c/d?e",
-    "http://127.0.0.1:80/default-port",
-    "https://h.test:443/",
-    "http://h.test:0080/leading-zero-port",
-    "http://h.test:99999/too-high-but-httpx-accepts-it",
-    "http://xn--bcher-kva.example/b%C3%BCcher",
-    "http://h_t.test/~user/!$&'()*+,;=:@/%",
-    "http://h.test/bare%zz%percent?and%=%",
-    "http://h.test/a/./b/../c",
-    "http://h.test/.well-known/x",
-    "http://h.test/p?",
-    "http://h.test/p#frag",
-    "http://user:pw@h.test/",
-    "http://[::1]:8000/v6",
-    "http://h.test/sp ace",
-    "http://h.test/ünï",
-    "http://h.test/{curly}`tick`",
-]
-
-
-@pytest.mark.parametrize("url", REQUEST_URLS)
-def test_request_url_is_exactly_what_httpx_would_parse(url: str) -> None:
-    assert _FAST_URLS, "httpx.URL internals changed: request_url falls back to full parsing; adapt it"
-    fast, parsed = request_url(url), httpx.URL(url)
-    assert fast == parsed
-    assert fast._uri_reference == parsed._uri_reference
-    assert (str(fast), fast.raw_path, fast.host, fast.port, fast.scheme) == (
-        str(parsed),
-        parsed.raw_path,
-        parsed.host,
-        parsed.port,
-        parsed.scheme,
-    )
-
-
-@pytest.mark.parametrize("url", ["http://999.1.1.1/x", "http://h.test/" + "a" * 70_000])
-def test_request_url_raises_what_httpx_raises(url: str) -> None:
-    with pytest.raises(httpx.InvalidURL) as expected:
-        httpx.URL(url)
-    with pytest.raises(httpx.InvalidURL) as got:
-        request_url(url)
-    assert str(got.value) == str(expected.value)
-
-
-def test_request_url_skips_parsing_for_normalised_urls() -> None:
-    # The point of request_url: a normal-form URL costs one regex match, not httpx's parse.
-    url = "http://h.test:8080/shop/item?id=7"
-    request_url(url)  # caches the origin
-    with mock.patch("httpx._urls.urlparse", side_effect=AssertionError("parsed")):
-        assert str(request_url(url)) == url
-
-
 @pytest.mark.parametrize(
     ("method", "url"),
     [("GET", "http://h.test/a?b=1"), ("HEAD", "https://h.test:8443/"), ("GET", "http://127.0.0.1:8080/p")],
@@ -484,7 +427,7 @@ def test_request_url_skips_parsing_for_normalised_urls() -> None:
 def test_the_one_pass_build_request_builds_what_httpx_builds(method: str, url: str) -> None:
     fetcher = make_fetcher()
     client = fetcher.client
-    fast = client.build_request(method, request_url(url))
+    fast = client.build_request(method, url)
     full = httpx.AsyncClient.build_request(client, method, httpx.URL(url))
     assert (fast.method, fast.url, fast.headers.raw, fast.extensions) == (
         full.method,
@@ -500,11 +443,11 @@ def test_build_request_with_anything_to_merge_is_httpx_s_own() -> None:
     fetcher = make_fetcher()
     client = fetcher.client
     client.cookies.set("session", "abc", domain="h.test")
-    with_cookie = client.build_request("GET", request_url("http://h.test/"))
+    with_cookie = client.build_request("GET", "http://h.test/")
     assert with_cookie.headers["cookie"] == "session=abc"
-    posted = client.build_request("POST", request_url("http://h.test/form"))
+    posted = client.build_request("POST", "http://h.test/form")
     assert posted.headers["content-length"] == "0"
-    extra = client.build_request("GET", request_url("http://h.test/"), headers={"X-Extra": "1"})
+    extra = client.build_request("GET", "http://h.test/", headers={"X-Extra": "1"})
     assert extra.headers["x-extra"] == "1"
 
 

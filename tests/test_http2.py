@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gzip
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,10 @@ import trustme
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
+from crawler.config import HttpConfig
 from crawler.engine import Outcome
+from crawler.errors import ErrorKind, FetchError
+from crawler.http.fetcher import Fetcher
 from tests.crawlkit import crawl, make_config, rows
 
 PAGES = {
@@ -23,6 +28,16 @@ PAGES = {
     "/b": b"<html><title>page b</title></html>",
     "/robots.txt": b"User-agent: *\nDisallow: /private\n",
 }
+GZIPPED = b"<html><title>zipped</title>" + b"<p>words</p>" * 2000 + b"</html>"
+BIG = b"x" * 3_000_000  # far above the body limit the tests set
+
+
+class _NoGate:
+    """Politeness left out: every request may start at once."""
+
+    @contextlib.asynccontextmanager
+    async def request(self, url: str) -> AsyncIterator[None]:
+        yield
 
 
 async def site(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
@@ -30,19 +45,47 @@ async def site(scope: dict[str, Any], receive: Callable[..., Any], send: Callabl
     if scope["type"] != "http":
         return
     seen_versions.append(scope["http_version"])
-    body = PAGES.get(scope["path"])
+    seen_headers.append([(k.lower(), v) for k, v in scope["headers"]])
+    path = scope["path"]
+    if path == "/gzip":
+        head = [(b"content-type", b"text/html"), (b"content-encoding", b"gzip")]
+        await send({"type": "http.response.start", "status": 200, "headers": head})
+        await send({"type": "http.response.body", "body": gzip.compress(GZIPPED)})
+        return
+    if path == "/big":  # no Content-Length: only the streamed count can stop it
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/html")]})
+        for start in range(0, len(BIG), 65536):
+            await send({"type": "http.response.body", "body": BIG[start : start + 65536], "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    if path == "/moved":
+        await send({"type": "http.response.start", "status": 301, "headers": [(b"location", b"/a")]})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    body = PAGES.get(path)
     status = 200 if body is not None else 404
-    ctype = b"text/plain" if scope["path"] == "/robots.txt" else b"text/html; charset=utf-8"
+    ctype = b"text/plain" if path == "/robots.txt" else b"text/html; charset=utf-8"
     await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", ctype)]})
     await send({"type": "http.response.body", "body": body or b"not found"})
 
 
 seen_versions: list[str] = []
+seen_headers: list[list[tuple[bytes, bytes]]] = []
 
 
 @pytest.fixture
 def h2_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """Serve `site` over TLS with ALPN h2 on a port the OS picked; yields (base URL, CA file)."""
+    yield from _serve(tmp_path, ["h2", "http/1.1"])
+
+
+@pytest.fixture
+def h1_only_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The same site over TLS from a server that offers only http/1.1 by ALPN."""
+    yield from _serve(tmp_path, ["http/1.1"])
+
+
+def _serve(tmp_path: Path, alpn: list[str]) -> Iterator[tuple[str, Path]]:
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
     cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
@@ -57,7 +100,7 @@ def h2_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     config = HypercornConfig()
     config.bind = [f"fd://{sock.detach()}"]  # hypercorn owns (and closes) the listening socket
     config.certfile, config.keyfile = str(cert_file), str(key_file)
-    config.alpn_protocols = ["h2", "http/1.1"]
+    config.alpn_protocols = alpn
     config.accesslog = config.errorlog = None
 
     loop = asyncio.new_event_loop()
@@ -72,6 +115,7 @@ def h2_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     thread.start()
     started.wait(5)
     seen_versions.clear()
+    seen_headers.clear()
     try:
         yield f"https://127.0.0.1:{port}", ca_file
     finally:
@@ -107,3 +151,65 @@ async def test_an_untrusted_certificate_is_a_tls_error(h2_server: tuple[str, Pat
     kinds = {kind for (kind,) in rows(db, "SELECT kind FROM errors")}
     assert kinds == {"tls"}
     assert rows(db, "SELECT count(*) FROM pages") == [(0,)]
+    (message,) = {message for (message,) in rows(db, "SELECT message FROM errors")}
+    assert message.endswith("TLS failure: invalid peer certificate: UnknownIssuer")
+    assert seen_versions == []  # nothing got past the handshake
+
+
+async def test_a_server_that_speaks_only_http11_over_tls_gives_http11(
+    h1_only_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    base, ca_file = h1_only_server
+    db = tmp_path / "h1only.db"
+    summary = await crawl(make_config(db, [base + "/"], http={"ca_bundle": str(ca_file)}))  # http2 on by default
+    assert summary.outcome is Outcome.FINISHED
+    stored = dict(rows(db, "SELECT url, http_version FROM pages"))
+    assert stored == {base + "/": "HTTP/1.1", base + "/a": "HTTP/1.1", base + "/b": "HTTP/1.1"}
+    assert set(seen_versions) == {"1.1"}
+
+
+def _fetcher(ca_file: Path | None, **http: Any) -> Fetcher:
+    return Fetcher(HttpConfig(ca_bundle=ca_file, retries=0, **http), "crawler-test/0.1", concurrency=4)
+
+
+@pytest.mark.parametrize("server", ["h2_server", "h1_only_server"])
+async def test_over_tls_the_body_arrives_raw_and_is_decoded_and_capped_by_us(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    base, ca_file = request.getfixturevalue(server)
+    fetcher = _fetcher(ca_file, max_body_bytes=1_000_000)
+    try:
+        zipped = await fetcher.fetch(base + "/gzip", _NoGate())
+        assert zipped.body == GZIPPED  # decoded by crawler/http/decoding.py: the engine passed gzip through
+        assert ("content-encoding", "gzip") in zipped.headers
+        with pytest.raises(FetchError) as info:
+            await fetcher.fetch(base + "/big", _NoGate())
+        assert info.value.kind is ErrorKind.TOO_LARGE
+        assert info.value.message == "body exceeded max_body_bytes 1,000,000 while streaming"
+        moved = await fetcher.fetch(base + "/moved", _NoGate())  # a redirect comes back as it is
+        assert (moved.status, moved.header_values("location"), moved.body) == (301, ["/a"], b"")
+        again = await fetcher.fetch(base + "/a", _NoGate())  # the connection (or h2 stream) is usable after a cut
+        assert again.status == 200
+    finally:
+        await fetcher.aclose()
+    for headers in seen_headers:  # hyper writes the authority; httpx's Host is not sent a second time
+        assert sum(name in (b"host", b":authority") for name, _ in headers) <= 1
+        assert [v for k, v in headers if k == b"user-agent"] == [b"crawler-test/0.1"]
+        assert [v for k, v in headers if k == b"accept-encoding"] == [b"gzip, deflate"]
+
+
+async def test_connection_failures_over_https_are_connect_errors() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    fetcher = _fetcher(None)
+    try:
+        with pytest.raises(FetchError) as info:
+            await fetcher.fetch(f"https://127.0.0.1:{port}/", _NoGate())
+    finally:
+        await fetcher.aclose()
+    assert info.value.kind is ErrorKind.CONNECT
+    assert info.value.message == (
+        f"connection failed: tcp connect error: Connection refused (os error 111) (127.0.0.1:{port})"
+    )

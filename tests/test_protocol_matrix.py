@@ -42,6 +42,7 @@ DEADLINE = 10.0  # seconds any one case may take before it counts as a hang
 # The words that name each failure, whichever engine is under the client: ours for plain http,
 # then httpcore's and hyper's phrasings. A new engine may add its own, never drop the kind.
 CUT_SHORT = re.compile(r"body cut short|without sending complete message body|incomplete|closed before", re.I)
+H2_HEADER_REFUSED = re.compile(r"http2 error")
 HEAD_TOO_BIG = re.compile(r"headers above|receive buffer too long|header.*(larger|too (big|large|long)|size)", re.I)
 
 
@@ -217,28 +218,9 @@ async def test_http10_body_ending_at_connection_close_is_stored(target: Target) 
     assert (result.status, result.body) == (200, PAGE)
 
 
-# Known bugs, kept as strict xfails so the matrix shows them and flags their fix (see each reason).
-H2_BODY_LENGTH_ESCAPES = pytest.mark.xfail(
-    strict=True,
-    reason="httpcore (the https engine today) lets h2's InvalidBodyLengthError (END_STREAM before the declared"
-    " Content-Length) escape untranslated: Fetcher.fetch raises h2.exceptions.InvalidBodyLengthError, not"
-    " FetchError, so a crawl records kind 'other'; crawler/http/fetcher.py catches only httpx.HTTPError",
-)
-H11_HEAD_LIMIT_UNCHECKED = pytest.mark.xfail(
-    strict=True,
-    reason="httpcore's h11 (the https engine today, HTTP/1.1) bounds only an incomplete head"
-    " (max_incomplete_event_size 100 KiB): a complete 100 KiB head is accepted and the page stored",
-)
-H2_HEAD_LIMIT_KIND = pytest.mark.xfail(
-    strict=True,
-    reason="h2 refuses the header block ('Oversized header block'), but httpx.LocalProtocolError falls through"
-    " crawler/http/errors.py's translate_httpx_error to kind 'other' instead of 'protocol'",
-)
-
-
 @pytest.mark.parametrize(
     "target",
-    ["raw-http", "raw-https", "hypercorn-http", pytest.param("hypercorn-https", marks=H2_BODY_LENGTH_ESCAPES)],
+    ["raw-http", "raw-https", "hypercorn-http", "hypercorn-https"],
     indirect=True,
 )
 async def test_content_length_longer_than_the_body_is_a_protocol_error(target: Target) -> None:
@@ -312,31 +294,32 @@ async def test_brotli_body_sent_anyway_is_a_clear_error(target: Target) -> None:
 
 
 @pytest.mark.parametrize(
-    "target",
+    ("target", "refusal"),
     [
-        "nginx-http",
-        pytest.param("nginx-https", marks=H2_HEAD_LIMIT_KIND),
-        "hypercorn-http",
-        pytest.param("hypercorn-https", marks=H2_HEAD_LIMIT_KIND),
-        "aiohttp-http",
-        pytest.param("aiohttp-https", marks=H11_HEAD_LIMIT_UNCHECKED),
-        "httpserver-http",
-        "raw-http",
-        pytest.param("raw-https", marks=H11_HEAD_LIMIT_UNCHECKED),
+        ("nginx-http", HEAD_TOO_BIG),
+        # Over HTTP/2 the header block is refused, and hyper names it only as an HTTP/2 error.
+        ("nginx-https", H2_HEADER_REFUSED),
+        ("hypercorn-http", HEAD_TOO_BIG),
+        ("hypercorn-https", H2_HEADER_REFUSED),
+        ("aiohttp-http", HEAD_TOO_BIG),
+        ("aiohttp-https", HEAD_TOO_BIG),
+        ("httpserver-http", HEAD_TOO_BIG),
+        ("raw-http", HEAD_TOO_BIG),
+        ("raw-https", HEAD_TOO_BIG),
     ],
-    indirect=True,
+    indirect=["target"],
 )
-async def test_oversized_header_is_a_clear_error(target: Target) -> None:
+async def test_oversized_header_is_a_clear_error(target: Target, refusal: re.Pattern[str]) -> None:
     """A 100 KiB header value: refused, not buffered without bound and not a hang."""
     error = await fetch_error(target, "/big-header")
     assert error.kind is ErrorKind.PROTOCOL
-    assert HEAD_TOO_BIG.search(error.message), error.message
+    assert refusal.search(error.message), error.message
 
 
 # --------------------------------------------------------------------------- a whole crawl
 
 # What a crawl of each server's cases stores: a page's status, or an error row's kind
-# (/big-header is left to test_oversized_header_is_a_clear_error and its known bugs).
+# (/big-header is left to test_oversized_header_is_a_clear_error).
 STORED_PAGES: dict[str, int | ErrorKind] = {
     "/page": 200,
     "/chunked-trailers": 200,
@@ -368,21 +351,13 @@ CRAWL_OUTCOMES: dict[str, dict[str, int | ErrorKind]] = {
 }
 
 
-H2_STREAM_ERROR_FAILS_SIBLINGS = pytest.mark.xfail(
-    strict=True,
-    reason="httpcore over HTTP/2: /short-body's InvalidBodyLengthError ends as kind 'other' (see"
-    " H2_BODY_LENGTH_ESCAPES), and it closes the shared connection, so sibling requests in flight on it"
-    " (healthy pages) fail too, as 'other', unretried, some with the other stream's message",
-)
-
-
 @pytest.mark.parametrize(
     "target",
     [
         "nginx-http",
         "nginx-https",
         "hypercorn-http",
-        pytest.param("hypercorn-https", marks=H2_STREAM_ERROR_FAILS_SIBLINGS),
+        "hypercorn-https",
         "raw-http",
         "raw-https",
     ],

@@ -1,97 +1,53 @@
-"""The crawl's httpx client: CrawlClient, the scheme router over our transports, and fast request URLs."""
+"""The crawl's httpx client: CrawlClient, and the scheme router over our two transports."""
 
 from __future__ import annotations
 
 import os
-import re
 import ssl
 from collections.abc import Callable, Mapping
+from http.cookiejar import CookieJar
 from typing import Any
 
 import httpx
 
 from crawler.config import HttpConfig
 from crawler.http.proxies import ProxyRules, tunnel_failure
+from crawler.http.reqwest import ReqwestTransport, build_client
 from crawler.http.transport import H1Transport
 
 
 def build_transport(
     http: HttpConfig, limits: httpx.Limits, *, environ: Mapping[str, str] = os.environ
 ) -> httpx.AsyncBaseTransport:
-    """Our HTTP/1.1 transport for plain http (the fast path), httpx's own transport (h2 via ALPN) for https.
+    """Our HTTP/1.1 transport for plain http (the fast path), pyreqwest (HTTP/2 by ALPN) for https.
 
     environ: where HTTP_PROXY and the like are read, unless http.proxy names the proxy or http.trust_env is off.
     """
-    # verify=True uses certifi's bundle; ca_bundle adds trust in a private CA instead, read
-    # here so that a bad bundle fails the start rather than every https page.
     verify: ssl.SSLContext | bool = True
     if http.ca_bundle is not None:
+        # Read here so that a bad bundle fails the start rather than every https page.
         verify = ssl.create_default_context(cafile=str(http.ca_bundle))
     proxies = ProxyRules.from_config(http, environ)
+    max_connections = limits.max_connections
 
-    def tls(proxy: httpx.URL | None = None) -> httpx.AsyncBaseTransport:
-        # Through an http:// proxy, httpcore tunnels https with CONNECT.
-        via = httpx.Proxy(proxy) if proxy is not None else None
-        return httpx.AsyncHTTPTransport(http2=http.http2, limits=limits, retries=0, verify=verify, proxy=via)
+    def tunnel(proxy: httpx.URL) -> httpx.AsyncBaseTransport:
+        # https through an http:// proxy: httpcore tunnels it with CONNECT.
+        return httpx.AsyncHTTPTransport(
+            http2=http.http2, limits=limits, retries=0, verify=verify, proxy=httpx.Proxy(proxy)
+        )
 
     return SchemeRouter(
-        plain=H1Transport(limits=limits, proxies=proxies), tls=tls, tunnel=tls if proxies.any else None, proxies=proxies
+        plain=H1Transport(limits=limits, proxies=proxies),
+        tls=lambda: ReqwestTransport(build_client(http, max_connections=max_connections), http),
+        tunnel=tunnel if proxies.any else None,
+        proxies=proxies,
     )
-
-
-# A URL in the form normalize_url and join_url produce: a plain authority, then a path and
-# query of characters httpx's parser leaves as they are (its path-safe set holds all of
-# them, "%" included), so parsing such a URL could only split it.
-_PLAIN_URL = re.compile(
-    r"(https?://[A-Za-z0-9._\-]+(?::[0-9]+)?)(/[A-Za-z0-9._~!$&'()*+,;=:@/%\-]*)(?:\?([A-Za-z0-9._~!$&'()*+,;=:@/?%\-]*))?"
-)
-_ORIGINS: dict[str, Any] = {}  # "scheme://authority" → httpx's parse of it, to copy per URL
-_MAX_ORIGINS = 4096
-_MAX_URL_LENGTH = 65536  # httpx refuses longer URLs; the slow path raises its error
-
-
-def request_url(url: str) -> httpx.URL:
-    """httpx.URL(url), without httpx's per-character validation when url is already in normal form.
-
-    httpx parses a URL character by character in pure Python; ours come from normalize_url/join_url, so only
-    the authority needs httpx's parse (lowercasing, default port, IP checks), once per origin.
-    Relies on httpx's private URL._uri_reference (a ParseResult): _fast_urls_work() checks
-    that at import, falling back to plain parsing, and tests/test_fetch.py fails loudly.
-    """
-    m = _PLAIN_URL.fullmatch(url) if _FAST_URLS and len(url) <= _MAX_URL_LENGTH else None
-    if m is None or "/." in m.group(2):  # dot segments are httpx's to remove
-        return httpx.URL(url)
-    origin = m.group(1)
-    base = _ORIGINS.get(origin)
-    if base is None:
-        base = httpx.URL(origin)._uri_reference
-        if len(_ORIGINS) >= _MAX_ORIGINS:
-            _ORIGINS.clear()
-        _ORIGINS[origin] = base
-    fast = object.__new__(httpx.URL)
-    fast._uri_reference = base._replace(path=m.group(2), query=m.group(3))
-    return fast
-
-
-def _fast_urls_work() -> bool:
-    """Whether httpx.URL still keeps its parse as a ParseResult request_url can copy."""
-    probe = "http://example.com:8080/a/b%2F?c=d"
-    try:
-        ref = httpx.URL(probe)._uri_reference
-        copied = object.__new__(httpx.URL)
-        copied._uri_reference = ref._replace(path="/a/b%2F", query="c=d")
-        return bool(copied == httpx.URL(probe) and str(copied) == probe and copied.raw_path == b"/a/b%2F?c=d")
-    except Exception:  # pragma: no cover - only after an httpx upgrade
-        return False
-
-
-_FAST_URLS = _fast_urls_work()
 
 
 class SchemeRouter(httpx.AsyncBaseTransport):
     """Sends http:// requests through one transport and https:// through another, made on the
-    first https:// request: loading the CA bundle for its TLS context slows every start, which
-    a plain-http crawl need not pay for.
+    first https:// request: its TLS client (root certificates, a Tokio runtime) slows every
+    start, which a plain-http crawl need not pay for.
 
     With proxies, an https:// request that ProxyRules sends through a proxy goes through
     tunnel(proxy) instead, one transport per proxy, and a failure at the proxy is a ProxyError.
@@ -156,25 +112,48 @@ class _SetCookiesOnly(httpx.Cookies):
 _BODILESS = frozenset({"GET", "HEAD"})
 
 
+class _RedirectSeen(Exception):
+    """Carries a redirect response out of httpx before httpx builds a request from its Location."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+async def _hand_back_redirects(response: httpx.Response) -> None:
+    if response.has_redirect_location:
+        raise _RedirectSeen(response)
+
+
 class CrawlClient(httpx.AsyncClient):
     """The crawl's one AsyncClient: httpx's own, with a cheaper cookie jar, leaving redirects
     to follow_redirects entirely.
 
     httpx builds the next request of every redirect even when it will not follow it, and a
     Location such as `javascript:alert(1)` makes that raise InvalidURL, losing the response
-    before follow_redirects could record a bad_redirect.
+    before follow_redirects could record a bad_redirect: a response hook hands the redirect
+    back to `open` first.
     """
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        hooks = kwargs.pop("event_hooks", None) or {}
+        hooks = {**hooks, "response": [*hooks.get("response", []), _hand_back_redirects]}
+        super().__init__(event_hooks=hooks, **kwargs)
         self._jar = _SetCookiesOnly()
+
+    async def open(self, url: str) -> httpx.Response:
+        """GET url with the body left to stream; a redirect comes back as it is, its body closed unread."""
+        try:
+            return await self.send(self.build_request("GET", url), stream=True, follow_redirects=False)
+        except _RedirectSeen as seen:
+            return seen.response
 
     @property
     def cookies(self) -> httpx.Cookies:
         return self._jar
 
     @cookies.setter
-    def cookies(self, cookies: httpx._types.CookieTypes) -> None:
+    def cookies(self, cookies: httpx.Cookies | CookieJar | dict[str, str] | list[tuple[str, str]]) -> None:
         self._jar = _SetCookiesOnly(cookies)
 
     def build_request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Request:
@@ -184,10 +163,11 @@ class CrawlClient(httpx.AsyncClient):
         and re-wraps the URL; for the crawl's plain GETs the result is just the client's
         headers after a Host header, which is what this builds, once.
         """
+        if isinstance(url, str):
+            url = httpx.URL(url)
         if (
             kwargs
             or method not in _BODILESS
-            or not isinstance(url, httpx.URL)
             or url.is_relative_url
             or self.params
             or self._jar
@@ -200,6 +180,3 @@ class CrawlClient(httpx.AsyncClient):
         )
         request.read()  # as httpx does for a request built with content: .content is b""
         return request
-
-    def _build_redirect_request(self, request: httpx.Request, response: httpx.Response) -> httpx.Request:
-        return request  # only stored as response.next_request, which nothing reads

@@ -1,4 +1,4 @@
-"""The one boundary where httpx exceptions (our transport raises httpx's too) become FetchError kinds."""
+"""The one boundary where httpx exceptions (our transports raise httpx's too) become FetchError kinds."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import ssl
 import httpx
 
 from crawler.errors import ErrorKind, FetchError
+from crawler.http.reqwest import TLSError
 from crawler.http.transport import ResponseError
 
 
@@ -19,9 +20,11 @@ class Retryable(FetchError):
 
 
 def translate_httpx_error(exc: BaseException) -> FetchError:
-    """The one place httpx exceptions (crawler.http.transport raises httpx's too) become our error kinds."""
+    """The one place httpx exceptions (crawler.http.transport and .reqwest raise httpx's too) become our error kinds."""
     chain = _causes(exc)
     text = _one_line(str(exc)) or type(exc).__name__
+    if isinstance(exc, TLSError):  # the handshake failed: a certificate does not fix itself, no retry
+        return FetchError(ErrorKind.TLS, f"TLS failure: {text}")
     for cause in chain:
         if isinstance(cause, ssl.SSLError):
             reason = _one_line(str(cause)) or type(cause).__name__

@@ -15,7 +15,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from crawler.config import HttpConfig
 from crawler.errors import ErrorKind, FetchError
-from crawler.http.client import CrawlClient, build_transport, request_url
+from crawler.http.client import CrawlClient, build_transport
 from crawler.http.decoding import ACCEPT_ENCODING, decode, inflaters
 from crawler.http.errors import Retryable, translate_httpx_error
 
@@ -176,9 +176,7 @@ class Fetcher:
             started = time.monotonic()
             try:
                 async with asyncio.timeout(self.http.total_timeout):
-                    response = await self.client.send(
-                        self.client.build_request("GET", request_url(url)), stream=True, follow_redirects=False
-                    )
+                    response = await self.client.open(url)
                     try:
                         redirect = response.status_code in REDIRECT_STATUSES
                         body = b"" if redirect else await self._read_body(response, truncate_at, max_body)

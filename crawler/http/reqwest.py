@@ -1,0 +1,205 @@
+"""Https transport: httpx's transport interface over pyreqwest (Rust reqwest/hyper), HTTP/2 by ALPN.
+
+pyreqwest's own httpx layer sends httpx's Host header next to hyper's and drops the HTTP
+version, so this is a transport of our own over `pyreqwest.client.Client`: the body arrives
+raw (we decode it, bounded), redirects are ours, and pyreqwest's exceptions become httpx's here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from pyreqwest import exceptions as rq
+from pyreqwest.client import Client, ClientBuilder
+from pyreqwest.request import StreamRequest
+from pyreqwest.response import Response
+
+from crawler.config import HttpConfig
+from crawler.http.transport import MAX_HEAD_BYTES, ResponseError
+
+_HTTP_VERSIONS = {"HTTP/2.0": b"HTTP/2", "HTTP/1.1": b"HTTP/1.1", "HTTP/1.0": b"HTTP/1.0", "HTTP/3.0": b"HTTP/3"}
+
+# Cause texts that say only where an error passed (reqwest and hyper wrap every failure in them).
+_WRAPPERS = (
+    "error sending request",
+    "client error (",
+    "connection error",
+    "error decoding response",
+    "request or response body error",
+    "error reading a body",
+)
+# What rustls' errors start with: a connect failure saying one of these happened in the handshake.
+_TLS_REASONS = (
+    "invalid peer certificate",
+    "received corrupt message",
+    "received fatal alert",
+    "peer is incompatible",
+    "peer misbehaved",
+    "inappropriate",
+    "no certificates",
+    "unsupported name type",
+    "handshake",
+    "tls",
+)
+
+
+class TLSError(httpx.ConnectError):
+    """A TLS handshake that failed (untrusted certificate, not TLS at all, no common protocol)."""
+
+
+def build_client(http: HttpConfig, *, max_connections: int | None) -> Client:
+    """The pyreqwest client of the crawl's https requests, built once."""
+    builder = (
+        ClientBuilder()
+        .http2(http.http2)  # offered by ALPN; a server that only speaks HTTP/1.1 gets HTTP/1.1
+        .gzip(False)  # the stream stays raw: crawler/http/decoding.py decodes it, bounded
+        .brotli(False)
+        .zstd(False)
+        .deflate(False)
+        .follow_redirects(False)  # crawler/http/redirects.py walks the hops
+        .referer(False)
+        .no_proxy()  # reqwest would read proxy variables itself; which proxy is the crawl's decision
+        .max_connections(max_connections)
+        .connect_timeout(timedelta(seconds=http.connect_timeout))
+        .read_timeout(timedelta(seconds=http.read_timeout))
+        .pool_timeout(timedelta(seconds=http.pool_timeout))
+    )
+    if max_connections is not None:
+        builder = builder.pool_max_idle_per_host(max_connections)
+    if http.ca_bundle is not None:
+        builder = builder.add_root_certificate_pem(http.ca_bundle.read_bytes())
+    return builder.build()
+
+
+class ReqwestTransport(httpx.AsyncBaseTransport):
+    """httpx requests sent through one pyreqwest Client; the response body streams raw."""
+
+    def __init__(self, client: Client, http: HttpConfig) -> None:
+        self._client = client
+        self._http = http
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        # hyper writes Host (or :authority) from the URL itself; httpx's would be a second one.
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw if k.lower() != b"host"]
+        builder = self._client.request(request.method, str(request.url)).headers(headers)
+        body = await request.aread()
+        if body:
+            builder = builder.body_bytes(body)
+        streamed = builder.build_streamed()
+        try:
+            response: Response = await streamed.__aenter__()
+        except rq.PyreqwestError as exc:
+            raise self._translate(exc, request) from exc
+        try:
+            head = _headers(response)
+            # hyper's own bound on a head is far looser than the one our HTTP/1.1 transport keeps.
+            if sum(len(name) + len(value) + 4 for name, value in head) > MAX_HEAD_BYTES:
+                raise ResponseError(f"malformed response: status line and headers above {MAX_HEAD_BYTES:,} bytes")
+        except BaseException:
+            await streamed.__aexit__(None, None, None)
+            raise
+        return httpx.Response(
+            status_code=response.status,
+            headers=head,
+            stream=_Body(streamed, response, self, request),
+            request=request,
+            extensions={"http_version": _HTTP_VERSIONS.get(response.version, response.version.encode("ascii"))},
+        )
+
+    def _translate(self, exc: rq.PyreqwestError, request: httpx.Request) -> httpx.HTTPError:
+        """pyreqwest's exception as the httpx exception crawler/http/errors.py turns into an error kind."""
+        url = request.url
+        where = f"{url.host}:{url.port or 443}"
+        reason = _reason(exc)
+        http = self._http
+        if isinstance(exc, rq.ConnectTimeoutError):
+            return httpx.ConnectTimeout(f"no connection to {where} within {http.connect_timeout:g}s", request=request)
+        if isinstance(exc, rq.ReadTimeoutError):
+            return httpx.ReadTimeout(f"nothing received for {http.read_timeout:g}s", request=request)
+        if isinstance(exc, rq.PoolTimeoutError):
+            return httpx.PoolTimeout(f"no free connection within {http.pool_timeout:g}s", request=request)
+        if isinstance(exc, rq.WriteTimeoutError):
+            return httpx.WriteTimeout(reason, request=request)
+        if isinstance(exc, rq.RequestTimeoutError):
+            return httpx.TimeoutException(reason, request=request)
+        if isinstance(exc, rq.ConnectError):
+            if reason.lower().startswith(_TLS_REASONS):
+                return TLSError(reason, request=request)
+            if "http2 error" in reason.lower():  # the connection was made; the server broke HTTP/2's rules
+                return ResponseError(f"malformed response: {reason}", request=request)
+            return httpx.ConnectError(f"{reason} ({where})", request=request)
+        if isinstance(exc, rq.BodyDecodeError):  # the connection ended or broke within the body
+            return ResponseError(f"body cut short: {reason}", request=request)
+        if isinstance(exc, rq.DecodeError):  # hyper could not parse the response
+            return ResponseError(f"malformed response: {reason}", request=request)
+        if isinstance(exc, rq.ReadError):
+            return httpx.ReadError(reason, request=request)
+        if isinstance(exc, rq.WriteError):
+            return httpx.WriteError(reason, request=request)
+        if isinstance(exc, rq.NetworkError):
+            return httpx.NetworkError(reason, request=request)
+        return httpx.TransportError(f"{type(exc).__name__}: {reason}", request=request)
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+class _Body(httpx.AsyncByteStream):
+    """A response body, chunk by chunk as pyreqwest reads it; closing it ends the stream."""
+
+    __slots__ = ("_closed", "_request", "_response", "_streamed", "_transport")
+
+    def __init__(self, streamed: StreamRequest, response: Response, transport: ReqwestTransport, request: Any) -> None:
+        self._streamed = streamed
+        self._response = response
+        self._transport = transport
+        self._request = request
+        self._closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        reader = self._response.body_reader
+        while True:
+            try:
+                chunk = await reader.read_chunk()
+            except rq.PyreqwestError as exc:
+                raise self._transport._translate(exc, self._request) from exc
+            if chunk is None:
+                return
+            yield bytes(chunk)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._streamed.__aexit__(None, None, None)
+
+
+def _headers(response: Response) -> list[tuple[str, str]]:
+    """The response headers in order. pyreqwest hands out only values of visible ASCII: a header
+    holding other bytes is dropped, except a Location, without which a redirect would be misread."""
+    try:
+        return list(response.headers.items())
+    except ValueError:
+        pass
+    headers: list[tuple[str, str]] = []
+    for name in dict.fromkeys(response.headers.keys()):
+        try:
+            headers.extend((name, value) for value in response.headers.getall(name))
+        except ValueError:
+            if name == "location":
+                raise ResponseError("malformed response: a Location header of non-ASCII bytes") from None
+    return headers
+
+
+def _reason(exc: rq.PyreqwestError) -> str:
+    """The words of a pyreqwest error: its causes less the wrappers, the outermost and the root."""
+    details = getattr(exc, "details", None) or {}
+    causes = [str(c.get("message", "")) for c in details.get("causes") or []]
+    meaningful = [text for text in causes if text and not text.lower().startswith(_WRAPPERS)]
+    if not meaningful:
+        return str(exc.message)
+    if len(meaningful) == 1:
+        return meaningful[0]
+    return f"{meaningful[0]}: {meaningful[-1]}"
