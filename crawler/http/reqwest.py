@@ -128,8 +128,11 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
         if isinstance(exc, rq.ConnectError):
             if reason.lower().startswith(_TLS_REASONS):
                 return TLSError(reason, request=request)
-            if "http2 error" in reason.lower():  # the connection was made; the server broke HTTP/2's rules
+            lowered = reason.lower()
+            if "http2 error" in lowered:  # the connection was made; the server broke HTTP/2's rules
                 return ResponseError(f"malformed response: {reason}", request=request)
+            if "closed before message completed" in lowered:  # a kept-alive connection the server had dropped
+                return ResponseError(f"connection broken: {reason}", request=request)
             return httpx.ConnectError(f"{reason} ({where})", request=request)
         if isinstance(exc, rq.BodyDecodeError):  # the connection ended or broke within the body
             return ResponseError(f"body cut short: {reason}", request=request)
