@@ -36,9 +36,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from crawler.config import PolitenessConfig
 from crawler.urls import host_key
+
+if TYPE_CHECKING:
+    from crawler.store import StoredVersion
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +297,7 @@ class Lease:
     host: str
     depth: int
     reservation: Reservation | None = None
+    previous: StoredVersion | None = None  # the stored version a recrawl pass compares against
 
 
 class HostGate:

@@ -138,10 +138,13 @@ class CrawlClient(httpx.AsyncClient):
 
         httpx builds the headers four times over (client copy, merge, Request, Host prepended)
         and re-wraps the URL; for the crawl's plain GETs the result is just the client's
-        headers after a Host header, which is what this builds, once.
+        headers after a Host header, which is what this builds, once. `headers` given as a
+        list of (name, value) pairs (none of the client's names) are appended to them.
         """
+        extra: Any = kwargs.pop("headers", None) if set(kwargs) == {"headers"} else None
         if (
             kwargs
+            or not isinstance(extra, list | None)
             or method not in _BODILESS
             or not isinstance(url, httpx.URL)
             or url.is_relative_url
@@ -149,8 +152,13 @@ class CrawlClient(httpx.AsyncClient):
             or self._jar
             or "host" in self.headers
         ):
+            if extra is not None:
+                kwargs["headers"] = extra
             return super().build_request(method, url, **kwargs)
-        headers = httpx.Headers([(b"Host", url.netloc), *self.headers.raw])
+        raw = [(b"Host", url.netloc), *self.headers.raw]
+        if extra:  # (name, value) pairs sent on top of the client's, as a recrawl's validators are
+            raw += [(name.encode("ascii"), value.encode("latin-1")) for name, value in extra]
+        headers = httpx.Headers(raw)
         request = httpx.Request(
             method, url, headers=headers, extensions={"timeout": self.timeout.as_dict()}, stream=httpx.ByteStream(b"")
         )

@@ -22,6 +22,8 @@ from crawler.http.errors import Retryable, translate_httpx_error
 if TYPE_CHECKING:
     from crawler.http.redirects import StoppedRedirect
 
+Headers = list[tuple[str, str]]  # request headers as (name, value) pairs
+
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 THROTTLE_STATUSES = frozenset({429, 503})
@@ -128,20 +130,25 @@ class Fetcher:
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def fetch(self, url: str, gate: Gate, *, truncate_at: int | None = None) -> FetchResult:
+    async def fetch(
+        self, url: str, gate: Gate, *, truncate_at: int | None = None, headers: Headers | None = None
+    ) -> FetchResult:
         """GET one URL, with retries, each taking its own turn at the gate; a 3xx is returned as it is.
 
         truncate_at: keep that many body bytes and drop the rest instead of failing too_large
         (robots.txt, of which RFC 9309 asks us to parse the first 500 KiB, whatever its size).
+        headers: sent on top of the client's (a recrawl's If-None-Match, If-Modified-Since).
         """
-        return await self._fetch_with_retries(url, gate, truncate_at)
+        return await self._fetch_with_retries(url, gate, truncate_at, headers)
 
-    async def _fetch_with_retries(self, url: str, gate: Gate, truncate_at: int | None) -> FetchResult:
+    async def _fetch_with_retries(
+        self, url: str, gate: Gate, truncate_at: int | None, headers: Headers | None
+    ) -> FetchResult:
         # Most first attempts succeed: make them without tenacity's machinery, and only
         # hand a failure to tenacity, which replays it as its own attempt 1 and so keeps
         # its attempt numbers, waits and stop decisions exactly as if it had made it.
         try:
-            return await self._fetch_once(url, gate, truncate_at)
+            return await self._fetch_once(url, gate, truncate_at, headers)
         except FetchError as exc:
             first: FetchError | None = exc
         attempts = 1
@@ -153,7 +160,7 @@ class Fetcher:
                         failed, first = first, None
                         raise failed
                     attempts += 1
-                    result = await self._fetch_once(url, gate, truncate_at)
+                    result = await self._fetch_once(url, gate, truncate_at, headers)
                     result.attempts = attempts
                     return result
         except Retryable as exc:
@@ -164,14 +171,18 @@ class Fetcher:
             raise
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
-    async def _fetch_once(self, url: str, gate: Gate, truncate_at: int | None) -> FetchResult:
+    async def _fetch_once(
+        self, url: str, gate: Gate, truncate_at: int | None, headers: Headers | None = None
+    ) -> FetchResult:
         async with gate.request(url):
             started = time.monotonic()
             try:
                 async with asyncio.timeout(self.http.total_timeout):
-                    response = await self.client.send(
-                        self.client.build_request("GET", request_url(url)), stream=True, follow_redirects=False
-                    )
+                    if headers:
+                        request = self.client.build_request("GET", request_url(url), headers=headers)
+                    else:
+                        request = self.client.build_request("GET", request_url(url))
+                    response = await self.client.send(request, stream=True, follow_redirects=False)
                     try:
                         redirect = response.status_code in REDIRECT_STATUSES
                         body = b"" if redirect else await self._read_body(response, truncate_at)

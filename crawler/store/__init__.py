@@ -5,7 +5,7 @@ from __future__ import annotations
 from crawler.store.batch import Batch
 from crawler.store.flush import JSON_ROWS, PAGE_ROWS
 from crawler.store.lock import writer_lock
-from crawler.store.records import URL_STATES, NewUrl, PageRecord, QueuedUrl, utc_now
+from crawler.store.records import URL_STATES, NewUrl, PageRecord, QueuedUrl, StoredVersion, body_hash, utc_now
 from crawler.store.schema import MIGRATIONS, SCHEMA_VERSION
 from crawler.store.sqlite import Store
 
@@ -20,6 +20,8 @@ __all__ = [
     "PageRecord",
     "QueuedUrl",
     "Store",
+    "StoredVersion",
+    "body_hash",
     "utc_now",
     "writer_lock",
 ]

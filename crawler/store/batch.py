@@ -20,6 +20,10 @@ class Batch:
     states: list[tuple[str, str | None, str, int]] = field(default_factory=list)  # (state, reason, at, id)
     robots: list[tuple[str, int | None, str, float | None, str, str | None]] = field(default_factory=list)
     host_skips: list[tuple[str, str, str]] = field(default_factory=list)  # (reason, at, host)
+    # Recrawl passes only (empty in a first crawl, so its flushes skip them):
+    archived: list[int] = field(default_factory=list)  # url_ids whose stored version goes to page_history
+    confirmed: list[tuple[str, str | None, str | None, int]] = field(default_factory=list)  # (seen_at, etag, lm, id)
+    changes: list[tuple[int, str, int | None, str]] = field(default_factory=list)  # (url_id, change, status, at)
 
     def __len__(self) -> int:
         return (
@@ -30,6 +34,9 @@ class Batch:
             + len(self.errors)
             + len(self.states)
             + len(self.robots)
+            + len(self.archived)
+            + len(self.confirmed)
+            + len(self.changes)
         )
 
     def add_urls(self, urls: Iterable[NewUrl]) -> None:
@@ -40,6 +47,22 @@ class Batch:
         self.pages.append(page)
         self.links.extend((page.url_id, url, int(nofollow)) for url, nofollow in links)
         self.states.append(("done", None, page.fetched_at, page.url_id))
+
+    def replace_page(self, page: PageRecord, links: Iterable[tuple[str, bool]], change: str) -> None:
+        """A new version of a stored page: the old one goes to history and its links are replaced."""
+        self.archived.append(page.url_id)
+        self.add_page(page, links)
+        self.changes.append((page.url_id, change, page.status, page.fetched_at))
+
+    def add_change(self, url_id: int, change: str, status: int | None, at: str) -> None:
+        self.changes.append((url_id, change, status, at))
+
+    def confirm_page(self, url_id: int, status: int, etag: str | None, last_modified: str | None) -> None:
+        """A stored page found unchanged (304, or the same content): it was seen now, nothing else moves."""
+        now = utc_now()
+        self.confirmed.append((now, etag, last_modified, url_id))
+        self.states.append(("done", None, now, url_id))
+        self.changes.append((url_id, "unchanged", status, now))
 
     def add_error(self, url_id: int | None, url: str, kind: str, message: str, attempts: int) -> None:
         now = utc_now()
