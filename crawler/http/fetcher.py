@@ -26,6 +26,9 @@ Headers = list[tuple[str, str]]  # request headers as (name, value) pairs
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Bodies never read: a redirect's is of no use, and a 304 has none (RFC 9110), so a recrawl
+# skips the body machinery for each of its unchanged pages.
+UNREAD_STATUSES = REDIRECT_STATUSES | {304}
 THROTTLE_STATUSES = frozenset({429, 503})
 
 
@@ -184,8 +187,8 @@ class Fetcher:
                         request = self.client.build_request("GET", request_url(url))
                     response = await self.client.send(request, stream=True, follow_redirects=False)
                     try:
-                        redirect = response.status_code in REDIRECT_STATUSES
-                        body = b"" if redirect else await self._read_body(response, truncate_at)
+                        unread = response.status_code in UNREAD_STATUSES
+                        body = b"" if unread else await self._read_body(response, truncate_at)
                     finally:
                         await response.aclose()
             except TimeoutError:

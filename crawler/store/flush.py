@@ -98,8 +98,8 @@ class BatchWriter:
         if batch.changes:
             db.executemany(
                 "INSERT OR REPLACE INTO changes (run_id, url_id, change, status, fetched_at)"
-                f" VALUES ({int(self.pass_id or run_id or 0)}, ?, ?, ?, ?)",
-                batch.changes,
+                f" SELECT {int(self.pass_id or run_id or 0)}, {_items(4)} FROM json_each(?)",
+                _json_chunks(batch.changes),
             )
         if batch.host_skips:
             db.executemany(
