@@ -217,3 +217,33 @@ def rows_set(db: Path, sql: str) -> None:
     with conn:
         conn.execute(sql)
     conn.close()
+
+
+def test_a_pass_refetches_every_stored_page_past_max_pages_and_new_urls_wait(tmp_path: Path, versioned: Served) -> None:
+    """max_pages counts URLs first fetched: a crawl that stopped at its limit is still recrawled whole."""
+    _, server = versioned
+    db = tmp_path / "crawl.db"
+    cfg = make_config(db, [server.url_for("/")], crawl={"max_pages": 4})
+    assert run(cfg).outcome == "limit"
+    stored = {url.removeprefix(server.url) for (url,) in rows(db, "SELECT url FROM pages")}
+    assert len(stored) == 4
+    summary = run(cfg, RecrawlRequest())
+    assert set(changes(db)) == stored
+    assert summary.changes["new"] == 0
+    assert rows(db, "SELECT count(*) FROM urls WHERE state = 'queued'") == [(2,)]  # still waiting for a raised limit
+    assert rows(db, "SELECT count(*) FROM meta WHERE key = 'recrawl_pass'") == [(0,)]
+
+
+def test_a_failure_during_a_pass_is_an_error_row_and_the_stored_page_stays(tmp_path: Path, versioned: Served) -> None:
+    site, server = versioned
+    db = tmp_path / "crawl.db"
+    cfg = config(tmp_path, server)
+    run(cfg)
+    url = server.url_for("/c")
+    before = rows(db, "SELECT status, fetched_at, content_hash, seen_at, text FROM pages WHERE url = ?", (url,))
+    site.site.page("/c", status=503, body="busy")
+    run(cfg, RecrawlRequest())
+    assert rows(db, "SELECT status, fetched_at, content_hash, seen_at, text FROM pages WHERE url = ?", (url,)) == before
+    assert rows(db, "SELECT kind FROM errors WHERE url = ?", (url,)) == [("http_status",)]
+    assert "/c" not in changes(db)
+    assert changes(db)["/a"] == ("unchanged", 304)
