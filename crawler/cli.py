@@ -22,6 +22,7 @@ from crawler.engine import Crawl, CrawlSummary, Outcome
 from crawler.errors import CrawlerError, NothingToResume
 from crawler.progress import ProgressDisplay, format_summary
 from crawler.query import open_results
+from crawler.recrawl import RecrawlRequest, parse_duration
 from crawler.store import writer_lock
 
 __all__ = ["DEFAULT_CONFIG", "db_path_from", "main"]
@@ -65,6 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     _output_flags(resume)
     resume.set_defaults(handler=_cmd_resume)
 
+    recrawl = sub.add_parser(
+        "recrawl", help="fetch the stored pages again with conditional requests; continues an unfinished pass"
+    )
+    recrawl.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="TOML config (default: ./config.toml)")
+    recrawl.add_argument(
+        "--older-than", metavar="DURATION", help="only pages last seen longer ago than this: 90s, 30m, 12h, 7d"
+    )
+    _output_flags(recrawl)
+    recrawl.set_defaults(handler=_cmd_recrawl)
+
     demo = sub.add_parser("demo", help="crawl the bundled demo site on 127.0.0.1 (offline, seconds)")
     demo.add_argument("--db", type=Path, default=Path("data/demo.db"), help="database (default: data/demo.db)")
     _output_flags(demo)
@@ -98,8 +109,18 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     return _run(config, args, require_resume=True)
 
 
-def _run(config: Config, args: argparse.Namespace, *, require_resume: bool) -> int:
-    summary = run_crawl(config, quiet=args.quiet, require_resume=require_resume)
+def _cmd_recrawl(args: argparse.Namespace) -> int:
+    older_than = None if args.older_than is None else parse_duration(args.older_than)
+    config = load_config(args.config)
+    if not config.storage.path.exists():
+        raise NothingToResume(f"no database at {config.storage.path}: nothing to recrawl")
+    return _run(config, args, require_resume=False, recrawl=RecrawlRequest(older_than))
+
+
+def _run(
+    config: Config, args: argparse.Namespace, *, require_resume: bool, recrawl: RecrawlRequest | None = None
+) -> int:
+    summary = run_crawl(config, quiet=args.quiet, require_resume=require_resume, recrawl=recrawl)
     if not args.quiet:
         print(format_summary(summary))
     if summary.outcome is Outcome.INTERRUPTED:
@@ -109,10 +130,12 @@ def _run(config: Config, args: argparse.Namespace, *, require_resume: bool) -> i
     return 0
 
 
-def run_crawl(config: Config, *, quiet: bool, require_resume: bool = False) -> CrawlSummary:
-    """Run a crawl on a fresh event loop, stopping cleanly on SIGINT/SIGTERM."""
+def run_crawl(
+    config: Config, *, quiet: bool, require_resume: bool = False, recrawl: RecrawlRequest | None = None
+) -> CrawlSummary:
+    """Run a crawl (or a recrawl pass) on a fresh event loop, stopping cleanly on SIGINT/SIGTERM."""
     with ProgressDisplay(quiet=quiet) as display:
-        crawl = Crawl(config, on_progress=display, on_message=display.message)
+        crawl = Crawl(config, on_progress=display, on_message=display.message, recrawl=recrawl)
 
         async def main() -> CrawlSummary:
             _install_signal_handlers(crawl.request_stop, display.message)

@@ -16,13 +16,14 @@ from crawler.errors import UsageError
 from crawler.export import EXPORT_FORMATS, export, export_file
 from crawler.filters import PageFilter
 from crawler.formats import FORMATS, write_rows
-from crawler.query import ErrorRow, LinkRow, Page, Results, SearchHit, Stats, open_results
+from crawler.query import ChangeRow, ErrorRow, LinkRow, Page, Results, SearchHit, Stats, open_results
+from crawler.recrawl import CHANGES
 
 DEFAULT_CONFIG = "config.toml"
 DEFAULT_LIMIT = 100
 SEARCH_LIMIT = 20
 # The columns a table shows; jsonl and csv carry every field of the row.
-PAGE_TABLE = ("status", "depth", "bytes", "elapsed_ms", "content_type", "url", "title")
+PAGE_TABLE = ("status", "depth", "bytes", "elapsed_ms", "content_type", "url", "title", "canonical")
 ERROR_TABLE = ("kind", "attempts", "at", "url", "message")
 
 
@@ -44,6 +45,12 @@ def add_commands(sub: Any) -> None:
     errors.add_argument("--kind", help="only this error kind (timeout, connect, http_status, …)")
     _common(errors)
     errors.set_defaults(handler=_cmd_errors)
+
+    changes = qsub.add_parser("changes", help="what a recrawl pass found at each URL (default: the latest pass)")
+    changes.add_argument("--run", type=_limit, metavar="N", help="the pass started by run N")
+    changes.add_argument("--change", choices=CHANGES, help="only new, changed, unchanged or gone")
+    _common(changes)
+    changes.set_defaults(handler=_cmd_changes)
 
     links = qsub.add_parser("links", help="links out of a page and into it")
     links.add_argument("url", metavar="URL", help="the page (its asked or final URL)")
@@ -177,6 +184,13 @@ def _cmd_errors(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_changes(args: argparse.Namespace) -> int:
+    with _open(args) as results:
+        rows = results.changes(run=args.run, change=args.change, limit=_more(args.limit))
+        _print_rows(args, _fields(ChangeRow), rows)
+    return 0
+
+
 def _cmd_links(args: argparse.Namespace) -> int:
     with _open(args) as results:
         rows = results.links(args.url, direction=args.direction, limit=_more(args.limit))
@@ -264,9 +278,13 @@ def _stats_rows(s: Stats) -> Iterable[tuple[str, Any, Any]]:
     for section, pairs in _stats_sections(s).items():
         for key, value in pairs.items():
             yield section, key, value
+    yield from [("duplicates", "groups", s.duplicate_groups), ("duplicates", "urls", s.duplicate_urls)]
     for run in s.runs:
         yield from [(f"run {run.id}", name, getattr(run, name)) for name in ("started_at", "finished_at", "outcome")]
         yield from [(f"run {run.id}", "pages", run.pages), (f"run {run.id}", "seconds", round(run.seconds, 3))]
+        yield (f"run {run.id}", "kind", run.kind)
+    for counts in s.passes:
+        yield from [(f"pass {counts.run}", change, getattr(counts, change)) for change in CHANGES]
 
 
 def format_stats(s: Stats) -> str:
@@ -278,13 +296,18 @@ def format_stats(s: Stats) -> str:
     lines = [f"pages stored: {s.pages:,} ({s.bytes:,} bytes)", f"still queued: {s.queued:,}"]
     if s.unindexed:
         lines.append(f"not yet searchable: {s.unindexed:,}")
+    lines.append(f"exact duplicates: {s.duplicate_groups:,} bodies at {s.duplicate_urls:,} URLs")
     for title, pairs in _stats_sections(s).items():
         lines += block(title, pairs)
     for run in s.runs:
+        kind = " (recrawl)" if run.kind == "recrawl" else ""
         lines.append(
-            f"run {run.id}: {run.started_at} → {run.finished_at or '(running or killed)'}"
+            f"run {run.id}{kind}: {run.started_at} → {run.finished_at or '(running or killed)'}"
             f" · {run.outcome} · {run.pages:,} pages · {run.seconds:,.1f}s · {run.pages_per_second:,.1f} pages/s"
         )
+    for counts in s.passes:
+        found = " · ".join(f"{getattr(counts, change):,} {change}" for change in CHANGES)
+        lines.append(f"recrawl pass {counts.run}: {found}")
     if len(s.runs) > 1:
         lines.append(f"all runs: {s.seconds:,.1f}s · {s.pages_per_second:,.1f} pages/s")
     return "\n".join(lines)

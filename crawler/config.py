@@ -82,6 +82,7 @@ class HttpConfig:
 class StorageConfig:
     path: Path = _spec(Path("data/crawl.db"), doc="SQLite database; relative to the config file's folder")
     store_bodies: bool = _spec(True, doc="keep response bodies in pages.body")
+    keep_history: bool = _spec(True, doc="a recrawl keeps the bodies of replaced versions in page_history")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

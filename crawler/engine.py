@@ -12,12 +12,15 @@ from enum import StrEnum
 
 import httpx
 
+from crawler import recrawl
 from crawler.config import Config
+from crawler.errors import NothingToResume
 from crawler.frontier import Frontier
 from crawler.http.fetcher import Fetcher
 from crawler.parsepool import ParsePool
 from crawler.pipeline import Pipeline, UrlResult
 from crawler.politeness import HostGate, Politeness
+from crawler.recrawl import RecrawlRequest
 from crawler.resume import ResumeInfo, prepare
 from crawler.robots.policy import RobotsPolicy
 from crawler.sitemaps.reader import SitemapReader
@@ -64,6 +67,8 @@ class CrawlSummary:
     elapsed: float
     resumed: ResumeInfo | None = None
     status_counts: dict[str, int] = field(default_factory=dict)
+    recrawl_pass: int | None = None  # the recrawl pass this run belonged to
+    changes: dict[str, int] = field(default_factory=dict)  # this run's pages of that pass, by change
 
     @property
     def pages_per_second(self) -> float:
@@ -83,9 +88,15 @@ class Crawl:
         progress_interval: float = 0.5,
         stop_grace: float = 5.0,
         parser: ParsePool | None = None,
+        recrawl: RecrawlRequest | None = None,
     ) -> None:
-        """transport and parser replace the real ones (tests); the crawl starts and closes the parser."""
+        """transport and parser replace the real ones (tests); the crawl starts and closes the parser.
+
+        recrawl starts a new recrawl pass over the stored crawl; without it, a run continues
+        the pass left unfinished, if there is one (see crawler/recrawl.py).
+        """
         self.config = config
+        self._recrawl = recrawl
         self._transport = transport
         self.parser = parser if parser is not None else ParsePool(config.crawl.parse_workers)
         self._on_progress = on_progress
@@ -112,9 +123,21 @@ class Crawl:
     async def _run(self, store: Store, *, require_resume: bool) -> CrawlSummary:
         cfg = self.config
         started = time.monotonic()
+        if self._recrawl is not None and await store.get_meta("scope") is None:
+            raise NothingToResume(f"{store.path} holds no crawl: nothing to recrawl (run `crawler crawl` first)")
         stored = await prepare(store, cfg, self._scope, require_resume=require_resume, say=self._say)
         resumed = stored.resumed
-        await store.start_run(json.dumps(_config_json(cfg), default=str))
+        continued = await recrawl.open_pass(store)
+        kind = "crawl" if continued is None and self._recrawl is None else "recrawl"
+        run_id = await store.start_run(json.dumps(_config_json(cfg), default=str), kind)
+        pass_state = await recrawl.begin(
+            store, run_id, continued, self._recrawl, keep_history=cfg.storage.keep_history, say=self._say
+        )
+        fetched, queued = stored.fetched, stored.queued
+        if pass_state is not None:
+            # Stored pages queued again were counted as fetched when first fetched.
+            fetched += pass_state.revisits - pass_state.due
+            queued += pass_state.due
 
         self.store = store
         self.politeness = Politeness(cfg.politeness)
@@ -124,10 +147,11 @@ class Crawl:
             max_pages=cfg.crawl.max_pages,
             max_pages_per_host=cfg.crawl.max_pages_per_host,
         )
+        self.frontier.revisiting = pass_state is not None
         self.writer = BatchWriter(store, self.frontier)
         self.frontier.on_starving = self.writer.want_flush
-        await self.frontier.load(fetched=stored.fetched)
-        self._queued_at_start = stored.queued
+        await self.frontier.load(fetched=fetched)
+        self._queued_at_start = queued
         self._add_seeds()
         self.fetcher = Fetcher(
             cfg.http,
@@ -188,6 +212,8 @@ class Crawl:
             outcome = Outcome.FINISHED
         tally = self.pipeline.tally
         await store.finish_run(outcome, tally.pages)
+        if pass_state is not None and outcome is not Outcome.INTERRUPTED:
+            await recrawl.end(store)
         elapsed = time.monotonic() - started
         if outcome is not Outcome.INTERRUPTED:
             await self.writer.index_backlog(self._say)
@@ -205,6 +231,8 @@ class Crawl:
             elapsed=elapsed,
             resumed=resumed,
             status_counts=dict(sorted(tally.status_counts.items())),
+            recrawl_pass=None if pass_state is None else pass_state.pass_id,
+            changes={change: tally.changes.get(change, 0) for change in recrawl.CHANGES} if pass_state else {},
         )
 
     def _add_seeds(self) -> None:

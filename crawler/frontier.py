@@ -109,6 +109,10 @@ class Frontier:
         self._closed = False
         self.fetched = 0  # pages fetched (done or failed), this run and earlier ones
         self.leased = 0  # URLs handed out and not yet completed
+        self._revisits_leased = 0  # of which stored pages a recrawl pass fetches again
+        # In a recrawl pass, stored pages are fetched again whatever max_pages and
+        # max_pages_per_host say; only new URLs count against them.
+        self.revisiting = False
         self.awaiting_commit = 0  # completed URLs whose writes are not yet committed
         self.on_starving: Callable[[], None] = lambda: None
         self.error: BaseException | None = None  # a failed refill read, re-raised by the engine
@@ -299,7 +303,11 @@ class Frontier:
         self._wake(1)
 
     def limit_reached(self) -> bool:
-        return bool(self.max_pages) and self.fetched + self.leased >= self.max_pages
+        return bool(self.max_pages) and self.fetched + self.leased - self._revisits_leased >= self.max_pages
+
+    def _over_limits(self, hq: HostQueue) -> bool:
+        over_host = bool(self.max_pages_per_host) and hq.fetched + hq.leased >= self.max_pages_per_host
+        return over_host or self.limit_reached()
 
     def _try_lease(self) -> Lease | None:
         heap = self._heap
@@ -325,9 +333,18 @@ class Frontier:
                 hq.heap_seq = self._seq
                 heapq.heapreplace(heap, (slot.ready_at, self._seq, host))
                 continue
-            if key > now or self.limit_reached():
+            if key > now:
                 return None
-            if self.max_pages_per_host and hq.fetched + hq.leased >= self.max_pages_per_host:
+            if self.revisiting:
+                if hq.queue[0].previous is None and self._over_limits(hq):
+                    # A pass fetches every stored page again whatever the limits (each was
+                    # counted once already); a new URL beyond them stays queued in SQLite.
+                    hq.queue.popleft()
+                    self._in_memory -= 1
+                    continue
+            elif self.limit_reached():
+                return None
+            elif self.max_pages_per_host and hq.fetched + hq.leased >= self.max_pages_per_host:
                 self._drop_host(host)
                 continue
             heapq.heappop(heap)
@@ -338,9 +355,11 @@ class Frontier:
             assert reservation is not None, "a ready host with capacity must accept a reservation"
             hq.leased += 1
             self.leased += 1
+            if item.previous is not None:
+                self._revisits_leased += 1
             self._schedule(host)
             self._store.set_state(item.id, "in_flight")
-            return Lease(item.id, item.url, host, item.depth, reservation, item.kind)
+            return Lease(item.id, item.url, host, item.depth, reservation, item.kind, item.previous)
         return None
 
     def _drop_host(self, host: str) -> None:
@@ -363,7 +382,7 @@ class Frontier:
         # Counters, not a walk over the hosts: this runs whenever a worker finds nothing to do.
         if self.leased or self.awaiting_commit or self._tasks or self._refills_wanted:
             return False
-        if self.limit_reached():
+        if self.limit_reached() and not self.revisiting:
             return True
         return not (self._in_memory or self._overflowing or self._dormant)
 
@@ -394,7 +413,7 @@ class Frontier:
                     fut.cancel()
 
     def _arm_timer(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not self._heap or self.limit_reached():
+        if not self._heap or (self.limit_reached() and not self.revisiting):
             return
         at = self._heap[0][0]
         if self._timer is not None and self._timer_at <= at:
@@ -421,7 +440,12 @@ class Frontier:
         hq = self._hosts[lease.host]
         hq.leased -= 1
         self.leased -= 1
-        if fetched:
+        if lease.previous is not None:
+            self._revisits_leased -= 1
+            # Counted in `fetched` when first fetched; the host's count, read from SQLite,
+            # left it out while it was queued again.
+            hq.fetched += fetched
+        elif fetched:
             hq.fetched += 1
             self.fetched += 1
         self._settle_later(lease.host, hq)
@@ -430,11 +454,13 @@ class Frontier:
     def requeue(self, lease: Lease) -> None:
         """Put a leased URL back at the front of its host's queue (e.g. robots.txt unreachable)."""
         hq = self._hosts[lease.host]
-        hq.queue.appendleft(QueuedUrl(lease.url_id, lease.url, lease.host, lease.depth, lease.kind))
+        hq.queue.appendleft(QueuedUrl(lease.url_id, lease.url, lease.host, lease.depth, lease.kind, lease.previous))
         self._in_memory += 1
         self._store.set_state(lease.url_id, "queued")
         hq.leased -= 1
         self.leased -= 1
+        if lease.previous is not None:
+            self._revisits_leased -= 1
         self._settle_later(lease.host, hq)
         self._schedule(lease.host)
 

@@ -14,10 +14,11 @@ from crawler.http.redirects import RedirectDecision, follow_redirects
 from crawler.parse import ParsedPage, is_html, robots_directives
 from crawler.parsepool import ParseJob, ParsePool
 from crawler.politeness import HostGate, Lease
+from crawler.recrawl import GONE_STATUSES, conditional
 from crawler.robots.policy import RobotsAccess, RobotsPolicy
 from crawler.robots.rules import product_token
 from crawler.sitemaps.reader import SitemapReader
-from crawler.store import SITEMAP, NewUrl, PageRecord, Store, utc_now
+from crawler.store import SITEMAP, NewUrl, PageRecord, Store, body_hash, utc_now
 from crawler.urls import Scope, host_key
 
 fetch_log = logging.getLogger("crawler.fetch")
@@ -43,6 +44,7 @@ class Tally:
     skipped: int = 0
     sitemaps: int = 0  # sitemaps fetched, or failed trying (also counted in `fetched`)
     status_counts: dict[str, int] = field(default_factory=dict)  # "2xx" → pages
+    changes: dict[str, int] = field(default_factory=dict)  # a recrawl pass's "changed" → pages
 
 
 class Pipeline:
@@ -99,12 +101,24 @@ class Pipeline:
         if lease.kind == SITEMAP and self._sitemaps is not None:
             return await self._read_sitemap(lease, gate, self._sitemaps)
         redirects = _LeaseRedirects(self._scope, self._robots, lease.depth, gate)
+        previous = lease.previous
         try:
-            result = await follow_redirects(self._fetcher, url, gate, policy=redirects)
+            result = await follow_redirects(
+                self._fetcher, url, gate, policy=redirects, headers=None if previous is None else conditional(previous)
+            )
         except FetchError as exc:
             fetch_log.info("GET %s failed: %s", url, exc)
             self._fail(lease, exc.kind, exc.message, exc.attempts)
             return UrlResult.FAILED
+        content_hash = body_hash(result.body)
+        if previous is not None and (
+            result.status == 304 or (result.status == previous.status and content_hash == previous.content_hash)
+        ):
+            etag, last_modified = _validators(result.headers)
+            self._store.confirm_page(lease.url_id, result.status, etag, last_modified)
+            self._count(result.status, "unchanged")
+            fetch_log.info("GET %s %d unchanged", url, result.status)
+            return UrlResult.STORED
 
         if lease.depth == 0 and self._sitemaps is not None and self._sitemaps.is_sitemap(result):
             # A seed that answers with a sitemap is read as one (it was fetched under the page's body limit).
@@ -126,7 +140,7 @@ class Pipeline:
                 self._fail(lease, ErrorKind.PARSE, exc.message, result.attempts)
                 return UrlResult.FAILED
 
-        self._record(lease, result, parsed)
+        self._record(lease, result, parsed, content_hash)
         return UrlResult.STORED
 
     async def _read_sitemap(self, lease: Lease, gate: HostGate, sitemaps: SitemapReader) -> UrlResult:
@@ -159,49 +173,68 @@ class Pipeline:
         self._store.add_error(lease.url_id, lease.url, kind, message, attempts)
         self.tally.errors += 1
 
-    def _record(self, lease: Lease, result: FetchResult, parsed: ParsedPage | None) -> None:
+    def _record(self, lease: Lease, result: FetchResult, parsed: ParsedPage | None, content_hash: str) -> None:
         """Store the page (parsed when it is HTML) and queue what it links to."""
         cfg = self._config
         noindex, nofollow = robots_directives(result.header_values("x-robots-tag"), self._token)
         title: str | None = None
         text: str | None = None
+        canonical: str | None = None
         links: tuple[tuple[str, bool], ...] = ()
         if parsed is not None:
-            title, text = parsed.title, parsed.text
+            title, text, canonical = parsed.title, parsed.text, parsed.canonical
             noindex = noindex or parsed.noindex
             nofollow = nofollow or parsed.nofollow
             # Links are (url, nofollow) pairs already; a page-wide nofollow marks them all.
             links = tuple((url, True) for url, _ in parsed.links) if nofollow else parsed.links
         keep_body = cfg.storage.store_bodies and not noindex
-        self._store.add_page(
-            PageRecord(
-                url_id=lease.url_id,
-                url=lease.url,
-                final_url=result.final_url,
-                status=result.status,
-                content_type=result.content_type,
-                title=title,
-                depth=lease.depth,
-                fetched_at=utc_now(),
-                elapsed_ms=round(result.elapsed * 1000, 3),
-                http_version=result.http_version,
-                size=len(result.body),
-                headers=result.headers,
-                redirects=result.redirects,
-                noindex=noindex,
-                text=None if noindex else text,
-                body=result.body if keep_body else None,
-            ),
-            links,
+        etag, last_modified = _validators(result.headers)
+        gone = lease.previous is not None and result.status in GONE_STATUSES
+        page = PageRecord(
+            url_id=lease.url_id,
+            url=lease.url,
+            final_url=result.final_url,
+            status=result.status,
+            content_type=result.content_type,
+            title=title,
+            depth=lease.depth,
+            fetched_at=utc_now(),
+            elapsed_ms=round(result.elapsed * 1000, 3),
+            http_version=result.http_version,
+            size=len(result.body),
+            headers=result.headers,
+            redirects=result.redirects,
+            noindex=noindex,
+            text=None if noindex else text,
+            body=result.body if keep_body else None,
+            content_hash=content_hash,
+            etag=etag,
+            last_modified=last_modified,
+            canonical=canonical,
+            gone=gone,
         )
-        tally = self.tally
-        tally.pages += 1
-        status_class = f"{result.status // 100}xx"
-        tally.status_counts[status_class] = tally.status_counts.get(status_class, 0) + 1
+        if lease.previous is not None:
+            change = "gone" if gone else "changed"
+            self._store.replace_page(page, links, change)
+        else:
+            self._store.add_page(page, links)
+            change = None
+            if self._store.pass_id is not None:
+                change = "new"
+                self._store.add_change(lease.url_id, change, result.status, page.fetched_at)
+        self._count(result.status, change)
         fetch_log.info("GET %s %d %.0fms", lease.url, result.status, result.elapsed * 1000)
         # Same batch as add_page above, with no await in between: page, links, discoveries and
         # the done state commit together or not at all (see Store.flush).
         self._store.add_urls(self._discovered(lease, result, links))
+
+    def _count(self, status: int, change: str | None) -> None:
+        tally = self.tally
+        tally.pages += 1
+        status_class = f"{status // 100}xx"
+        tally.status_counts[status_class] = tally.status_counts.get(status_class, 0) + 1
+        if change is not None:
+            tally.changes[change] = tally.changes.get(change, 0) + 1
 
     def _discovered(self, lease: Lease, result: FetchResult, links: tuple[tuple[str, bool], ...]) -> list[NewUrl]:
         """The urls rows a page's links and its stopped redirect add, each queued or skipped with its reason."""
@@ -233,6 +266,17 @@ class Pipeline:
             else:
                 new.append(NewUrl(target, host_key(target), lease.depth, lease.url_id, "skipped", stopped.reason))
         return new
+
+
+def _validators(headers: list[tuple[str, str]]) -> tuple[str | None, str | None]:
+    """The response's ETag and Last-Modified, as sent."""
+    etag = last_modified = None
+    for name, value in headers:
+        if name == "etag":
+            etag = value
+        elif name == "last-modified":
+            last_modified = value
+    return etag, last_modified
 
 
 class _LeaseRedirects:

@@ -36,9 +36,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from crawler.config import PolitenessConfig
 from crawler.urls import host_key
+
+if TYPE_CHECKING:
+    from crawler.store import StoredVersion
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +298,7 @@ class Lease:
     depth: int
     reservation: Reservation | None = None
     kind: str = "page"  # urls.kind: 'page', or 'sitemap' for a document read for the URLs it lists
+    previous: StoredVersion | None = None  # the stored version a recrawl pass compares against
 
 
 class HostGate:

@@ -81,4 +81,7 @@ def format_summary(summary: CrawlSummary) -> str:
         f"still queued: {summary.queued_left:,}",
         f"  database: {summary.db_path}",
     ]
+    if summary.recrawl_pass is not None:
+        counts = ", ".join(f"{k}: {v:,}" for k, v in summary.changes.items())
+        lines.insert(2, f"  recrawl pass {summary.recrawl_pass}: {counts}")
     return "\n".join(lines)

@@ -21,12 +21,14 @@ from typing import Any, Literal
 
 from crawler.errors import ErrorKind, StoreError, UsageError
 from crawler.filters import PageFilter
-from crawler.rows import ErrorRow, LinkRow, Page, Run, SearchHit, SqlResult, Stats, StoredPage
+from crawler.recrawl import CHANGES
+from crawler.rows import ChangeRow, ErrorRow, LinkRow, Page, PassCounts, Run, SearchHit, SqlResult, Stats, StoredPage
 from crawler.store import SCHEMA_VERSION
 from crawler.urls import normalize_url
 
 __all__ = [
-    "ErrorRow", "LinkRow", "Page", "Results", "Run", "SearchHit", "SqlResult", "Stats", "StoredPage",
+    "ChangeRow", "ErrorRow", "LinkRow", "Page", "PassCounts", "Results", "Run", "SearchHit", "SqlResult", "Stats",
+    "StoredPage",
     "connect_readonly", "fts_query", "open_results",
 ]  # fmt: skip
 
@@ -58,6 +60,9 @@ def connect_readonly(path: str | Path) -> sqlite3.Connection:
 
 
 _PAGE_SELECT = ", ".join("p." + f.name for f in fields(Page))
+# A database no crawl has opened since schema 4 has no canonical column: it reads as NULL.
+_PAGE_SELECT_3 = _PAGE_SELECT.replace("p.canonical", "NULL")
+_RECRAWL_SCHEMA = 4  # the schema that added content hashes, runs.kind and the changes table
 _PHRASE_OR_WORD = re.compile(r'"([^"]*)"?|(\S+)')
 # Only reading statements may be prepared by `sql`; the authorizer names anything else.
 _SQL_ALLOWED = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
@@ -86,6 +91,8 @@ class Results:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
         self.path = path
+        self._recrawl_schema = self._scalar("PRAGMA user_version") >= _RECRAWL_SCHEMA
+        self._page_select = _PAGE_SELECT if self._recrawl_schema else _PAGE_SELECT_3
 
     def close(self) -> None:
         self._conn.close()
@@ -104,14 +111,14 @@ class Results:
 
     def iter_pages(self, where: PageFilter | None = None, *, limit: int | None = None) -> Iterator[Page]:
         clause, params = (where or PageFilter()).sql()
-        sql = f"SELECT {_PAGE_SELECT} FROM pages p {clause} ORDER BY p.url"
+        sql = f"SELECT {self._page_select} FROM pages p {clause} ORDER BY p.url"
         for row in self._rows(sql + _limit(limit), params):
             yield Page(*row)
 
     def iter_stored_pages(self, where: PageFilter | None = None, *, limit: int | None = None) -> Iterator[StoredPage]:
         clause, params = (where or PageFilter()).sql()
         sql = (
-            f"SELECT {_PAGE_SELECT}, p.noindex, p.redirects, p.headers,"
+            f"SELECT {self._page_select}, p.noindex, p.redirects, p.headers,"
             " p.text, p.body, json_extract(r.config, '$.politeness.user_agent')"
             f" FROM pages p LEFT JOIN runs r ON r.id = p.run_id {clause} ORDER BY p.url"
         )
@@ -160,6 +167,33 @@ class Results:
             " ORDER BY direction DESC, CASE direction WHEN 'out' THEN to_url ELSE from_url END" + _limit(limit)
         )
         return [LinkRow(d, f, t, bool(n), s, st) for d, f, t, n, s, st in self._rows(sql, params)]
+
+    def changes(
+        self, *, run: int | None = None, change: str | None = None, limit: int | None = None
+    ) -> list[ChangeRow]:
+        """One row per URL a recrawl pass fetched (the latest pass unless `run` names one), by URL."""
+        if change is not None and change not in CHANGES:
+            raise UsageError(f"unknown change {change!r}; the changes are: {', '.join(CHANGES)}")
+        if run is None:
+            run = self.latest_pass()
+            if run is None:
+                raise UsageError(f"{self.path} holds no recrawl pass; `crawler recrawl` starts one")
+        sql = (
+            "SELECT u.url, c.change, c.status, c.fetched_at, c.run_id FROM changes c JOIN urls u ON u.id = c.url_id"
+            " WHERE c.run_id = ?" + (" AND c.change = ?" if change is not None else "") + " ORDER BY u.url"
+        )
+        params: list[Any] = [run] if change is None else [run, change]
+        return [ChangeRow(*row) for row in self._rows(sql + _limit(limit), params)]
+
+    def latest_pass(self) -> int | None:
+        """The recrawl pass still open, else the last one that recorded a change; None without one."""
+        if not self._recrawl_schema:
+            return None
+        value = self._scalar(
+            "SELECT coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'recrawl_pass'),"
+            " (SELECT max(run_id) FROM changes))"
+        )
+        return None if value is None else int(value)
 
     def _known(self, url: str) -> bool:
         return bool(
@@ -248,14 +282,30 @@ class Results:
 
     def stats(self) -> Stats:
         pairs = self._pairs
+        kind = "kind" if self._recrawl_schema else "'crawl'"
         runs = [
             Run(*row)
             for row in self._rows(
                 "SELECT id, started_at, finished_at, outcome, pages,"
-                " (julianday(coalesce(finished_at, started_at)) - julianday(started_at)) * 86400.0"
+                f" (julianday(coalesce(finished_at, started_at)) - julianday(started_at)) * 86400.0, {kind}"
                 " FROM runs ORDER BY id"
             )
         ]
+        groups = urls = 0
+        passes: list[PassCounts] = []
+        if self._recrawl_schema:
+            groups, urls = next(
+                self._rows(
+                    "SELECT count(*), coalesce(sum(n), 0) FROM (SELECT count(*) AS n FROM pages"
+                    " WHERE content_hash IS NOT NULL AND bytes > 0 AND status BETWEEN 200 AND 299 AND gone = 0"
+                    " GROUP BY content_hash HAVING count(*) > 1)"
+                )
+            )
+            counts = ", ".join(f"sum(change = '{change}')" for change in CHANGES)
+            passes = [
+                PassCounts(*row)
+                for row in self._rows(f"SELECT run_id, {counts} FROM changes GROUP BY run_id ORDER BY run_id")
+            ]
         pages, size = next(self._rows("SELECT count(*), coalesce(sum(bytes), 0) FROM pages"))
         return Stats(
             urls_by_state=pairs("SELECT state, count(*) FROM urls GROUP BY state ORDER BY state"),
@@ -279,6 +329,9 @@ class Results:
             unindexed=self.unindexed(),
             runs=runs,
             sitemaps=self._sitemap_counts(),
+            duplicate_groups=groups,
+            duplicate_urls=urls,
+            passes=passes,
         )
 
     def _sitemap_counts(self) -> dict[str, int]:

@@ -21,6 +21,7 @@ class Page:
     elapsed_ms: float
     http_version: str | None
     bytes: int
+    canonical: str | None  # <link rel=canonical>, absolute
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,28 @@ class SearchHit:
 
 
 @dataclass(frozen=True, slots=True)
+class ChangeRow:
+    """What a recrawl pass found at one URL (a row of `changes`)."""
+
+    url: str
+    change: str  # new, changed, unchanged or gone
+    status: int | None
+    fetched_at: str
+    run: int  # the pass: runs.id of the run that started it
+
+
+@dataclass(frozen=True, slots=True)
+class PassCounts:
+    """A recrawl pass's URLs by change."""
+
+    run: int
+    new: int
+    changed: int
+    unchanged: int
+    gone: int
+
+
+@dataclass(frozen=True, slots=True)
 class SqlResult:
     columns: list[str]
     rows: list[tuple[Any, ...]]
@@ -76,7 +99,7 @@ class SqlResult:
 
 @dataclass(frozen=True, slots=True)
 class Run:
-    """One `crawler crawl` or `resume` run (a row of `runs`)."""
+    """One `crawler crawl`, `resume` or `recrawl` run (a row of `runs`)."""
 
     id: int
     started_at: str
@@ -84,6 +107,7 @@ class Run:
     outcome: str
     pages: int
     seconds: float
+    kind: str = "crawl"  # or "recrawl": a run of a recrawl pass
 
     @property
     def pages_per_second(self) -> float:
@@ -107,6 +131,9 @@ class Stats:
     runs: list[Run] = field(default_factory=list)
     # sitemap documents "read" and "failed", the "urls listed" in them, the "urls from sitemaps" (found there first)
     sitemaps: dict[str, int] = field(default_factory=dict)
+    duplicate_groups: int = 0  # bodies (2xx, not empty) stored at more than one URL
+    duplicate_urls: int = 0  # the URLs of those groups
+    passes: list[PassCounts] = field(default_factory=list)  # recrawl passes, oldest first
 
     @property
     def queued(self) -> int:

@@ -21,7 +21,7 @@ def expected_pages(h: Harbour, *paths: str) -> list[Page]:
     timing = {url: (at, ms) for url, at, ms in rows(h.db, "SELECT url, fetched_at, elapsed_ms FROM pages")}
     return [
         Page(h.url(path), h.url(final), status, ctype, title, 0 if path == "/" else 1, *timing[h.url(path)],
-             "HTTP/1.1", len(body))
+             "HTTP/1.1", len(body), None)
         for path, (final, status, ctype, title, body) in STORED.items()
         if not paths or path in paths
     ]  # fmt: skip

@@ -32,12 +32,13 @@ def timing(h: Harbour, path: str) -> tuple[str, float]:
 
 def test_pages_as_csv_and_jsonl_carry_every_field(capsys: pytest.CaptureFixture[str], h: Harbour) -> None:
     b = h.base
-    lines = ["url,final_url,status,content_type,title,depth,fetched_at,elapsed_ms,http_version,bytes"]
+    lines = ["url,final_url,status,content_type,title,depth,fetched_at,elapsed_ms,http_version,bytes,canonical"]
     for path, (final, status, ctype, title, body) in STORED.items():
         at, ms = timing(h, path)
         ctype_cell = f'"{ctype}"' if "," in ctype else ctype
         depth = 0 if path == "/" else 1
-        lines.append(f"{b}{path},{b}{final},{status},{ctype_cell},{title or ''},{depth},{at},{ms},HTTP/1.1,{len(body)}")
+        row = f"{b}{path},{b}{final},{status},{ctype_cell},{title or ''},{depth},{at},{ms},HTTP/1.1,{len(body)},"
+        lines.append(row)
     assert run(capsys, "query", "pages", "--db", str(h.db), "--format", "csv") == (0, "\n".join(lines) + "\n", "")
 
     at, ms = timing(h, "/old")
@@ -55,6 +56,7 @@ def test_pages_as_csv_and_jsonl_carry_every_field(capsys: pytest.CaptureFixture[
             "elapsed_ms": ms,
             "http_version": "HTTP/1.1",
             "bytes": len(STORED["/old"][4]),
+            "canonical": None,
         }
     ]
 
@@ -64,8 +66,8 @@ def test_pages_table_with_filters_and_the_limit_note(capsys: pytest.CaptureFixtu
     _, ms = timing(h, "/missing")
     assert run(capsys, "query", "pages", "--db", str(h.db), "--status", "4xx") == (
         0,
-        "status  depth  bytes  elapsed_ms  content_type              url                             title\n"
-        "------  -----  -----  ----------  ------------------------  ------------------------------  -----\n"
+        "status  depth  bytes  elapsed_ms  content_type              url                             title  canonical\n"
+        "------  -----  -----  ----------  ------------------------  ------------------------------  -----  ---------\n"
         f"   404      1     11  {ms:>10.2f}  text/html; charset=utf-8  {b}/missing\n",
         "",
     )
@@ -73,8 +75,10 @@ def test_pages_table_with_filters_and_the_limit_note(capsys: pytest.CaptureFixtu
     _, ms_cat = timing(h, "/catalogue")
     assert run(capsys, "query", "pages", "--db", str(h.db), "--content-type", "text/html", "--limit", "2") == (
         0,
-        "status  depth  bytes  elapsed_ms  content_type              url                               title\n"
-        "------  -----  -----  ----------  ------------------------  --------------------------------  -------------\n"
+        "status  depth  bytes  elapsed_ms  content_type              url                               title"
+        "          canonical\n"
+        "------  -----  -----  ----------  ------------------------  --------------------------------  -------------"
+        "  ---------\n"
         f"   200      0    518  {ms_home:>10.2f}  text/html; charset=utf-8  {b + '/':<32}  Harbour Books\n"
         f"   200      1    372  {ms_cat:>10.2f}  text/html; charset=utf-8  {b}/catalogue  Catalogue\n",
         "crawler: showing the first 2 rows; --limit N shows more, --limit 0 all\n",
@@ -176,6 +180,7 @@ def test_stats_table(capsys: pytest.CaptureFixture[str], h: Harbour) -> None:
         [
             f"pages stored: 7 ({size:,} bytes)",
             "still queued: 0",
+            "exact duplicates: 0 bodies at 0 URLs",
             "urls by state:",
             "  done                                      7",
             "  failed                                    1",

@@ -141,10 +141,13 @@ class CrawlClient(httpx.AsyncClient):
         super().__init__(event_hooks=hooks, **kwargs)
         self._jar = _SetCookiesOnly()
 
-    async def open(self, url: str) -> httpx.Response:
-        """GET url with the body left to stream; a redirect comes back as it is, its body closed unread."""
+    async def open(self, url: str, headers: list[tuple[str, str]] | None = None) -> httpx.Response:
+        """GET url with the body left to stream; a redirect comes back as it is, its body closed unread.
+
+        headers: (name, value) pairs sent on top of the client's."""
+        request = self.build_request("GET", url, headers=headers) if headers else self.build_request("GET", url)
         try:
-            return await self.send(self.build_request("GET", url), stream=True, follow_redirects=False)
+            return await self.send(request, stream=True, follow_redirects=False)
         except _RedirectSeen as seen:
             return seen.response
 
@@ -161,20 +164,28 @@ class CrawlClient(httpx.AsyncClient):
 
         httpx builds the headers four times over (client copy, merge, Request, Host prepended)
         and re-wraps the URL; for the crawl's plain GETs the result is just the client's
-        headers after a Host header, which is what this builds, once.
+        headers after a Host header, which is what this builds, once. `headers` given as a
+        list of (name, value) pairs (none of the client's names) are appended to them.
         """
         if isinstance(url, str):
             url = httpx.URL(url)
+        extra: Any = kwargs.pop("headers", None) if set(kwargs) == {"headers"} else None
         if (
             kwargs
+            or not isinstance(extra, list | None)
             or method not in _BODILESS
             or url.is_relative_url
             or self.params
             or self._jar
             or "host" in self.headers
         ):
+            if extra is not None:
+                kwargs["headers"] = extra
             return super().build_request(method, url, **kwargs)
-        headers = httpx.Headers([(b"Host", url.netloc), *self.headers.raw])
+        raw = [(b"Host", url.netloc), *self.headers.raw]
+        if extra:  # (name, value) pairs sent on top of the client's, as a recrawl's validators are
+            raw += [(name.encode("ascii"), value.encode("latin-1")) for name, value in extra]
+        headers = httpx.Headers(raw)
         request = httpx.Request(
             method, url, headers=headers, extensions={"timeout": self.timeout.as_dict()}, stream=httpx.ByteStream(b"")
         )

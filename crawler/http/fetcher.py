@@ -22,8 +22,13 @@ from crawler.http.errors import Retryable, translate_httpx_error
 if TYPE_CHECKING:
     from crawler.http.redirects import StoppedRedirect
 
+Headers = list[tuple[str, str]]  # request headers as (name, value) pairs
+
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Bodies never read: a redirect's is of no use, and a 304 has none (RFC 9110), so a recrawl
+# skips the body machinery for each of its unchanged pages.
+UNREAD_STATUSES = REDIRECT_STATUSES | {304}
 THROTTLE_STATUSES = frozenset({429, 503})
 
 
@@ -129,24 +134,31 @@ class Fetcher:
         await self.client.aclose()
 
     async def fetch(
-        self, url: str, gate: Gate, *, truncate_at: int | None = None, max_body: int | None = None
+        self,
+        url: str,
+        gate: Gate,
+        *,
+        truncate_at: int | None = None,
+        max_body: int | None = None,
+        headers: Headers | None = None,
     ) -> FetchResult:
         """GET one URL, with retries, each taking its own turn at the gate; a 3xx is returned as it is.
 
         truncate_at: keep that many body bytes and drop the rest instead of failing too_large
         (robots.txt, of which RFC 9309 asks us to parse the first 500 KiB, whatever its size).
         max_body: the decoded body's limit instead of http.max_body_bytes (sitemaps, whose protocol sets its own).
+        headers: sent on top of the client's (a recrawl's If-None-Match, If-Modified-Since).
         """
-        return await self._fetch_with_retries(url, gate, truncate_at, max_body)
+        return await self._fetch_with_retries(url, gate, truncate_at, max_body, headers)
 
     async def _fetch_with_retries(
-        self, url: str, gate: Gate, truncate_at: int | None, max_body: int | None = None
+        self, url: str, gate: Gate, truncate_at: int | None, max_body: int | None, headers: Headers | None
     ) -> FetchResult:
         # Most first attempts succeed: make them without tenacity's machinery, and only
         # hand a failure to tenacity, which replays it as its own attempt 1 and so keeps
         # its attempt numbers, waits and stop decisions exactly as if it had made it.
         try:
-            return await self._fetch_once(url, gate, truncate_at, max_body)
+            return await self._fetch_once(url, gate, truncate_at, max_body, headers)
         except FetchError as exc:
             first: FetchError | None = exc
         attempts = 1
@@ -158,7 +170,7 @@ class Fetcher:
                         failed, first = first, None
                         raise failed
                     attempts += 1
-                    result = await self._fetch_once(url, gate, truncate_at, max_body)
+                    result = await self._fetch_once(url, gate, truncate_at, max_body, headers)
                     result.attempts = attempts
                     return result
         except Retryable as exc:
@@ -170,16 +182,16 @@ class Fetcher:
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
     async def _fetch_once(
-        self, url: str, gate: Gate, truncate_at: int | None, max_body: int | None = None
+        self, url: str, gate: Gate, truncate_at: int | None, max_body: int | None, headers: Headers | None
     ) -> FetchResult:
         async with gate.request(url):
             started = time.monotonic()
             try:
                 async with asyncio.timeout(self.http.total_timeout):
-                    response = await self.client.open(url)
+                    response = await self.client.open(url, headers)
                     try:
-                        redirect = response.status_code in REDIRECT_STATUSES
-                        body = b"" if redirect else await self._read_body(response, truncate_at, max_body)
+                        unread = response.status_code in UNREAD_STATUSES
+                        body = b"" if unread else await self._read_body(response, truncate_at, max_body)
                     finally:
                         await response.aclose()
             except TimeoutError:

@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Protocol
 
 from crawler.errors import ErrorKind, FetchError, SkipReason
-from crawler.http.fetcher import REDIRECT_STATUSES, Fetcher, FetchResult, Gate
+from crawler.http.fetcher import REDIRECT_STATUSES, Fetcher, FetchResult, Gate, Headers
 from crawler.urls import join_url
 
 
@@ -71,11 +71,12 @@ async def follow_redirects(
     max_redirects: int | None = None,
     truncate_at: int | None = None,
     max_body: int | None = None,
+    headers: Headers | None = None,
 ) -> FetchResult:
     """GET url following redirects; each hop and each retry takes its own turn at the gate.
 
     Without a policy every redirect within max_redirects (the config's by default) is followed.
-    truncate_at and max_body are passed on to each hop's fetch (see Fetcher.fetch).
+    truncate_at, max_body and headers are passed on to each hop's fetch (see Fetcher.fetch).
     """
     limit = fetcher.http.max_redirects if max_redirects is None else max_redirects
     chain: list[dict[str, object]] = []
@@ -83,7 +84,7 @@ async def follow_redirects(
     current = url
     attempts_total = 0
     while True:
-        result = await fetcher.fetch(current, gate, truncate_at=truncate_at, max_body=max_body)
+        result = await fetcher.fetch(current, gate, truncate_at=truncate_at, max_body=max_body, headers=headers)
         attempts_total += result.attempts
         if result.status not in REDIRECT_STATUSES:
             break

@@ -5,7 +5,18 @@ from __future__ import annotations
 from crawler.store.batch import Batch
 from crawler.store.flush import JSON_ROWS, PAGE_ROWS
 from crawler.store.lock import writer_lock
-from crawler.store.records import PAGE, SITEMAP, URL_STATES, NewUrl, PageRecord, QueuedUrl, SitemapRecord, utc_now
+from crawler.store.records import (
+    PAGE,
+    SITEMAP,
+    URL_STATES,
+    NewUrl,
+    PageRecord,
+    QueuedUrl,
+    SitemapRecord,
+    StoredVersion,
+    body_hash,
+    utc_now,
+)
 from crawler.store.schema import MIGRATIONS, SCHEMA_VERSION
 from crawler.store.sqlite import Store
 
@@ -23,6 +34,8 @@ __all__ = [
     "QueuedUrl",
     "SitemapRecord",
     "Store",
+    "StoredVersion",
+    "body_hash",
     "utc_now",
     "writer_lock",
 ]

@@ -24,6 +24,10 @@ class Batch:
     # links never do, so the links' insert stays as lean as it was.
     listed_urls: list[NewUrl] = field(default_factory=list)
     sitemaps: list[SitemapRecord] = field(default_factory=list)
+    # Recrawl passes only (empty in a first crawl, so its flushes skip them):
+    archived: list[int] = field(default_factory=list)  # url_ids whose stored version goes to page_history
+    confirmed: list[tuple[str, str | None, str | None, int]] = field(default_factory=list)  # (seen_at, etag, lm, id)
+    changes: list[tuple[int, str, int | None, str]] = field(default_factory=list)  # (url_id, change, status, at)
 
     def __len__(self) -> int:
         return (
@@ -36,6 +40,9 @@ class Batch:
             + len(self.robots)
             + len(self.listed_urls)
             + len(self.sitemaps)
+            + len(self.archived)
+            + len(self.confirmed)
+            + len(self.changes)
         )
 
     def add_urls(self, urls: Iterable[NewUrl]) -> None:
@@ -52,6 +59,22 @@ class Batch:
         self.pages.append(page)
         self.links.extend((page.url_id, url, int(nofollow)) for url, nofollow in links)
         self.states.append(("done", None, page.fetched_at, page.url_id))
+
+    def replace_page(self, page: PageRecord, links: Iterable[tuple[str, bool]], change: str) -> None:
+        """A new version of a stored page: the old one goes to history and its links are replaced."""
+        self.archived.append(page.url_id)
+        self.add_page(page, links)
+        self.changes.append((page.url_id, change, page.status, page.fetched_at))
+
+    def add_change(self, url_id: int, change: str, status: int | None, at: str) -> None:
+        self.changes.append((url_id, change, status, at))
+
+    def confirm_page(self, url_id: int, status: int, etag: str | None, last_modified: str | None) -> None:
+        """A stored page found unchanged (304, or the same content): it was seen now, nothing else moves."""
+        now = utc_now()
+        self.confirmed.append((now, etag, last_modified, url_id))
+        self.states.append(("done", None, now, url_id))
+        self.changes.append((url_id, "unchanged", status, now))
 
     def add_error(self, url_id: int | None, url: str, kind: str, message: str, attempts: int) -> None:
         now = utc_now()

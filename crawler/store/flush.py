@@ -27,6 +27,7 @@ PAGE_ROWS = 16
 _PAGE_COLUMNS = (
     "url", "final_url", "status", "content_type", "title", "depth", "fetched_at", "elapsed_ms",
     "http_version", "bytes", "headers", "redirects", "noindex", "text", "body", "run_id",
+    "content_hash", "etag", "last_modified", "canonical", "seen_at", "gone",
 )  # fmt: skip
 _PAGE_UPDATE = ", ".join(f"{name} = excluded.{name}" for name in _PAGE_COLUMNS)
 _PAGE_WIDTH = 1 + len(_PAGE_COLUMNS)  # url_id, then the columns
@@ -45,6 +46,10 @@ class BatchWriter:
     """Commits batches inside the caller's transaction; only SQLite's thread calls it."""
 
     def __init__(self, *, nofollow_rows: bool = False) -> None:
+        # The recrawl pass whose changes rows this writer keys (see crawler/recrawl.py), and
+        # whether page_history keeps the bodies of replaced versions.
+        self.pass_id: int | None = None
+        self.keep_history = True
         # Whether urls may hold nofollow-only targets that a followed link must queue (see
         # _unlink_nofollow_targets); False spares that lookup to every flush of a crawl that
         # never met one.
@@ -56,6 +61,8 @@ class BatchWriter:
         if batch.listed_urls:
             # Inserted after the links' URLs, so their ids are higher and the list stays in id order.
             queued += self._insert_listed_urls(db, batch.listed_urls)
+        if batch.archived:
+            self._archive(db, batch.archived)
         if batch.pages:
             db.executemany(_PAGE_INSERT, _page_chunks(batch.pages, run_id))
         if batch.links:
@@ -83,6 +90,20 @@ class BatchWriter:
                 " WHERE urls.id = json_extract(j.value, '$[3]')",
                 _json_chunks(list(latest.values())),
             )
+        if batch.confirmed:
+            db.executemany(
+                "UPDATE pages SET (seen_at, etag, last_modified) = (json_extract(j.value, '$[0]'),"
+                " coalesce(json_extract(j.value, '$[1]'), etag),"
+                " coalesce(json_extract(j.value, '$[2]'), last_modified))"
+                " FROM json_each(?) AS j WHERE pages.url_id = json_extract(j.value, '$[3]')",
+                _json_chunks(batch.confirmed),
+            )
+        if batch.changes:
+            db.executemany(
+                "INSERT OR REPLACE INTO changes (run_id, url_id, change, status, fetched_at)"
+                f" SELECT {int(self.pass_id or run_id or 0)}, {_items(4)} FROM json_each(?)",
+                _json_chunks(batch.changes),
+            )
         if batch.host_skips:
             db.executemany(
                 "UPDATE urls SET state = 'skipped', reason = ?, updated_at = ? WHERE host = ? AND state = 'queued'",
@@ -101,6 +122,20 @@ class BatchWriter:
                 batch.robots,
             )
         return queued
+
+    def _archive(self, db: sqlite3.Connection, url_ids: list[int]) -> None:
+        """Copy the stored version of pages about to be replaced to page_history, and drop their
+        links, which the new version's set replaces (the same transaction stores that version)."""
+        for (chunk,) in _json_chunks([(url_id,) for url_id in url_ids]):
+            db.execute(
+                "INSERT INTO page_history (url_id, fetched_at, status, content_hash, body, run_id)"
+                " SELECT url_id, fetched_at, status, content_hash, CASE WHEN ?2 THEN body END, run_id FROM pages"
+                " WHERE url_id IN (SELECT json_extract(value, '$[0]') FROM json_each(?1))",
+                (chunk, int(self.keep_history)),
+            )
+            db.execute(
+                "DELETE FROM links WHERE from_id IN (SELECT json_extract(value, '$[0]') FROM json_each(?))", (chunk,)
+            )
 
     def _insert_urls(self, db: sqlite3.Connection, urls: list[NewUrl]) -> list[QueuedUrl]:
         """INSERT OR IGNORE lets SQLite decide what is new; RETURNING gives only the inserted rows."""
@@ -247,6 +282,7 @@ def _page_chunks(pages: Sequence[PageRecord], run_id: int | None) -> Iterator[tu
                 p.url_id, p.url, p.final_url, p.status, p.content_type, p.title, p.depth, p.fetched_at,
                 p.elapsed_ms, p.http_version, p.size, json.dumps(p.headers), json.dumps(p.redirects),
                 int(p.noindex), p.text, p.body, run_id,
+                p.content_hash, p.etag, p.last_modified, p.canonical, p.fetched_at, int(p.gone),
             )  # fmt: skip
         params += _NO_PAGE * (PAGE_ROWS - len(chunk))
         yield tuple(params)

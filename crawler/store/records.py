@@ -47,6 +47,16 @@ class NewUrl:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredVersion:
+    """What a recrawl pass knows of a page it fetches again: its validators and what it held."""
+
+    status: int
+    content_hash: str | None
+    etag: str | None
+    last_modified: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class QueuedUrl:
     """A frontier row that is waiting to be fetched."""
 
@@ -55,6 +65,7 @@ class QueuedUrl:
     host: str
     depth: int
     kind: str = PAGE
+    previous: StoredVersion | None = None  # set for a stored page that a recrawl pass fetches again
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,3 +101,8 @@ class PageRecord:
     noindex: bool
     text: str | None
     body: bytes | None
+    content_hash: str | None = None  # body_hash of the decoded body, stored or not
+    etag: str | None = None
+    last_modified: str | None = None
+    canonical: str | None = None  # <link rel=canonical>, absolute
+    gone: bool = False  # a recrawl pass got 404 or 410 for a page it had stored

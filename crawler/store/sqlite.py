@@ -14,7 +14,7 @@ from crawler.store.batch import Batch
 from crawler.store.connection import SqliteConnection
 from crawler.store.flush import BatchWriter, index_pending
 from crawler.store.migrations import migrate
-from crawler.store.records import URL_STATES, NewUrl, PageRecord, QueuedUrl, SitemapRecord, utc_now
+from crawler.store.records import URL_STATES, NewUrl, PageRecord, QueuedUrl, SitemapRecord, StoredVersion, utc_now
 from crawler.store.schema import SCHEMA_VERSION
 
 
@@ -28,6 +28,7 @@ class Store:
         self.batch = Batch()
         self.run_id: int | None = None
         self._writer = BatchWriter()
+        self.pass_id: int | None = None  # the recrawl pass this run belongs to (see begin_pass)
 
     @classmethod
     async def open(cls, path: Path, *, readonly: bool = False) -> Store:
@@ -79,12 +80,27 @@ class Store:
         return counts
 
     async def queued_for_host(self, host: str, after_id: int, limit: int) -> list[QueuedUrl]:
+        if self.pass_id is not None:
+            return await self._queued_with_versions(host, after_id, limit)
         rows = await self.fetchall(
             "SELECT id, url, depth, kind FROM urls WHERE state = 'queued' AND host = ? AND id > ? ORDER BY id LIMIT ?",
             (host, after_id, limit),
         )
         # One host string shared by the whole window rather than one copy per row.
         return [QueuedUrl(row[0], row[1], host, row[2], row[3]) for row in rows]
+
+    async def _queued_with_versions(self, host: str, after_id: int, limit: int) -> list[QueuedUrl]:
+        """queued_for_host in a recrawl pass: a stored page comes with the version it holds."""
+        rows = await self.fetchall(
+            "SELECT u.id, u.url, u.depth, u.kind, p.url_id, p.status, p.content_hash, p.etag, p.last_modified"
+            " FROM urls u LEFT JOIN pages p ON p.url_id = u.id"
+            " WHERE u.state = 'queued' AND u.host = ? AND u.id > ? ORDER BY u.id LIMIT ?",
+            (host, after_id, limit),
+        )
+        return [
+            QueuedUrl(r[0], r[1], host, r[2], r[3], None if r[4] is None else StoredVersion(r[5], r[6], r[7], r[8]))
+            for r in rows
+        ]
 
     async def queued_hosts(self, after: str, limit: int) -> list[str]:
         """Up to `limit` hosts with queued rows whose names sort after `after`, in name order.
@@ -178,9 +194,9 @@ class Store:
             lambda db: db.executemany("UPDATE urls SET state = ?, reason = ?, updated_at = ? WHERE id = ?", rows)
         )
 
-    async def start_run(self, config_json: str) -> int:
-        sql = "INSERT INTO runs (started_at, config) VALUES (?, ?)"
-        params = (utc_now(), config_json)
+    async def start_run(self, config_json: str, kind: str = "crawl") -> int:
+        sql = "INSERT INTO runs (started_at, config, kind) VALUES (?, ?, ?)"
+        params = (utc_now(), config_json, kind)
         run_id = await self._conn.run(lambda db: db.execute(sql, params).lastrowid)
         assert run_id is not None
         self.run_id = run_id
@@ -191,6 +207,49 @@ class Store:
             "UPDATE runs SET finished_at = ?, outcome = ?, pages = ? WHERE id = ?",
             (utc_now(), outcome, pages, self.run_id),
         )
+
+    # ---- recrawl passes (see crawler/recrawl.py) ---------------------------------------------
+
+    async def open_pass(self) -> int | None:
+        """The run id of the recrawl pass left unfinished, if any."""
+        value = await self.get_meta("recrawl_pass")
+        return int(value) if value is not None else None
+
+    async def start_pass(self, pass_id: int, seen_before: str) -> int:
+        """Queue every stored page seen before `seen_before`, or whose sitemap lastmod is newer than
+        its last fetch, and record the open pass, in one transaction; returns how many were queued."""
+
+        def start(db: sqlite3.Connection) -> int:
+            due = db.execute(
+                "UPDATE urls SET state = 'queued', reason = NULL, updated_at = ?1 WHERE id IN ("
+                " SELECT p.url_id FROM pages p JOIN urls u ON u.id = p.url_id"
+                " WHERE coalesce(p.seen_at, p.fetched_at) < ?2"
+                " OR (u.lastmod IS NOT NULL AND u.lastmod > coalesce(p.seen_at, p.fetched_at)))"
+                " AND state NOT IN ('queued', 'in_flight')",
+                (utc_now(), seen_before),
+            ).rowcount
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('recrawl_pass', ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (str(pass_id),),
+            )
+            return int(due)
+
+        return await self._conn.transaction(start)
+
+    def begin_pass(self, pass_id: int, *, keep_history: bool) -> None:
+        """From now on this run belongs to pass_id: queued stored pages come with their version, and
+        changes rows are keyed by the pass."""
+        self.pass_id = self._writer.pass_id = pass_id
+        self._writer.keep_history = keep_history
+
+    async def end_pass(self) -> None:
+        await self._write("DELETE FROM meta WHERE key = 'recrawl_pass'")
+
+    async def revisits_queued(self) -> int:
+        """Stored pages waiting to be fetched again (counted once already, when first fetched)."""
+        sql = "SELECT count(*) FROM urls u JOIN pages p ON p.url_id = u.id WHERE u.state IN ('queued', 'in_flight')"
+        return int(await self.scalar(sql))
 
     # ---- batched writes (see Batch) --------------------------------------------------------
 
@@ -207,6 +266,16 @@ class Store:
     def add_sitemap(self, sitemap: SitemapRecord) -> None:
         """A sitemap's row in `sitemaps`; its urls row becomes kind 'sitemap' (a seed may turn out one)."""
         self.batch.add_sitemap(sitemap)
+    def replace_page(self, page: PageRecord, links: Iterable[tuple[str, bool]], change: str) -> None:
+        """A recrawl pass stores a new version of a page ('changed' or 'gone'); the old one goes to history."""
+        self.batch.replace_page(page, links, change)
+
+    def confirm_page(self, url_id: int, status: int, etag: str | None, last_modified: str | None) -> None:
+        """A recrawl pass found a stored page unchanged."""
+        self.batch.confirm_page(url_id, status, etag, last_modified)
+
+    def add_change(self, url_id: int, change: str, status: int | None, at: str) -> None:
+        self.batch.add_change(url_id, change, status, at)
 
     def add_error(self, url_id: int | None, url: str, kind: str, message: str, attempts: int) -> None:
         self.batch.add_error(url_id, url, kind, message, attempts)
