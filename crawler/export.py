@@ -18,7 +18,7 @@ from crawler.filters import PageFilter
 from crawler.formats import write_csv, write_jsonl
 from crawler.query import Results, StoredPage
 
-if TYPE_CHECKING:  # warcio takes ~0.1 s to import: only a WARC export loads it, not every crawl
+if TYPE_CHECKING:  # warcio is slow to import: only a WARC export loads it, not every crawl
     from warcio.statusandheaders import StatusAndHeaders
 
 EXPORT_FORMATS = ("jsonl", "csv", "warc")
