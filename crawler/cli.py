@@ -16,6 +16,7 @@ from pathlib import Path
 
 from crawler.cli_query import DEFAULT_CONFIG, db_path_from, format_stats
 from crawler.cli_query import add_commands as add_query_commands
+from crawler.cli_status import add_command as add_status_command
 from crawler.config import Config, load_config
 from crawler.demo import DemoServer, demo_config, discard_database, next_steps
 from crawler.engine import Crawl, CrawlSummary, Outcome
@@ -82,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_cmd_demo)
 
     add_query_commands(sub)
+    add_status_command(sub)
     return parser
 
 

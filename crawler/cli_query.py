@@ -76,11 +76,11 @@ def add_commands(sub: Any) -> None:
     exp.add_argument("-o", "--output", required=True, metavar="FILE", help="output file ('-' = stdout)")
     _page_filters(exp)
     exp.add_argument("--limit", type=_limit, default=0, metavar="N", help="at most N pages (default 0 = all)")
-    _db_flags(exp)
+    db_flags(exp)
     exp.set_defaults(handler=_cmd_export)
 
 
-def _db_flags(p: argparse.ArgumentParser) -> None:
+def db_flags(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--db", type=Path, help="crawl database")
     group.add_argument("-c", "--config", type=Path, help="use this config's storage.path (default ./config.toml)")
@@ -92,7 +92,7 @@ def _common(p: argparse.ArgumentParser, *, listing: bool = True, limit: int = DE
         p.add_argument(
             "--limit", type=_limit, default=limit, metavar="N", help=f"at most N rows (default {limit}; 0 = all)"
         )
-    _db_flags(p)
+    db_flags(p)
 
 
 def _page_filters(p: argparse.ArgumentParser) -> None:

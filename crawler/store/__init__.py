@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from crawler.store.batch import Batch
 from crawler.store.flush import JSON_ROWS, PAGE_ROWS
-from crawler.store.lock import writer_lock
+from crawler.store.lock import lock_holder, writer_lock
 from crawler.store.records import (
     PAGE,
     SITEMAP,
@@ -36,6 +36,7 @@ __all__ = [
     "Store",
     "StoredVersion",
     "body_hash",
+    "lock_holder",
     "utc_now",
     "writer_lock",
 ]

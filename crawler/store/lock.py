@@ -51,3 +51,12 @@ def writer_lock(path: Path) -> Iterator[None]:
         yield
     finally:
         unlock(fd)
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid the writer lock file names (the last process that took the lock), without taking it."""
+    try:
+        text = Path(f"{path}-lock").read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
