@@ -179,7 +179,10 @@ class Crawl:
         if resumed is not None and not self._queued():
             self._say(f"nothing left to fetch in {store.path} ({resumed.done:,} done); --fresh starts over")
 
-        await self.parser.start()
+        if pass_state is None:
+            # A first crawl parses from its first page on; a recrawl pass starts the parsers
+            # with its first changed page, if it has one.
+            await self.parser.start()
         writer = asyncio.create_task(self.writer.run(), name="writer")
         reporter = asyncio.create_task(self._reporter(started), name="progress")
         # Workers waiting for their page's parse hold no request slot, so extra workers keep

@@ -5,6 +5,9 @@ link resolution and text extraction run in `workers` child processes instead, fe
 Frames are a 4-byte length and a `marshal` payload: both ends are the same interpreter, and
 the payload is only bytes, str, bool, int and tuples.
 
+Children start with the first page to parse, unless `start` is awaited before: a recrawl of
+unchanged pages parses nothing and so never pays for them.
+
 A child that dies (a crash in the native parser, a kill) costs the page it was parsing, which
 becomes a ParseError; the pages queued behind it go to a fresh child. With workers = 0, when
 no child can be launched, or after children keep dying at start, pages are parsed in the
@@ -98,9 +101,22 @@ class ParsePool:
         self._children: list[_Child] = []
         self._start_failures = 0
         self._closing = False
+        self._started: asyncio.Task[None] | None = None
         self.inline = workers == 0
 
+    @property
+    def started(self) -> bool:
+        """Whether the children were started (or are starting), by `start` or by a first page."""
+        return self._started is not None
+
     async def start(self) -> None:
+        """Start the children now rather than with the first page (a no-op once they are started)."""
+        if self._started is None:
+            self._started = asyncio.create_task(self._start_children(), name="parser-start")
+        # Shielded: a parse cancelled while the children start must not leave the pool half started.
+        await asyncio.shield(self._started)
+
+    async def _start_children(self) -> None:
         try:
             for _ in range(self.workers):
                 self._children.append(await self._spawn())
@@ -118,6 +134,8 @@ class ParsePool:
 
     async def parse(self, job: ParseJob) -> ParsedPage:
         """The parsed page; ParseError if the parser could not produce it."""
+        if not self.inline and not self._closing and (self._started is None or not self._started.done()):
+            await self.start()
         if self.inline or not self._children:
             return job.run()
         future: asyncio.Future[ParsedPage] = asyncio.get_running_loop().create_future()
@@ -184,6 +202,8 @@ class ParsePool:
     async def close(self) -> None:
         """End every child: close its input, wait for it to exit, kill it if it does not."""
         self._closing = True
+        if self._started is not None:  # children still starting would outlive the pool
+            await asyncio.gather(self._started, return_exceptions=True)
         children, self._children = self._children, []
         for child in children:
             assert child.proc.stdin is not None

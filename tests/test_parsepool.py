@@ -115,6 +115,18 @@ async def test_close_ends_every_child() -> None:
     assert pool._children == []
 
 
+async def test_children_start_with_the_first_pages_when_start_was_not_awaited() -> None:
+    pool = ParsePool(2)
+    assert not pool.started and pool._children == []
+    try:
+        parsed = await asyncio.gather(*(pool.parse(job(body, ctype)) for body, ctype in PAGES))
+        assert pool.started and len(pool._children) == 2 and not pool.inline
+        assert all(child.ready for child in pool._children)  # the pages went to children, not inline
+    finally:
+        await pool.close()
+    assert parsed == [inline(body, ctype) for body, ctype in PAGES]
+
+
 async def test_zero_workers_parses_in_process() -> None:
     pool = ParsePool(0)
     await pool.start()

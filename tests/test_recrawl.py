@@ -11,6 +11,7 @@ import pytest
 
 from crawler.config import Config
 from crawler.engine import Crawl, CrawlSummary
+from crawler.parsepool import ParsePool
 from crawler.recrawl import RecrawlRequest
 from tests.crawlkit import make_config, rows
 from tests.support.localsite import SiteServer
@@ -125,6 +126,32 @@ def test_a_pass_reports_new_changed_unchanged_gone_with_conditional_requests(tmp
     assert moved == [(1, 1)]
     assert rows(db, "SELECT status, gone FROM pages WHERE url = ?", (server.url_for("/b"),)) == [(404, 1)]
     assert rows(db, "SELECT count(*) FROM pages WHERE gone = 1") == [(1,)]
+
+
+def test_a_pass_starts_the_parser_processes_only_for_a_page_to_parse(tmp_path: Path, versioned: Served) -> None:
+    site, server = versioned
+    db = tmp_path / "crawl.db"
+    cfg = config(tmp_path, server)
+    first = ParsePool(1)
+    asyncio.run(Crawl(cfg, parser=first).run())
+    assert first.started
+
+    unchanged = ParsePool(1)
+    asyncio.run(Crawl(cfg, recrawl=RecrawlRequest(), parser=unchanged).run())
+    assert set(change for change, _ in changes(db).values()) == {"unchanged"}
+    assert not unchanged.started  # nothing to parse: no child process was launched
+
+    change_site(site)
+    changed = ParsePool(1)
+    asyncio.run(Crawl(cfg, recrawl=RecrawlRequest(), parser=changed).run())
+    assert changed.started
+    assert changes(db)["/a"] == ("changed", 200)
+    new_links = rows(
+        db,
+        "SELECT u.url FROM links l JOIN urls u ON u.id = l.to_id JOIN urls f ON f.id = l.from_id WHERE f.url = ?",
+        (server.url_for("/a"),),
+    )
+    assert (server.url_for("/new"),) in new_links  # parsed in a child started for it
 
 
 def test_changed_page_replaces_row_links_and_search_entry_and_keeps_history(tmp_path: Path, versioned: Served) -> None:

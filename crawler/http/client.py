@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import ssl
 from collections.abc import Callable, Mapping
 from http.cookiejar import CookieJar
@@ -62,6 +64,8 @@ class SchemeRouter(httpx.AsyncBaseTransport):
         proxies: ProxyRules | None = None,
     ) -> None:
         self._plain = plain
+        # Only plain http requests are ever sent by origin and target (see CrawlClient).
+        self.honours_target: bool = getattr(plain, "honours_target", False)
         self._make_tls = tls
         self._tls: httpx.AsyncBaseTransport | None = None
         self._make_tunnel = tunnel
@@ -106,10 +110,26 @@ class _SetCookiesOnly(httpx.Cookies):
 
     def extract_cookies(self, response: httpx.Response) -> None:
         if "set-cookie" in response.headers:
+            request = response.request
+            target = request.extensions.get("target")
+            if target is not None:  # sent by origin and target: a cookie's default path comes from the page's own URL
+                page = httpx.Request(request.method, request.url.copy_with(raw_path=target), headers=request.headers)
+                response = httpx.Response(response.status_code, headers=response.headers, request=page)
             super().extract_cookies(response)
 
 
 _BODILESS = frozenset({"GET", "HEAD"})
+
+# A plain-http URL whose path and query httpx would leave exactly as they are: no userinfo,
+# fragment or dot segment, and only characters that need no escaping. Such a URL is sent as its
+# origin's URL (parsed once) and its target, the path and query, through httpx's `target`
+# request extension, instead of being parsed whole on every request.
+_SPLITTABLE = re.compile(
+    r"(http://[^/?#@\\\s]+)(/[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*(?:\?[A-Za-z0-9\-._~!$&'()*+,;=:@/%?]*)?)"
+)
+_MAX_SPLIT_LENGTH = 8192  # far below httpx's own URL length limit, which a split URL would skip
+_ORIGINS_KEPT = 4096
+_httpx_log = logging.getLogger("httpx")
 
 
 class _RedirectSeen(Exception):
@@ -138,8 +158,12 @@ class CrawlClient(httpx.AsyncClient):
     def __init__(self, **kwargs: Any) -> None:
         hooks = kwargs.pop("event_hooks", None) or {}
         hooks = {**hooks, "response": [*hooks.get("response", []), _hand_back_redirects]}
+        transport = kwargs.get("transport")
         super().__init__(event_hooks=hooks, **kwargs)
         self._jar = _SetCookiesOnly()
+        # Whether plain-http requests may go as origin + target: the transport must write the target.
+        self._splits = bool(getattr(transport, "honours_target", False))
+        self._origins: dict[str, httpx.URL] = {}
 
     async def open(self, url: str, headers: list[tuple[str, str]] | None = None) -> httpx.Response:
         """GET url with the body left to stream; a redirect comes back as it is, its body closed unread.
@@ -167,18 +191,21 @@ class CrawlClient(httpx.AsyncClient):
         headers after a Host header, which is what this builds, once. `headers` given as a
         list of (name, value) pairs (none of the client's names) are appended to them.
         """
-        if isinstance(url, str):
-            url = httpx.URL(url)
         extra: Any = kwargs.pop("headers", None) if set(kwargs) == {"headers"} else None
-        if (
-            kwargs
-            or not isinstance(extra, list | None)
-            or method not in _BODILESS
-            or url.is_relative_url
-            or self.params
-            or self._jar
-            or "host" in self.headers
-        ):
+        one_pass = (
+            not kwargs
+            and isinstance(extra, list | None)
+            and method in _BODILESS
+            and not self.params
+            and not self._jar
+            and "host" not in self.headers
+        )
+        split = self._split(url) if one_pass and isinstance(url, str) else None
+        if split is not None:
+            url, target = split
+        elif isinstance(url, str):
+            url = httpx.URL(url)
+        if not one_pass or url.is_relative_url:
             if extra is not None:
                 kwargs["headers"] = extra
             return super().build_request(method, url, **kwargs)
@@ -186,8 +213,26 @@ class CrawlClient(httpx.AsyncClient):
         if extra:  # (name, value) pairs sent on top of the client's, as a recrawl's validators are
             raw += [(name.encode("ascii"), value.encode("latin-1")) for name, value in extra]
         headers = httpx.Headers(raw)
-        request = httpx.Request(
-            method, url, headers=headers, extensions={"timeout": self.timeout.as_dict()}, stream=httpx.ByteStream(b"")
-        )
+        extensions: dict[str, Any] = {"timeout": self.timeout.as_dict()}
+        if split is not None:
+            extensions["target"] = target
+        request = httpx.Request(method, url, headers=headers, extensions=extensions, stream=httpx.ByteStream(b""))
         request.read()  # as httpx does for a request built with content: .content is b""
         return request
+
+    def _split(self, url: str) -> tuple[httpx.URL, bytes] | None:
+        """(its origin's URL, its path and query) if url may be sent as origin and target, else None."""
+        if not self._splits or len(url) > _MAX_SPLIT_LENGTH or _httpx_log.isEnabledFor(logging.INFO):
+            return None  # httpx's log line names the request's URL: it must be the page's own
+        match = _SPLITTABLE.fullmatch(url)
+        if match is None:
+            return None
+        site, target = match.groups()
+        if "/." in target:  # a dot segment, which httpx would remove
+            return None
+        origin = self._origins.get(site)
+        if origin is None:
+            if len(self._origins) >= _ORIGINS_KEPT:
+                self._origins.clear()
+            origin = self._origins[site] = httpx.URL(site + "/")
+        return origin, target.encode("ascii")

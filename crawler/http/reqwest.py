@@ -84,7 +84,7 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         # hyper writes Host (or :authority) from the URL itself; httpx's would be a second one.
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw if k.lower() != b"host"]
-        builder = self._client.request(request.method, str(request.url)).headers(headers)
+        builder = self._client.request(request.method, _request_url(request)).headers(headers)
         body = await request.aread()
         if body:
             builder = builder.body_bytes(body)
@@ -206,3 +206,12 @@ def _reason(exc: rq.PyreqwestError) -> str:
     if len(meaningful) == 1:
         return meaningful[0]
     return f"{meaningful[0]}: {meaningful[-1]}"
+
+
+def _request_url(request: httpx.Request) -> str:
+    """The URL to send: the request's, or its origin followed by httpx's `target` extension when given."""
+    target = request.extensions.get("target")
+    if target is None:
+        return str(request.url)
+    url = request.url
+    return f"{url.scheme}://{url.netloc.decode('ascii')}{target.decode('ascii')}"

@@ -296,6 +296,8 @@ class H1Transport(httpx.AsyncBaseTransport):
     proxies: which requests go through a proxy; dns: where new connections look their host up.
     """
 
+    honours_target = True  # writes httpx's `target` request extension as the request target
+
     def __init__(
         self,
         *,
@@ -325,12 +327,13 @@ class H1Transport(httpx.AsyncBaseTransport):
         read_timeout = timeouts.get("read")
         body = await request.aread()
         proxy = self._proxies.for_url(url) if self._proxies is not None else None
+        path = request.extensions.get("target") or url.raw_path  # httpx's `target` extension, when given
         if proxy is None:
             origin = (url.raw_host.decode("ascii"), url.port or 80, False)  # IDNA hosts in their ASCII form
-            head = _request_head(request, len(body), url.raw_path)
+            head = _request_head(request, len(body), path)
         else:
             origin = (proxy.raw_host.decode("ascii"), proxy.port or 80, True)
-            target = b"http://" + url.netloc + url.raw_path  # absolute form, without any userinfo
+            target = b"http://" + url.netloc + path  # absolute form, without any userinfo
             head = _request_head(request, len(body), target, self._proxy_authorization(proxy))
         head_only = request.method == "HEAD"
         conn = await self._checkout(origin, timeouts.get("connect"), timeouts.get("pool"))
