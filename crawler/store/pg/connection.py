@@ -118,13 +118,18 @@ class PgConnection:
         return await self.run(in_transaction)
 
     async def close(self) -> None:
-        """Close the connection; the server drops the advisory lock with the session."""
+        """Release the lock, then close the connection (a killed process's session drops the lock by itself)."""
         if self._closed:
             return
         async with self._turn:
             self._closed = True
-            with _store_errors(self.location):
-                await self._conn.close()
+            try:
+                # The server ends a closed session a moment later; the lock must be free at once.
+                with _store_errors(self.location), contextlib.suppress(psycopg.OperationalError):
+                    await self._conn.execute("SELECT pg_advisory_unlock_all()")
+            finally:
+                with _store_errors(self.location):
+                    await self._conn.close()
 
 
 def _drop_outcome(task: asyncio.Future[Any]) -> None:
