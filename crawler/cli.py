@@ -20,7 +20,7 @@ from crawler.cli_status import add_command as add_status_command
 from crawler.config import Config, load_config
 from crawler.demo import DemoServer, demo_config, discard_database, next_steps
 from crawler.engine import Crawl, CrawlSummary, Outcome
-from crawler.errors import CrawlerError, NothingToResume
+from crawler.errors import CrawlerError, NothingToResume, UsageError
 from crawler.progress import ProgressDisplay, format_summary
 from crawler.query import open_results
 from crawler.recrawl import RecrawlRequest, parse_duration
@@ -97,6 +97,10 @@ def _output_flags(p: argparse.ArgumentParser) -> None:
 
 def _cmd_crawl(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    if args.fresh and config.storage.url is not None:
+        raise UsageError(
+            "--fresh moves a SQLite file aside; with storage.url, drop and create the PostgreSQL database instead"
+        )
     if args.fresh:
         moved = move_aside(config.storage.path)
         if moved is not None and not args.quiet:
@@ -106,7 +110,8 @@ def _cmd_crawl(args: argparse.Namespace) -> int:
 
 def _cmd_resume(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    if not config.storage.path.exists():
+    # A PostgreSQL database that holds no crawl is told by the crawl itself (resume.prepare).
+    if config.storage.url is None and not config.storage.path.exists():
         raise NothingToResume(f"no database at {config.storage.path}: nothing to resume")
     return _run(config, args, require_resume=True)
 
@@ -114,7 +119,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 def _cmd_recrawl(args: argparse.Namespace) -> int:
     older_than = None if args.older_than is None else parse_duration(args.older_than)
     config = load_config(args.config)
-    if not config.storage.path.exists():
+    if config.storage.url is None and not config.storage.path.exists():
         raise NothingToResume(f"no database at {config.storage.path}: nothing to recrawl")
     return _run(config, args, require_resume=False, recrawl=RecrawlRequest(older_than))
 

@@ -18,6 +18,7 @@ from crawler.filters import PageFilter
 from crawler.formats import FORMATS, write_rows
 from crawler.query import ChangeRow, ErrorRow, LinkRow, Page, Results, SearchHit, Stats, open_results
 from crawler.recrawl import CHANGES
+from crawler.store.backend import is_postgres_url
 
 DEFAULT_CONFIG = "config.toml"
 DEFAULT_LIMIT = 100
@@ -82,8 +83,10 @@ def add_commands(sub: Any) -> None:
 
 def db_flags(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--db", type=Path, help="crawl database")
-    group.add_argument("-c", "--config", type=Path, help="use this config's storage.path (default ./config.toml)")
+    group.add_argument("--db", type=_db_target, help="crawl database: a SQLite file or a postgresql:// URL")
+    group.add_argument(
+        "-c", "--config", type=Path, help="use this config's storage.path or storage.url (default ./config.toml)"
+    )
 
 
 def _common(p: argparse.ArgumentParser, *, listing: bool = True, limit: int = DEFAULT_LIMIT) -> None:
@@ -114,14 +117,25 @@ def _limit(text: str) -> int:
     return int(text)
 
 
-def db_path_from(args: argparse.Namespace) -> Path:
+def _db_target(text: str) -> Path | str:
+    return text if is_postgres_url(text) else Path(text)
+
+
+def db_path_from(args: argparse.Namespace) -> Path | str:
+    """The database --db or the config names: a SQLite path, or a postgresql:// URL."""
     if args.db is not None:
-        return Path(args.db)
-    return load_config(args.config or DEFAULT_CONFIG).storage.path
+        return _db_target(str(args.db))
+    return load_config(args.config or DEFAULT_CONFIG).storage.target
 
 
 def _open(args: argparse.Namespace) -> Results:
-    return open_results(db_path_from(args))
+    target = db_path_from(args)
+    if isinstance(target, str):
+        raise UsageError(
+            f"crawler {args.command} {getattr(args, 'query_command', '') or ''}".rstrip()
+            + " is not supported for postgresql yet; query the database with psql meanwhile"
+        )
+    return open_results(target)
 
 
 def _filter(args: argparse.Namespace) -> PageFilter:

@@ -81,8 +81,14 @@ class HttpConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StorageConfig:
     path: Path = _spec(Path("data/crawl.db"), doc="SQLite database; relative to the config file's folder")
+    url: str | None = _spec(None, doc="postgresql:// URL (libpq conventions) instead of path")
     store_bodies: bool = _spec(True, doc="keep response bodies in pages.body")
     keep_history: bool = _spec(True, doc="a recrawl keeps the bodies of replaced versions in page_history")
+
+    @property
+    def target(self) -> Path | str:
+        """The database the crawl uses: the PostgreSQL URL if one is set, else the SQLite path."""
+        return self.url if self.url is not None else self.path
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,6 +149,9 @@ def config_from_dict(data: dict[str, Any], *, source: str = "<dict>", base_dir: 
         built[name] = _build_section(cls, name, section, source)
     config = Config(**built, source=source)
     _check_whole(config, source)
+    storage = data.get("storage", {})
+    if "path" in storage and "url" in storage:
+        raise ConfigError(source, "storage.url", "set storage.path (SQLite) or storage.url (PostgreSQL), not both")
     storage_path = config.storage.path
     if base_dir is not None and not storage_path.is_absolute():
         config = config.replace(storage={"path": base_dir / storage_path})
@@ -231,6 +240,12 @@ def _check_whole(config: Config, source: str) -> None:
         problem = proxy_problem(config.http.proxy)
         if problem is not None:
             raise ConfigError(source, "http.proxy", f"{problem}, got {shown(config.http.proxy)!r}")
+    url = config.storage.url
+    if url is not None:
+        from crawler.store.backend import is_postgres_url  # psycopg-free: only the scheme is checked here
+
+        if not is_postgres_url(url):
+            raise ConfigError(source, "storage.url", f"must be a postgresql:// URL, got {url.split(':', 1)[0]!r}…")
     pol = config.politeness
     if pol.max_delay < pol.delay:
         raise ConfigError(source, "politeness.max_delay", f"must be ≥ politeness.delay ({pol.delay:g})")

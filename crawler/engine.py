@@ -24,7 +24,7 @@ from crawler.recrawl import RecrawlRequest
 from crawler.resume import ResumeInfo, prepare
 from crawler.robots.policy import RobotsPolicy
 from crawler.sitemaps.reader import SitemapReader
-from crawler.store import NewUrl, Store
+from crawler.store import Backend, NewUrl, Store
 from crawler.urls import Scope, host_key, normalize_url
 from crawler.writer import BatchWriter
 
@@ -114,17 +114,17 @@ class Crawl:
     # ---- the run -------------------------------------------------------------------------
 
     async def run(self, *, require_resume: bool = False) -> CrawlSummary:
-        store = await Store.open(self.config.storage.path)
+        store = await Store.open(self.config.storage.target)
         try:
             return await self._run(store, require_resume=require_resume)
         finally:
             await store.close()
 
-    async def _run(self, store: Store, *, require_resume: bool) -> CrawlSummary:
+    async def _run(self, store: Backend, *, require_resume: bool) -> CrawlSummary:
         cfg = self.config
         started = time.monotonic()
         if self._recrawl is not None and await store.get_meta("scope") is None:
-            raise NothingToResume(f"{store.path} holds no crawl: nothing to recrawl (run `crawler crawl` first)")
+            raise NothingToResume(f"{store.location} holds no crawl: nothing to recrawl (run `crawler crawl` first)")
         stored = await prepare(store, cfg, self._scope, require_resume=require_resume, say=self._say)
         resumed = stored.resumed
         continued = await recrawl.open_pass(store)
@@ -177,7 +177,7 @@ class Crawl:
         )
         await self.writer.flush()
         if resumed is not None and not self._queued():
-            self._say(f"nothing left to fetch in {store.path} ({resumed.done:,} done); --fresh starts over")
+            self._say(f"nothing left to fetch in {store.location} ({resumed.done:,} done); --fresh starts over")
 
         if pass_state is None:
             # A first crawl parses from its first page on; a recrawl pass starts the parsers
@@ -225,7 +225,7 @@ class Crawl:
             self._on_progress(self._snapshot(started))
         return CrawlSummary(
             outcome=outcome,
-            db_path=str(store.path),
+            db_path=str(store.location),
             fetched=tally.fetched,
             pages=tally.pages,
             errors=tally.errors,

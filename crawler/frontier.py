@@ -11,7 +11,7 @@ from typing import Any
 
 from crawler.errors import SkipReason
 from crawler.politeness import Lease, Politeness
-from crawler.store import QueuedUrl, Store
+from crawler.store import Backend, QueuedUrl
 
 REFILL_TASKS = 4  # window reads in flight at once; more would only queue on the one connection
 MIN_WINDOW = 8  # rows a refill reads even when the memory budget is spent, so no host starves
@@ -73,7 +73,7 @@ class Frontier:
 
     def __init__(
         self,
-        store: Store,
+        store: Backend,
         politeness: Politeness,
         *,
         max_pages: int = 0,

@@ -18,7 +18,7 @@ from crawler.recrawl import GONE_STATUSES, conditional
 from crawler.robots.policy import RobotsAccess, RobotsPolicy
 from crawler.robots.rules import product_token
 from crawler.sitemaps.reader import SitemapReader
-from crawler.store import SITEMAP, NewUrl, PageRecord, Store, body_hash, utc_now
+from crawler.store import SITEMAP, Backend, NewUrl, PageRecord, body_hash, utc_now
 from crawler.urls import Scope, host_key
 
 fetch_log = logging.getLogger("crawler.fetch")
@@ -54,7 +54,7 @@ class Pipeline:
         self,
         config: Config,
         *,
-        store: Store,
+        store: Backend,
         fetcher: Fetcher,
         parser: ParsePool,
         robots: RobotsPolicy | None,

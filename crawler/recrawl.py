@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from crawler.errors import UsageError
-from crawler.store import Store, StoredVersion
+from crawler.store import Backend, StoredVersion
 
 GONE_STATUSES = frozenset({404, 410})
 CHANGES = ("new", "changed", "unchanged", "gone")
@@ -59,13 +59,13 @@ class PassState:
     revisits: int  # stored pages waiting to be fetched again
 
 
-async def open_pass(store: Store) -> int | None:
+async def open_pass(store: Backend) -> int | None:
     """The pass left unfinished in this database, which the next run continues."""
     return await store.open_pass()
 
 
 async def begin(
-    store: Store,
+    store: Backend,
     run_id: int,
     continued: int | None,
     request: RecrawlRequest | None,
@@ -91,6 +91,6 @@ async def begin(
     return PassState(run_id, True, due, await store.revisits_queued())
 
 
-async def end(store: Store) -> None:
+async def end(store: Backend) -> None:
     """The pass is complete: the next run is a crawl again, or starts a new pass."""
     await store.end_pass()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from crawler.config import Config
 from crawler.errors import ConfigError, NothingToResume, SkipReason
-from crawler.store import Store
+from crawler.store import Backend
 from crawler.urls import Scope
 
 RECHECK_CHUNK = 5000  # rows re-judged per transaction when a limit changed
@@ -41,7 +41,7 @@ class StoredCrawl:
 
 
 async def prepare(
-    store: Store, config: Config, scope: Scope, *, require_resume: bool, say: Callable[[str], None]
+    store: Backend, config: Config, scope: Scope, *, require_resume: bool, say: Callable[[str], None]
 ) -> StoredCrawl:
     """Check the stored crawl against config, apply changed limits, requeue in-flight URLs.
 
@@ -51,7 +51,7 @@ async def prepare(
     stored_scope = await store.get_meta("scope")
     if stored_scope is None:
         if require_resume:
-            raise NothingToResume(f"{store.path} holds no crawl: nothing to resume")
+            raise NothingToResume(f"{store.location} holds no crawl: nothing to resume")
         await store.set_meta("scope", json.dumps(_scope(config), sort_keys=True))
         await store.set_meta("limits", json.dumps(_limits(config), sort_keys=True))
         return StoredCrawl(None, 0, 0)
@@ -64,7 +64,7 @@ async def prepare(
     info = ResumeInfo(done=counts["done"], queued=counts["queued"], in_flight=in_flight)
     max_pages = config.crawl.max_pages
     if require_resume and not info.queued:
-        raise NothingToResume(f"{store.path} holds no unfinished crawl ({info.done:,} done): nothing to resume")
+        raise NothingToResume(f"{store.location} holds no unfinished crawl ({info.done:,} done): nothing to resume")
     if max_pages and fetched >= max_pages and info.queued:
         message = (
             f"crawl.max_pages = {max_pages:,} is reached ({fetched:,} pages fetched) and {info.queued:,} URLs"
@@ -88,7 +88,7 @@ def _scope(config: Config) -> dict[str, list[str]]:
     }
 
 
-def _check_scope(config: Config, store: Store, stored: dict[str, list[str]]) -> None:
+def _check_scope(config: Config, store: Backend, stored: dict[str, list[str]]) -> None:
     """A different scope would mix two crawls in one database: refuse, naming the key."""
     new = _scope(config)
     for key, value in new.items():
@@ -99,7 +99,7 @@ def _check_scope(config: Config, store: Store, stored: dict[str, list[str]]) -> 
             raise ConfigError(
                 config.source,
                 f"crawl.{key}",
-                f"is {value!r} but the crawl stored in {store.path} used {old!r}; a crawl keeps its scope."
+                f"is {value!r} but the crawl stored in {store.location} used {old!r}; a crawl keeps its scope."
                 f" Restore the old value, or start over with `crawler crawl --fresh` (the old database is kept)",
             )
 
@@ -109,7 +109,7 @@ def _limits(config: Config) -> dict[str, int]:
     return {key: getattr(crawl, key) for key in (*_URL_LIMITS, "max_pages_per_host")}
 
 
-async def _apply_limits(store: Store, config: Config, scope: Scope, say: Callable[[str], None]) -> None:
+async def _apply_limits(store: Backend, config: Config, scope: Scope, say: Callable[[str], None]) -> None:
     """Limits may change between runs; URLs they skipped or queued are judged again.
 
     A raised limit queues what it skipped (depth, URL length, repeated segments: re-judged
@@ -142,7 +142,7 @@ async def _apply_limits(store: Store, config: Config, scope: Scope, say: Callabl
     await store.set_meta("limits", json.dumps(new, sort_keys=True))
 
 
-async def _rejudge(store: Store, scope: Scope, state: str, reasons: list[str] | None) -> tuple[int, int]:
+async def _rejudge(store: Backend, scope: Scope, state: str, reasons: list[str] | None) -> tuple[int, int]:
     """Apply the current scope to rows in `state` (with one of `reasons`); returns (queued, skipped)."""
     queued = skipped = 0
     after = 0

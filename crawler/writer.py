@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Callable
 
 from crawler.frontier import Frontier
-from crawler.store import Store
+from crawler.store import Backend
 
 FLUSH_INTERVAL = 0.25  # seconds between commits while pages keep coming
 # Uncommitted rows (each page's body and text among them) stay in memory, so a batch commits
@@ -23,7 +23,7 @@ class BatchWriter:
     A flush also tells the frontier which completions it committed and which URLs it queued.
     """
 
-    def __init__(self, store: Store, frontier: Frontier) -> None:
+    def __init__(self, store: Backend, frontier: Frontier) -> None:
         self._store = store
         self._frontier = frontier
         self._wanted = asyncio.Event()

@@ -11,8 +11,10 @@ from crawler.config import Config, config_from_dict
 from crawler.engine import Crawl, CrawlSummary
 
 
-def make_config(db: Path, seeds: list[str], **sections: dict[str, Any]) -> Config:
-    """A config for local servers: no delay, quick retries; sections override single keys."""
+def make_config(db: Path | str, seeds: list[str], **sections: dict[str, Any]) -> Config:
+    """A config for local servers: no delay, quick retries; sections override single keys.
+
+    db is a SQLite file, or a postgresql:// URL (storage.url)."""
     data: dict[str, dict[str, Any]] = {
         "crawl": {"seeds": seeds, "max_pages": 0},
         "politeness": {
@@ -23,7 +25,7 @@ def make_config(db: Path, seeds: list[str], **sections: dict[str, Any]) -> Confi
             "per_host_concurrency": 4,
         },
         "http": {"retries": 1, "retry_backoff": 0.01, "retry_backoff_max": 0.05, "total_timeout": 5.0},
-        "storage": {"path": str(db)},
+        "storage": {"url": db} if isinstance(db, str) else {"path": str(db)},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)

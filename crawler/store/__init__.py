@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from crawler.store.backend import Backend, is_postgres_url
 from crawler.store.batch import Batch
 from crawler.store.flush import JSON_ROWS, PAGE_ROWS
 from crawler.store.lock import lock_holder, writer_lock
@@ -28,6 +29,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SITEMAP",
     "URL_STATES",
+    "Backend",
     "Batch",
     "NewUrl",
     "PageRecord",
@@ -36,6 +38,7 @@ __all__ = [
     "Store",
     "StoredVersion",
     "body_hash",
+    "is_postgres_url",
     "lock_holder",
     "utc_now",
     "writer_lock",

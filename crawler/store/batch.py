@@ -92,3 +92,49 @@ class Batch:
         self, origin: str, status: int | None, crawl_delay: float | None, sitemaps: Sequence[str], note: str | None
     ) -> None:
         self.robots.append((origin, status, utc_now(), crawl_delay, json.dumps(list(sitemaps)), note))
+
+
+class BatchedWrites:
+    """The batched writes of every backend: rows go into `batch` until the backend's flush commits them."""
+
+    batch: Batch
+
+    def add_urls(self, urls: Iterable[NewUrl]) -> None:
+        self.batch.add_urls(urls)
+
+    def add_page(self, page: PageRecord, links: Iterable[tuple[str, bool]]) -> None:
+        self.batch.add_page(page, links)
+
+    def add_listed_urls(self, urls: Iterable[NewUrl]) -> None:
+        """URLs a sitemap or robots.txt lists; a known one takes a newer lastmod, and keeps the rest."""
+        self.batch.add_listed_urls(urls)
+
+    def add_sitemap(self, sitemap: SitemapRecord) -> None:
+        """A sitemap's row in `sitemaps`; its urls row becomes kind 'sitemap' (a seed may turn out one)."""
+        self.batch.add_sitemap(sitemap)
+
+    def replace_page(self, page: PageRecord, links: Iterable[tuple[str, bool]], change: str) -> None:
+        """A recrawl pass stores a new version of a page ('changed' or 'gone'); the old one goes to history."""
+        self.batch.replace_page(page, links, change)
+
+    def confirm_page(self, url_id: int, status: int, etag: str | None, last_modified: str | None) -> None:
+        """A recrawl pass found a stored page unchanged."""
+        self.batch.confirm_page(url_id, status, etag, last_modified)
+
+    def add_change(self, url_id: int, change: str, status: int | None, at: str) -> None:
+        self.batch.add_change(url_id, change, status, at)
+
+    def add_error(self, url_id: int | None, url: str, kind: str, message: str, attempts: int) -> None:
+        self.batch.add_error(url_id, url, kind, message, attempts)
+
+    def set_state(self, url_id: int, state: str, reason: str | None = None) -> None:
+        self.batch.set_state(url_id, state, reason)
+
+    def skip_queued_of_host(self, host: str, reason: str) -> None:
+        """Mark every still-queued URL of host as skipped (a per-host limit was reached)."""
+        self.batch.skip_queued_of_host(host, reason)
+
+    def add_robots(
+        self, origin: str, status: int | None, crawl_delay: float | None, sitemaps: Sequence[str], note: str | None
+    ) -> None:
+        self.batch.add_robots(origin, status, crawl_delay, sitemaps, note)

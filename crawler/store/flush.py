@@ -24,15 +24,15 @@ JSON_ROWS = 256
 # text (compiled once) serves every chunk.
 PAGE_ROWS = 16
 
-_PAGE_COLUMNS = (
+PAGE_COLUMNS = (
     "url", "final_url", "status", "content_type", "title", "depth", "fetched_at", "elapsed_ms",
     "http_version", "bytes", "headers", "redirects", "noindex", "text", "body", "run_id",
     "content_hash", "etag", "last_modified", "canonical", "seen_at", "gone",
 )  # fmt: skip
-_PAGE_UPDATE = ", ".join(f"{name} = excluded.{name}" for name in _PAGE_COLUMNS)
-_PAGE_WIDTH = 1 + len(_PAGE_COLUMNS)  # url_id, then the columns
+_PAGE_UPDATE = ", ".join(f"{name} = excluded.{name}" for name in PAGE_COLUMNS)
+_PAGE_WIDTH = 1 + len(PAGE_COLUMNS)  # url_id, then the columns
 _PAGE_INSERT = (
-    f"INSERT INTO pages (url_id, {', '.join(_PAGE_COLUMNS)})"
+    f"INSERT INTO pages (url_id, {', '.join(PAGE_COLUMNS)})"
     f" SELECT * FROM (VALUES {', '.join(['(' + ','.join('?' * _PAGE_WIDTH) + ')'] * PAGE_ROWS)})"
     " WHERE column1 IS NOT NULL"
     # An upsert, not INSERT OR REPLACE: REPLACE deletes without firing the delete trigger,
@@ -277,7 +277,7 @@ def _page_chunks(pages: Sequence[PageRecord], run_id: int | None) -> Iterator[tu
         chunk = pages[start : start + PAGE_ROWS]
         params: list[object] = []
         for p in chunk:
-            # In _PAGE_COLUMNS order.
+            # In PAGE_COLUMNS order.
             params += (
                 p.url_id, p.url, p.final_url, p.status, p.content_type, p.title, p.depth, p.fetched_at,
                 p.elapsed_ms, p.http_version, p.size, json.dumps(p.headers), json.dumps(p.redirects),

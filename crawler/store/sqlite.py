@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 from crawler.errors import SkipReason, StoreError
-from crawler.store.batch import Batch
+from crawler.store.backend import is_postgres_url
+from crawler.store.batch import Batch, BatchedWrites
 from crawler.store.connection import SqliteConnection
 from crawler.store.flush import BatchWriter, index_pending
 from crawler.store.migrations import migrate
-from crawler.store.records import URL_STATES, NewUrl, PageRecord, QueuedUrl, SitemapRecord, StoredVersion, utc_now
+from crawler.store.records import URL_STATES, QueuedUrl, StoredVersion, utc_now
 from crawler.store.schema import SCHEMA_VERSION
 
+if TYPE_CHECKING:
+    from crawler.store.backend import Backend
 
-class Store:
-    """One open crawl database. Writes go into a Batch and are committed by `flush`."""
+
+class Store(BatchedWrites):
+    """One open SQLite crawl database. Writes go into a Batch and are committed by `flush`."""
 
     def __init__(self, conn: SqliteConnection, *, readonly: bool) -> None:
         self._conn = conn
@@ -30,10 +34,29 @@ class Store:
         self._writer = BatchWriter()
         self.pass_id: int | None = None  # the recrawl pass this run belongs to (see begin_pass)
 
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    @overload
     @classmethod
-    async def open(cls, path: Path, *, readonly: bool = False) -> Store:
-        """Open (and, unless readonly, create and migrate) the database at path."""
-        path = Path(path)
+    async def open(cls, target: Path, *, readonly: bool = False) -> Store: ...
+
+    @overload
+    @classmethod
+    async def open(cls, target: str | Path, *, readonly: bool = False) -> Backend: ...
+
+    @classmethod
+    async def open(cls, target: str | Path, *, readonly: bool = False) -> Backend:
+        """Open (and, unless readonly, create and migrate) the crawl database at target: a
+        postgresql:// URL (crawler/store/pg/, which needs the postgres extra), else a SQLite file."""
+        if is_postgres_url(target):
+            if readonly:
+                raise StoreError("PostgreSQL databases are not opened read-only yet")
+            from crawler.store.pg.store import PgStore  # psycopg is imported only for a postgresql:// URL
+
+            return await PgStore.open(str(target))
+        path = Path(target)
         if readonly and not path.exists():
             raise StoreError(f"no database at {path}")
         store = cls(await SqliteConnection.open(path, readonly=readonly), readonly=readonly)
@@ -251,46 +274,7 @@ class Store:
         sql = "SELECT count(*) FROM urls u JOIN pages p ON p.url_id = u.id WHERE u.state IN ('queued', 'in_flight')"
         return int(await self.scalar(sql))
 
-    # ---- batched writes (see Batch) --------------------------------------------------------
-
-    def add_urls(self, urls: Iterable[NewUrl]) -> None:
-        self.batch.add_urls(urls)
-
-    def add_page(self, page: PageRecord, links: Iterable[tuple[str, bool]]) -> None:
-        self.batch.add_page(page, links)
-
-    def add_listed_urls(self, urls: Iterable[NewUrl]) -> None:
-        """URLs a sitemap or robots.txt lists; a known one takes a newer lastmod, and keeps the rest."""
-        self.batch.add_listed_urls(urls)
-
-    def add_sitemap(self, sitemap: SitemapRecord) -> None:
-        """A sitemap's row in `sitemaps`; its urls row becomes kind 'sitemap' (a seed may turn out one)."""
-        self.batch.add_sitemap(sitemap)
-    def replace_page(self, page: PageRecord, links: Iterable[tuple[str, bool]], change: str) -> None:
-        """A recrawl pass stores a new version of a page ('changed' or 'gone'); the old one goes to history."""
-        self.batch.replace_page(page, links, change)
-
-    def confirm_page(self, url_id: int, status: int, etag: str | None, last_modified: str | None) -> None:
-        """A recrawl pass found a stored page unchanged."""
-        self.batch.confirm_page(url_id, status, etag, last_modified)
-
-    def add_change(self, url_id: int, change: str, status: int | None, at: str) -> None:
-        self.batch.add_change(url_id, change, status, at)
-
-    def add_error(self, url_id: int | None, url: str, kind: str, message: str, attempts: int) -> None:
-        self.batch.add_error(url_id, url, kind, message, attempts)
-
-    def set_state(self, url_id: int, state: str, reason: str | None = None) -> None:
-        self.batch.set_state(url_id, state, reason)
-
-    def skip_queued_of_host(self, host: str, reason: str) -> None:
-        """Mark every still-queued URL of host as skipped (a per-host limit was reached)."""
-        self.batch.skip_queued_of_host(host, reason)
-
-    def add_robots(
-        self, origin: str, status: int | None, crawl_delay: float | None, sitemaps: Sequence[str], note: str | None
-    ) -> None:
-        self.batch.add_robots(origin, status, crawl_delay, sitemaps, note)
+    # ---- committing the batch (its rows are added through BatchedWrites) -----------------------
 
     async def flush(self) -> list[QueuedUrl]:
         """Commit the pending batch in one transaction; returns the newly queued URLs.

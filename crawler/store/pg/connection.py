@@ -1,0 +1,162 @@
+"""The one psycopg connection of a PostgreSQL store: calls in order, the single-crawler lock, and the
+one boundary where psycopg errors become StoreError."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from crawler.errors import StoreError
+
+try:
+    import psycopg
+except ImportError:  # pragma: no cover - the postgres extra is not installed
+    psycopg = None  # type: ignore[assignment]
+
+_T = TypeVar("_T")
+Conn = Any  # psycopg.AsyncConnection[tuple[Any, ...]]; Any keeps psycopg out of the signatures
+
+# The session-level advisory lock that keeps a second crawler off the database (as SQLite's
+# flock does) until several crawlers share one through host leases. 'crwl' as an integer.
+WRITER_LOCK = 0x6372776C
+CONNECT_TIMEOUT = 10  # seconds, unless the URL sets connect_timeout
+
+
+def shown(url: str) -> str:
+    """The URL as messages show it: never its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+
+
+class PgConnection:
+    """One psycopg async connection in autocommit, used by one call at a time in the order of the calls.
+
+    A flush is one call: a frontier read waits for the commit rather than reading inside the
+    open transaction, as with SQLite's single thread.
+    """
+
+    def __init__(self, conn: Conn, location: str) -> None:
+        self._conn = conn
+        self._turn = asyncio.Lock()  # FIFO: calls run in the order they were made
+        self._closed = False
+        self.location = location
+
+    @classmethod
+    async def open(cls, url: str) -> PgConnection:
+        """Connect (libpq: PGPASSWORD, ~/.pgpass, PGSERVICE and URL parameters apply) and take the lock."""
+        location = shown(url)
+        if psycopg is None:
+            raise StoreError(
+                f"storage {location} needs psycopg: pip install -e '.[postgres]' (or pip install 'psycopg[binary]')"
+            )
+        options: dict[str, Any] = {
+            "autocommit": True,
+            "application_name": f"crawler {socket.gethostname()}:{os.getpid()}",
+        }
+        if "connect_timeout" not in url:
+            options["connect_timeout"] = CONNECT_TIMEOUT
+        with _store_errors(location, connecting=True):
+            conn = await psycopg.AsyncConnection.connect(url, **options)
+        self = cls(conn, location)
+        try:
+            await self.run(self._lock_for_writing)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.close()
+            raise
+        return self
+
+    async def _lock_for_writing(self, conn: Conn) -> None:
+        cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (WRITER_LOCK,))
+        row = await cur.fetchone()
+        if row[0]:
+            return
+        cur = await conn.execute(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.objid = %s AND l.granted",
+            (WRITER_LOCK,),
+        )
+        holder = await cur.fetchone()
+        who = holder[0] if holder and holder[0] else "another session"
+        raise StoreError(
+            f"{self.location} is in use by another crawler ({who}); wait for it or stop it"
+            " (one crawler per PostgreSQL database for now)"
+        )
+
+    async def run(self, fn: Callable[[Conn], Awaitable[_T]]) -> _T:
+        """await fn(conn) on its turn; it runs to its end even if the caller is cancelled meanwhile."""
+        task = asyncio.ensure_future(self._call(fn))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_drop_outcome)
+            raise
+
+    async def _call(self, fn: Callable[[Conn], Awaitable[_T]]) -> _T:
+        async with self._turn:
+            if self._closed:
+                raise StoreError(f"{self.location} is closed")
+            with _store_errors(self.location):
+                return await fn(self._conn)
+
+    async def transaction(self, work: Callable[[Conn], Awaitable[_T]]) -> _T:
+        """await work(conn) inside one transaction: committed if it returns, rolled back if it raises."""
+
+        async def in_transaction(conn: Conn) -> _T:
+            async with conn.transaction():
+                return await work(conn)
+
+        return await self.run(in_transaction)
+
+    async def close(self) -> None:
+        """Release the lock, then close the connection (a killed process's session drops the lock by itself)."""
+        if self._closed:
+            return
+        async with self._turn:
+            self._closed = True
+            try:
+                # The server ends a closed session a moment later; the lock must be free at once.
+                with _store_errors(self.location), contextlib.suppress(psycopg.OperationalError):
+                    await self._conn.execute("SELECT pg_advisory_unlock_all()")
+            finally:
+                with _store_errors(self.location):
+                    await self._conn.close()
+
+
+def _drop_outcome(task: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome nobody waits for any more, so asyncio does not report it as lost."""
+    if not task.cancelled():
+        task.exception()
+
+
+@contextlib.contextmanager
+def _store_errors(location: str, *, connecting: bool = False) -> Iterator[None]:
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise translate(exc, location, connecting=connecting) from exc
+    except OSError as exc:
+        raise StoreError(f"cannot reach {location}: {exc}") from exc
+
+
+def translate(exc: BaseException, location: str, *, connecting: bool = False) -> StoreError:
+    """The StoreError that tells a user what went wrong with the PostgreSQL database at location."""
+    text = " ".join(str(exc).split())
+    if connecting or (isinstance(exc, psycopg.OperationalError) and getattr(exc, "sqlstate", None) is None):
+        hint = ""
+        if "password" in text or "authentication" in text:
+            hint = " (the password comes from PGPASSWORD or ~/.pgpass, never from the config file)"
+        return StoreError(f"cannot connect to {location}: {text}{hint}")
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    if sqlstate.startswith("53"):  # insufficient resources: disk full, out of memory, too many connections
+        return StoreError(f"{location} is out of resources ({text}); what was stored is intact")
+    return StoreError(f"database error on {location}: {text}")

@@ -1,0 +1,300 @@
+"""The SQL that commits a pending Batch to PostgreSQL: COPY into temporary tables, then one statement per table."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from crawler.errors import SkipReason
+from crawler.store.batch import Batch
+from crawler.store.flush import PAGE_COLUMNS
+from crawler.store.pg.connection import Conn
+from crawler.store.records import NewUrl, PageRecord, QueuedUrl, SitemapRecord, utc_now
+
+# PostgreSQL text cannot hold NUL; a page may. Stored as U+FFFD, as an undecodable byte is.
+_NUL = str.maketrans({"\x00": "\ufffd"})
+
+_PAGE_UPDATE = ", ".join(f"{name} = excluded.{name}" for name in PAGE_COLUMNS)
+_PAGE_LIST = ", ".join(PAGE_COLUMNS)
+_PAGE_TYPES = [
+    "int8", "text", "text", "int4", "text", "text", "int4", "text", "float8", "text", "int8", "text", "text",
+    "int4", "text", "bytea", "int8", "text", "text", "text", "text", "text", "int4",
+]  # fmt: skip
+# The tsvector of a page: its title weighs more, as FTS5's column weight does. 'simple' because
+# pages come in every language. A tsvector holds at most 1 MiB, so very long texts are cut.
+SEARCH_VECTOR = (
+    "setweight(to_tsvector('simple', coalesce(p.title, '')), 'A')"
+    " || to_tsvector('simple', left(coalesce(p.text, ''), 250000))"
+)
+
+
+def _text(text: str | None) -> str | None:
+    return text if text is None or "\x00" not in text else text.translate(_NUL)
+
+
+async def _copy(cur: Any, table: str, columns: str, types: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    async with cur.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(list(types))
+        for row in rows:
+            await copy.write_row(row)
+
+
+class PgBatchWriter:
+    """Commits batches inside the caller's transaction, as crawler/store/flush.py's BatchWriter does for SQLite."""
+
+    def __init__(self, *, nofollow_rows: bool = False) -> None:
+        self.pass_id: int | None = None
+        self.keep_history = True
+        self.nofollow_rows = nofollow_rows
+
+    async def commit(self, conn: Conn, batch: Batch, run_id: int | None) -> list[QueuedUrl]:
+        """Write every row of batch; returns the newly queued URLs, in id order."""
+        now = utc_now()
+        async with conn.cursor() as cur:
+            queued = await self._insert_urls(cur, batch.new_urls, now)
+            if batch.listed_urls:
+                queued += await self._insert_listed_urls(cur, batch.listed_urls, now)
+            if batch.archived:
+                await cur.execute(
+                    "INSERT INTO page_history (url_id, fetched_at, status, content_hash, body, run_id)"
+                    " SELECT url_id, fetched_at, status, content_hash, CASE WHEN %s THEN body END, run_id"
+                    " FROM pages WHERE url_id = ANY(%s) ORDER BY url_id",
+                    (self.keep_history, batch.archived),
+                )
+                await cur.execute("DELETE FROM links WHERE from_id = ANY(%s)", (batch.archived,))
+            if batch.pages:
+                # The last version of a page wins, as SQLite's upsert applied in order would have it.
+                pages = {p.url_id: p for p in batch.pages}.values()
+                await _copy(cur, "new_pages", f"url_id, {_PAGE_LIST}", _PAGE_TYPES, _page_rows(pages, run_id))
+                await cur.execute(
+                    f"INSERT INTO pages (url_id, {_PAGE_LIST}) SELECT url_id, {_PAGE_LIST} FROM new_pages"
+                    f" ON CONFLICT (url_id) DO UPDATE SET {_PAGE_UPDATE}, search = NULL"
+                )
+            if batch.links:
+                await _copy(cur, "new_links", "from_id, to_url, nofollow", ("int8", "text", "int4"), batch.links)
+                await cur.execute(
+                    "INSERT INTO links (from_id, to_id, nofollow)"
+                    " SELECT l.from_id, t.id, l.nofollow FROM new_links l JOIN urls t ON t.url = l.to_url"
+                    " ON CONFLICT DO NOTHING"
+                )
+            if batch.errors:
+                run = int(run_id or 0)
+                await _copy(
+                    cur,
+                    "errors",
+                    "url_id, url, kind, message, attempts, at, run_id",
+                    ("int8", "text", "text", "text", "int4", "text", "int8"),
+                    ((e[0], e[1], e[2], _text(e[3]), e[4], e[5], run) for e in batch.errors),
+                )
+            if batch.states:
+                latest = {change[3]: change for change in batch.states}
+                await _copy(
+                    cur,
+                    "new_states",
+                    "id, state, reason, at",
+                    ("int8", "text", "text", "text"),
+                    ((s[3], s[0], s[1], s[2]) for s in latest.values()),
+                )
+                await cur.execute(
+                    "UPDATE urls SET state = s.state, reason = s.reason, updated_at = s.at"
+                    " FROM new_states s WHERE urls.id = s.id"
+                )
+            if batch.confirmed:
+                latest_seen = {c[3]: c for c in batch.confirmed}
+                await _copy(
+                    cur,
+                    "new_confirmed",
+                    "id, seen_at, etag, last_modified",
+                    ("int8", "text", "text", "text"),
+                    ((c[3], c[0], c[1], c[2]) for c in latest_seen.values()),
+                )
+                await cur.execute(
+                    "UPDATE pages SET seen_at = c.seen_at, etag = coalesce(c.etag, pages.etag),"
+                    " last_modified = coalesce(c.last_modified, pages.last_modified)"
+                    " FROM new_confirmed c WHERE pages.url_id = c.id"
+                )
+            if batch.changes:
+                latest_change = {c[0]: c for c in batch.changes}
+                await _copy(
+                    cur,
+                    "new_changes",
+                    "url_id, change, status, fetched_at",
+                    ("int8", "text", "int4", "text"),
+                    latest_change.values(),
+                )
+                await cur.execute(
+                    "INSERT INTO changes (run_id, url_id, change, status, fetched_at)"
+                    " SELECT %s, url_id, change, status, fetched_at FROM new_changes"
+                    " ON CONFLICT (run_id, url_id) DO UPDATE SET change = excluded.change,"
+                    " status = excluded.status, fetched_at = excluded.fetched_at",
+                    (int(self.pass_id or run_id or 0),),
+                )
+            if batch.host_skips:
+                await cur.executemany(
+                    "UPDATE urls SET state = 'skipped', reason = %s, updated_at = %s"
+                    " WHERE host = %s AND state = 'queued'",
+                    batch.host_skips,
+                )
+            # No indexing here: the tsvector and its GIN entries would cost more than every other
+            # write of the batch; PgStore indexes in chunks of its own (see PgStore.flush).
+            if batch.sitemaps:
+                await _write_sitemaps(cur, batch.sitemaps, run_id)
+            if batch.robots:
+                latest_robots = {r[0]: r for r in batch.robots}
+                await cur.executemany(
+                    "INSERT INTO robots (origin, status, fetched_at, crawl_delay, sitemaps, note)"
+                    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (origin) DO UPDATE SET status = excluded.status,"
+                    " fetched_at = excluded.fetched_at, crawl_delay = excluded.crawl_delay,"
+                    " sitemaps = excluded.sitemaps, note = excluded.note",
+                    list(latest_robots.values()),
+                )
+        return queued
+
+    async def _insert_urls(self, cur: Any, urls: list[NewUrl], now: str) -> list[QueuedUrl]:
+        """ON CONFLICT DO NOTHING lets PostgreSQL decide what is new; RETURNING gives only the inserted rows."""
+        if not urls:
+            return []
+        unique: dict[str, NewUrl] = {}
+        for item in urls:
+            kept = unique.setdefault(item.url, item)
+            if kept.reason == SkipReason.NOFOLLOW and item.state == "queued":
+                unique[item.url] = item
+        promoted = await self._promote(cur, unique)
+        await _copy(
+            cur,
+            "new_urls",
+            "ord, url, host, depth, parent_id, state, reason",
+            ("int4", "text", "text", "int4", "int8", "text", "text"),
+            ((i, u.url, u.host, u.depth, u.parent_id, u.state, u.reason) for i, u in enumerate(unique.values())),
+        )
+        await cur.execute(
+            "INSERT INTO urls (url, host, depth, parent_id, state, reason, discovered_at)"
+            " SELECT url, host, depth, parent_id, state, reason, %s FROM new_urls ORDER BY ord"
+            " ON CONFLICT (url) DO NOTHING RETURNING id, url, host, depth, state",
+            (now,),
+        )
+        rows = [QueuedUrl(r[0], r[1], r[2], r[3]) for r in await cur.fetchall() if r[4] == "queued"]
+        return await self._settle(cur, rows, unique, promoted)
+
+    async def _insert_listed_urls(self, cur: Any, urls: list[NewUrl], now: str) -> list[QueuedUrl]:
+        """URLs listed by sitemaps or robots.txt: new ones with their kind, source and lastmod; known
+        ones only take a newer lastmod (the newest any listing gives)."""
+        unique: dict[str, NewUrl] = {}
+        newest: dict[str, str] = {}
+        for item in urls:
+            unique.setdefault(item.url, item)
+            if item.lastmod is not None and item.lastmod > newest.get(item.url, ""):
+                newest[item.url] = item.lastmod
+        promoted = await self._promote(cur, unique)
+        await _copy(
+            cur,
+            "new_listed",
+            "ord, url, host, depth, parent_id, state, reason, kind, source, lastmod, newest",
+            ("int4", "text", "text", "int4", "int8", "text", "text", "text", "text", "text", "text"),
+            (
+                (
+                    i,
+                    u.url,
+                    u.host,
+                    u.depth,
+                    u.parent_id,
+                    u.state,
+                    u.reason,
+                    u.kind,
+                    u.source,
+                    u.lastmod,
+                    newest.get(u.url),
+                )
+                for i, u in enumerate(unique.values())
+            ),
+        )
+        await cur.execute(
+            "INSERT INTO urls (url, host, depth, parent_id, state, reason, kind, source, lastmod, discovered_at)"
+            " SELECT url, host, depth, parent_id, state, reason, kind, source, lastmod, %s FROM new_listed"
+            " ORDER BY ord ON CONFLICT (url) DO NOTHING RETURNING id, url, host, depth, state, kind",
+            (now,),
+        )
+        rows = [QueuedUrl(r[0], r[1], r[2], r[3], r[5]) for r in await cur.fetchall() if r[4] == "queued"]
+        if newest:
+            await cur.execute(
+                "UPDATE urls SET lastmod = n.newest FROM new_listed n WHERE urls.url = n.url"
+                " AND n.newest IS NOT NULL AND (urls.lastmod IS NULL OR urls.lastmod < n.newest)"
+            )
+        return await self._settle(cur, rows, unique, promoted)
+
+    async def _promote(self, cur: Any, unique: dict[str, NewUrl]) -> dict[str, int]:
+        """Delete the nofollow-only rows of URLs now queued by a followed link; {url: old id}.
+
+        The insert that follows gives each a fresh id, above every id the frontier has read
+        (see crawler/store/flush.py, where SQLite does the same).
+        """
+        if not self.nofollow_rows:
+            return {}
+        queued = [u.url for u in unique.values() if u.state == "queued"]
+        await cur.execute(
+            "DELETE FROM urls WHERE url = ANY(%s) AND state = 'skipped' AND reason = %s RETURNING id, url",
+            (queued, SkipReason.NOFOLLOW),
+        )
+        return {url: url_id for url_id, url in await cur.fetchall()}
+
+    async def _settle(
+        self, cur: Any, rows: list[QueuedUrl], unique: dict[str, NewUrl], promoted: dict[str, int]
+    ) -> list[QueuedUrl]:
+        moves = [(row.id, promoted[row.url]) for row in rows if row.url in promoted]
+        if moves:
+            await cur.executemany("UPDATE links SET to_id = %s WHERE to_id = %s", moves)
+        if not self.nofollow_rows:
+            self.nofollow_rows = any(u.reason == SkipReason.NOFOLLOW for u in unique.values())
+        rows.sort(key=lambda r: r.id)
+        return rows
+
+
+async def index_pending(conn: Conn, limit: int) -> int:
+    """Fill pages.search for up to `limit` unindexed pages (inside the caller's transaction)."""
+    cur = await conn.execute(
+        "WITH todo AS (SELECT url_id FROM pages WHERE search IS NULL AND noindex = 0"
+        " ORDER BY url_id LIMIT %s FOR UPDATE SKIP LOCKED)"
+        f" UPDATE pages p SET search = {SEARCH_VECTOR} FROM todo WHERE p.url_id = todo.url_id",
+        (limit,),
+    )
+    return int(cur.rowcount)
+
+
+async def _write_sitemaps(cur: Any, sitemaps: list[SitemapRecord], run_id: int | None) -> None:
+    latest = {s.url: s for s in sitemaps}
+    await cur.executemany(
+        "INSERT INTO sitemaps (url, url_id, parent, status, urls, fetched_at, error, run_id)"
+        " VALUES (%(url)s, %(url_id)s, coalesce(%(parent)s,"
+        " (SELECT p.url FROM urls s JOIN urls p ON p.id = s.parent_id WHERE s.id = %(url_id)s)),"
+        " %(status)s, %(urls)s, %(fetched_at)s, %(error)s, %(run_id)s)"
+        " ON CONFLICT (url) DO UPDATE SET url_id = excluded.url_id, parent = excluded.parent,"
+        " status = excluded.status, urls = excluded.urls, fetched_at = excluded.fetched_at,"
+        " error = excluded.error, run_id = excluded.run_id",
+        [
+            dict(
+                url=s.url,
+                url_id=s.url_id,
+                parent=s.parent,
+                status=s.status,
+                urls=s.urls,
+                fetched_at=s.fetched_at,
+                error=_text(s.error),
+                run_id=run_id,
+            )
+            for s in latest.values()
+        ],
+    )
+    await cur.execute(
+        "UPDATE urls SET kind = 'sitemap' WHERE id = ANY(%s) AND kind <> 'sitemap'", ([s.url_id for s in sitemaps],)
+    )
+
+
+def _page_rows(pages: Iterable[PageRecord], run_id: int | None) -> Iterable[tuple[Any, ...]]:
+    for p in pages:
+        yield (
+            p.url_id, p.url, p.final_url, p.status, p.content_type, _text(p.title), p.depth, p.fetched_at,
+            p.elapsed_ms, p.http_version, p.size, json.dumps(p.headers), json.dumps(p.redirects),
+            int(p.noindex), _text(p.text), p.body, run_id,
+            p.content_hash, p.etag, p.last_modified, p.canonical, p.fetched_at, int(p.gone),
+        )  # fmt: skip

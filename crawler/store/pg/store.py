@@ -1,0 +1,277 @@
+"""The PostgreSQL crawl database: opening and migrating it, frontier reads, and committing batches."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+from crawler.errors import SkipReason, StoreError
+from crawler.store.batch import Batch, BatchedWrites
+from crawler.store.pg.connection import Conn, PgConnection
+from crawler.store.pg.flush import PgBatchWriter, index_pending
+from crawler.store.pg.schema import MIGRATIONS, SCHEMA_VERSION, TEMP_TABLES
+from crawler.store.records import URL_STATES, QueuedUrl, StoredVersion, utc_now
+
+IDLE_INDEX = 200  # pages indexed by a flush that finds its batch empty (the writer is idle)
+
+
+class PgStore(BatchedWrites):
+    """One open PostgreSQL crawl database (the backend contract of crawler/store/backend.py)."""
+
+    def __init__(self, conn: PgConnection) -> None:
+        self._conn = conn
+        self.batch = Batch()
+        self.run_id: int | None = None
+        self.pass_id: int | None = None
+        self._writer = PgBatchWriter()
+        self._unindexed = True  # whether pages may wait for the search index
+
+    @property
+    def location(self) -> str:
+        return self._conn.location
+
+    @classmethod
+    async def open(cls, url: str) -> PgStore:
+        """Connect, take the one-crawler lock, and create or migrate the schema."""
+        store = cls(await PgConnection.open(url))
+        try:
+            await store._configure()
+        except BaseException:
+            with contextlib.suppress(StoreError):
+                await store.close()
+            raise
+        return store
+
+    async def _configure(self) -> None:
+        version = await self._conn.run(_read_version)
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.location} was written by a newer crawler (schema {version})")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            await self._conn.transaction(partial(_migrate, target=target))
+        await self._conn.run(lambda conn: conn.execute(TEMP_TABLES))
+        self._writer.nofollow_rows = bool(
+            await self.scalar(
+                "SELECT EXISTS (SELECT 1 FROM urls WHERE state = 'skipped' AND reason = %s)", (SkipReason.NOFOLLOW,)
+            )
+        )
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    # ---- reads -------------------------------------------------------------------------
+
+    async def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
+        async def fetch(conn: Conn) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(sql, params)
+            return list(await cur.fetchall())
+
+        return await self._conn.run(fetch)
+
+    async def scalar(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
+        rows = await self.fetchall(sql, params)
+        return rows[0][0] if rows else None
+
+    async def state_counts(self) -> dict[str, int]:
+        rows = await self.fetchall("SELECT state, count(*) FROM urls GROUP BY state")
+        counts = dict.fromkeys(URL_STATES, 0)
+        counts.update({row[0]: int(row[1]) for row in rows})
+        return counts
+
+    async def queued_for_host(self, host: str, after_id: int, limit: int) -> list[QueuedUrl]:
+        if self.pass_id is not None:
+            rows = await self.fetchall(
+                "SELECT u.id, u.url, u.depth, u.kind, p.url_id, p.status, p.content_hash, p.etag, p.last_modified"
+                " FROM urls u LEFT JOIN pages p ON p.url_id = u.id"
+                " WHERE u.state = 'queued' AND u.host = %s AND u.id > %s ORDER BY u.id LIMIT %s",
+                (host, after_id, limit),
+            )
+            return [
+                QueuedUrl(r[0], r[1], host, r[2], r[3], None if r[4] is None else StoredVersion(r[5], r[6], r[7], r[8]))
+                for r in rows
+            ]
+        rows = await self.fetchall(
+            "SELECT id, url, depth, kind FROM urls WHERE state = 'queued' AND host = %s AND id > %s"
+            " ORDER BY id LIMIT %s",
+            (host, after_id, limit),
+        )
+        return [QueuedUrl(row[0], row[1], host, row[2], row[3]) for row in rows]
+
+    async def queued_hosts(self, after: str, limit: int) -> list[str]:
+        """A loose index scan, one seek per host, as SQLite's (crawler/store/sqlite.py)."""
+        rows = await self.fetchall(
+            "WITH RECURSIVE h(host) AS ("
+            " SELECT (SELECT host FROM urls WHERE state = 'queued' AND host > %s ORDER BY host LIMIT 1)"
+            " UNION ALL"
+            " SELECT (SELECT host FROM urls WHERE state = 'queued' AND host > h.host ORDER BY host LIMIT 1)"
+            " FROM h WHERE h.host IS NOT NULL"
+            ") SELECT host FROM h WHERE host IS NOT NULL LIMIT %s",
+            (after, limit),
+        )
+        return [row[0] for row in rows]
+
+    async def fetched_for_host(self, host: str) -> int:
+        sql = (
+            "SELECT (SELECT count(*) FROM urls WHERE host = %(h)s AND state IN ('done', 'failed'))"
+            " - (SELECT count(*) FROM sitemaps s JOIN urls u ON u.id = s.url_id"
+            " WHERE u.host = %(h)s AND u.state IN ('done', 'failed'))"
+        )
+        return int(await self.scalar(sql, {"h": host}))
+
+    async def urls_in_state(
+        self, state: str, reasons: Sequence[str] | None, after_id: int, limit: int
+    ) -> list[tuple[int, str, int, str | None]]:
+        sql = "SELECT id, url, depth, reason FROM urls WHERE state = %s AND id > %s"
+        params: list[Any] = [state, after_id]
+        if reasons is not None:
+            sql += " AND reason = ANY(%s)"
+            params.append(list(reasons))
+        rows = await self.fetchall(sql + " ORDER BY id LIMIT %s", (*params, limit))
+        return [(row[0], row[1], row[2], row[3]) for row in rows]
+
+    async def sitemaps_settled(self) -> int:
+        sql = "SELECT count(*) FROM sitemaps s JOIN urls u ON u.id = s.url_id WHERE u.state IN ('done', 'failed')"
+        return int(await self.scalar(sql))
+
+    async def pending_index(self) -> int:
+        return int(await self.scalar("SELECT count(*) FROM pages WHERE search IS NULL AND noindex = 0"))
+
+    async def get_meta(self, key: str) -> str | None:
+        value = await self.scalar("SELECT value FROM meta WHERE key = %s", (key,))
+        return str(value) if value is not None else None
+
+    # ---- immediate writes (rare: start, stop, seeds) -----------------------------------
+
+    async def _write(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
+        async def write(conn: Conn) -> int:
+            cur = await conn.execute(sql, params)
+            return int(cur.rowcount)
+
+        return await self._conn.run(write)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._write(
+            "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    async def requeue_in_flight(self) -> int:
+        return await self._write(
+            "UPDATE urls SET state = 'queued', updated_at = %s WHERE state = 'in_flight'", (utc_now(),)
+        )
+
+    async def mark_killed_runs(self) -> int:
+        return await self._write("UPDATE runs SET outcome = 'killed' WHERE outcome = 'running'")
+
+    async def requeue_skipped(self, reason: str) -> int:
+        return await self._write(
+            "UPDATE urls SET state = 'queued', reason = NULL, updated_at = %s WHERE state = 'skipped' AND reason = %s",
+            (utc_now(), reason),
+        )
+
+    async def set_states(self, changes: Sequence[tuple[str, str | None, int]]) -> None:
+        if not changes:
+            return
+        now = utc_now()
+        rows = [(state, reason, now, url_id) for state, reason, url_id in changes]
+
+        async def update(conn: Conn) -> None:
+            async with conn.cursor() as cur:
+                await cur.executemany("UPDATE urls SET state = %s, reason = %s, updated_at = %s WHERE id = %s", rows)
+
+        await self._conn.transaction(update)
+
+    async def start_run(self, config_json: str, kind: str = "crawl") -> int:
+        sql = "INSERT INTO runs (started_at, config, kind) VALUES (%s, %s, %s) RETURNING id"
+        run_id = await self.scalar(sql, (utc_now(), config_json, kind))
+        self.run_id = int(run_id)
+        return self.run_id
+
+    async def finish_run(self, outcome: str, pages: int) -> None:
+        await self._write(
+            "UPDATE runs SET finished_at = %s, outcome = %s, pages = %s WHERE id = %s",
+            (utc_now(), outcome, pages, self.run_id),
+        )
+
+    # ---- recrawl passes (see crawler/recrawl.py) ---------------------------------------------
+
+    async def open_pass(self) -> int | None:
+        value = await self.get_meta("recrawl_pass")
+        return int(value) if value is not None else None
+
+    async def start_pass(self, pass_id: int, seen_before: str) -> int:
+        """Queue the due stored pages and record the open pass, in one transaction (as SQLite's)."""
+
+        async def start(conn: Conn) -> int:
+            cur = await conn.execute(
+                "UPDATE urls SET state = 'queued', reason = NULL, updated_at = %(now)s WHERE id IN ("
+                " SELECT p.url_id FROM pages p JOIN urls u ON u.id = p.url_id"
+                " WHERE coalesce(p.seen_at, p.fetched_at) < %(before)s"
+                " OR (u.lastmod IS NOT NULL AND u.lastmod > coalesce(p.seen_at, p.fetched_at)))"
+                " AND state NOT IN ('queued', 'in_flight')",
+                {"now": utc_now(), "before": seen_before},
+            )
+            due = int(cur.rowcount)
+            await conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('recrawl_pass', %s)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(pass_id),),
+            )
+            return due
+
+        return await self._conn.transaction(start)
+
+    def begin_pass(self, pass_id: int, *, keep_history: bool) -> None:
+        self.pass_id = self._writer.pass_id = pass_id
+        self._writer.keep_history = keep_history
+
+    async def end_pass(self) -> None:
+        await self._write("DELETE FROM meta WHERE key = 'recrawl_pass'")
+
+    async def revisits_queued(self) -> int:
+        sql = "SELECT count(*) FROM urls u JOIN pages p ON p.url_id = u.id WHERE u.state IN ('queued', 'in_flight')"
+        return int(await self.scalar(sql))
+
+    # ---- committing the batch (its rows are added through BatchedWrites) -----------------------
+
+    async def flush(self) -> list[QueuedUrl]:
+        """Commit the pending batch in one transaction; returns the newly queued URLs.
+
+        The same guarantees as SQLite's (crawler/store/sqlite.py): a page, its links, what it
+        revealed and its done state commit together. Search is filled apart: a flush that finds
+        the batch empty (the writer is idle) indexes a chunk of waiting pages, and the writer's
+        index_backlog finishes the rest at the end of a run.
+        """
+        batch, self.batch = self.batch, Batch()
+        if not len(batch):
+            if self._unindexed:
+                self._unindexed = await self.index_pending(IDLE_INDEX) == IDLE_INDEX
+            return []
+        run_id = self.run_id
+        rows = await self._conn.transaction(lambda conn: self._writer.commit(conn, batch, run_id))
+        self._unindexed = self._unindexed or bool(batch.pages)
+        return rows
+
+    async def index_pending(self, limit: int) -> int:
+        return await self._conn.transaction(lambda conn: index_pending(conn, limit))
+
+
+async def _read_version(conn: Conn) -> int:
+    cur = await conn.execute("SELECT to_regclass('meta') IS NOT NULL")
+    row = await cur.fetchone()
+    if not row[0]:
+        return 0
+    cur = await conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+    row = await cur.fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+async def _migrate(conn: Conn, target: int) -> None:
+    """One migration step and its version row, in the caller's transaction: done and recorded, or neither."""
+    await conn.execute(MIGRATIONS[target - 1])
+    await conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('schema_version', %s)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (str(target),),
+    )
