@@ -28,10 +28,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
-from crawler.errors import StoreError
+from crawler.errors import StoreError, UsageError
 from crawler.query import connect_readonly
 from crawler.rows import Run
-from crawler.store import lock_holder
+from crawler.store import is_postgres_url, lock_holder
 
 __all__ = ["RECENT_SECONDS", "CrawlStatus", "HeldHost", "Process", "StatusSource", "open_status", "pid_exists"]
 
@@ -124,6 +124,8 @@ def open_status(
     clock gives the current UTC time (the recent rate's window ends there); is_alive tells
     whether a pid still runs.
     """
+    if isinstance(target, str) and is_postgres_url(target):
+        raise UsageError("crawler status is not supported for postgresql yet; query the database with psql meanwhile")
     return SqliteStatus(Path(target), recent_seconds=recent_seconds, clock=clock or _utc_now, is_alive=is_alive)
 
 
