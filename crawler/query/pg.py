@@ -46,35 +46,7 @@ class PgResults(Results):
     @classmethod
     def open(cls, url: str) -> PgResults:
         """Connect (libpq: PGPASSWORD, ~/.pgpass and URL parameters apply); StoreError if it cannot."""
-        location = shown(url)
-        if psycopg is None:
-            raise StoreError(f"reading {location} needs psycopg: pip install -e '.[postgres]'")
-        options: dict[str, Any] = {
-            "autocommit": True,
-            "application_name": f"crawler query {socket.gethostname()}:{os.getpid()}",
-        }
-        if "connect_timeout" not in url:
-            options["connect_timeout"] = CONNECT_TIMEOUT
-        try:
-            conn = psycopg.connect(url, **options)
-        except psycopg.Error as exc:
-            raise translate(exc, location, connecting=True) from exc
-        results = cls(conn, location)
-        try:
-            results._check_schema()
-        except BaseException:
-            conn.close()
-            raise
-        return results
-
-    def _check_schema(self) -> None:
-        # Every transaction of this session only reads, whatever `sql` is given.
-        self._execute("SET default_transaction_read_only = on")
-        if not self._scalar("SELECT to_regclass('meta') IS NOT NULL AND to_regclass('urls') IS NOT NULL"):
-            raise UsageError(f"{self.location} holds no crawl (run a crawl into it first)")
-        version = int(self._scalar("SELECT value FROM meta WHERE key = 'schema_version'") or 0)
-        if version > SCHEMA_VERSION:
-            raise StoreError(f"{self.location} was written by a newer crawler (schema {version}); upgrade to read it")
+        return cls(connect_readonly(url, "query"), shown(url))
 
     @property
     def location(self) -> str:
@@ -188,6 +160,43 @@ class PgResults(Results):
                 raise translate(exc, self.location) from exc
 
 
+def connect_readonly(url: str, command: str) -> Any:
+    """A psycopg connection (autocommit) to a crawl database whose transactions only read.
+
+    UsageError if the database holds no crawl, StoreError if it cannot be reached or is newer.
+    """
+    location = shown(url)
+    if psycopg is None:
+        raise StoreError(f"reading {location} needs psycopg: pip install -e '.[postgres]'")
+    options: dict[str, Any] = {
+        "autocommit": True,
+        "application_name": f"crawler {command} {socket.gethostname()}:{os.getpid()}",
+    }
+    if "connect_timeout" not in url:
+        options["connect_timeout"] = CONNECT_TIMEOUT
+    try:
+        conn = psycopg.connect(url, **options)
+    except psycopg.Error as exc:
+        raise translate(exc, location, connecting=True) from exc
+    try:
+        # Every transaction of this session only reads, whatever `sql` is given.
+        conn.execute("SET default_transaction_read_only = on")
+        found = conn.execute("SELECT to_regclass('meta') IS NOT NULL AND to_regclass('urls') IS NOT NULL").fetchone()
+        if found is None or not found[0]:
+            raise UsageError(f"{location} holds no crawl (run a crawl into it first)")
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{location} was written by a newer crawler (schema {version}); upgrade to read it")
+    except psycopg.Error as exc:
+        conn.close()
+        raise translate(exc, location) from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 class _SyntaxError(Exception):
     """A statement PostgreSQL would not run as written (the psycopg error is its cause)."""
 
@@ -223,7 +232,8 @@ def _placeholders(sql: str) -> str:
 def _plain(value: Any) -> Any:
     """A PostgreSQL value as the formats write SQLite's: numbers, text, bytes, JSON values."""
     if isinstance(value, decimal.Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
+        # sum() of integers is a whole numeric, as SQLite's integer; avg() has places, as SQLite's real.
+        return int(value) if int(value.as_tuple().exponent) >= 0 else float(value)
     if isinstance(value, datetime.datetime | datetime.date | datetime.time):
         return value.isoformat()
     if isinstance(value, memoryview):
