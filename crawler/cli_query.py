@@ -63,7 +63,9 @@ def add_commands(sub: Any) -> None:
     search.add_argument(
         "words", nargs="+", metavar="WORDS", help='words that must all appear; "quoted words" as a phrase'
     )
-    search.add_argument("--fts", action="store_true", help="WORDS is an FTS5 query (OR, NOT, NEAR, title:word)")
+    search.add_argument(
+        "--fts", action="store_true", help="WORDS is an FTS5 query (OR, NOT, NEAR, title:word); PostgreSQL: a tsquery"
+    )
     _common(search, limit=SEARCH_LIMIT)
     search.set_defaults(handler=_cmd_search)
 
@@ -129,13 +131,7 @@ def db_path_from(args: argparse.Namespace) -> Path | str:
 
 
 def _open(args: argparse.Namespace) -> Results:
-    target = db_path_from(args)
-    if isinstance(target, str):
-        raise UsageError(
-            f"crawler {args.command} {getattr(args, 'query_command', '') or ''}".rstrip()
-            + " is not supported for postgresql yet; query the database with psql meanwhile"
-        )
-    return open_results(target)
+    return open_results(db_path_from(args))
 
 
 def _filter(args: argparse.Namespace) -> PageFilter:

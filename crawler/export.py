@@ -54,7 +54,7 @@ def export(
     if fmt == "csv":
         return ExportSummary(write_csv(out, EXPORT_COLUMNS, _rows(pages)), 0)
     if fmt == "warc":
-        return write_warc(out, pages, gzip=warc_gzip, name=warc_name, source=str(results.path))
+        return write_warc(out, pages, gzip=warc_gzip, name=warc_name, source=results.location)
     raise ValueError(f"unknown export format {fmt!r}")
 
 

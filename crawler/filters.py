@@ -14,6 +14,7 @@ _AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
 _AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 # The media type of a Content-Type value: "Text/HTML; charset=utf-8" → "text/html".
 MEDIA_TYPE_SQL = "lower(trim(substr(p.content_type, 1, instr(p.content_type || ';', ';') - 1)))"
+MEDIA_TYPE_PG = "lower(trim(split_part(p.content_type, ';', 1)))"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +50,13 @@ class PageFilter:
             url_like=None if url_like is None else _nonempty("url pattern", url_like),
         )
 
-    def sql(self) -> tuple[str, list[Any]]:
-        """A WHERE clause over `pages p` (or "" when nothing is filtered) and its parameters."""
+    def sql(self, dialect: str = "sqlite") -> tuple[str, list[Any]]:
+        """A WHERE clause over `pages p` (or "" when nothing is filtered) and its `?` parameters.
+
+        dialect "postgresql" says the same in PostgreSQL: its LIKE is case-sensitive, SQLite's is not.
+        """
+        media_type = MEDIA_TYPE_PG if dialect == "postgresql" else MEDIA_TYPE_SQL
+        like = "ILIKE" if dialect == "postgresql" else "LIKE"
         terms: list[str] = []
         params: list[Any] = []
         if self.status is not None:
@@ -64,10 +70,10 @@ class PageFilter:
         if self.content_type is not None:
             family = self.content_type.removesuffix("*")
             if family.endswith("/"):
-                terms.append(f"{MEDIA_TYPE_SQL} LIKE ? ESCAPE '\\'")
+                terms.append(f"{media_type} LIKE ? ESCAPE '\\'")
                 params.append(_escape_like(family) + "%")
             else:
-                terms.append(f"{MEDIA_TYPE_SQL} = ?")
+                terms.append(f"{media_type} = ?")
                 params.append(self.content_type)
         if self.depth is not None:
             terms.append("p.depth = ?")
@@ -77,7 +83,7 @@ class PageFilter:
             params.append(self.since)
         if self.url_like is not None:
             pattern = self.url_like if "%" in self.url_like else f"%{self.url_like}%"
-            terms.append("p.url LIKE ?")
+            terms.append(f"p.url {like} ?")
             params.append(pattern)
         return ("WHERE " + " AND ".join(terms) if terms else ""), params
 

@@ -11,7 +11,10 @@ has the pid the writer lock file names (`store.lock_holder`), and is alive while
 an older `running` row, or one whose pid is gone, was killed and shows `alive=False` until the
 next run marks it `killed`. Its hosts are the hosts of the `in_flight` URLs (no lease exists).
 
-PostgreSQL (several processes) fills the same fields from its own rows: one `Process` per
+PostgreSQL (`status_pg.py`) fills the same fields. Today (one crawler per database) the newest
+`running` run's machine and pid come from the session holding the crawler's advisory lock
+(`crawler HOST:PID`), alive while that session is; its hosts are those of the `in_flight` URLs.
+With host leases (several processes) it reads, when the schema has them: one `Process` per
 `runs` row without `finished_at`, with its `machine`, `pid` and `heartbeat_at`, `alive` saying
 whether the heartbeat is recent; its `hosts` are the `hosts` rows whose `lease_owner` is that
 run, each with its `lease_until` and the count of its URLs in flight. The counts, the errors
@@ -28,12 +31,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
-from crawler.errors import StoreError, UsageError
+from crawler.errors import StoreError
 from crawler.query import connect_readonly
 from crawler.rows import Run
 from crawler.store import is_postgres_url, lock_holder
 
-__all__ = ["RECENT_SECONDS", "CrawlStatus", "HeldHost", "Process", "StatusSource", "open_status", "pid_exists"]
+__all__ = [
+    "RECENT_SECONDS", "CrawlStatus", "HeldHost", "Process", "StatusSource", "open_status", "parse_stamp", "pid_exists",
+    "stamp",
+]  # fmt: skip
 
 RECENT_SECONDS = 10.0  # the window of the recent rate
 
@@ -125,7 +131,9 @@ def open_status(
     whether a pid still runs.
     """
     if isinstance(target, str) and is_postgres_url(target):
-        raise UsageError("crawler status is not supported for postgresql yet; query the database with psql meanwhile")
+        from crawler.status_pg import PgStatus
+
+        return PgStatus(target, recent_seconds=recent_seconds, clock=clock or _utc_now)
     return SqliteStatus(Path(target), recent_seconds=recent_seconds, clock=clock or _utc_now, is_alive=is_alive)
 
 
@@ -181,7 +189,7 @@ class SqliteStatus:
         # Pages stored since a time: fetched_at comes before the bodies in a row, so counting by it
         # reads no overflow pages; and with one writer at a time, a page stored after the running
         # run started is that run's.
-        since = _stamp(now - timedelta(seconds=self._recent))
+        since = stamp(now - timedelta(seconds=self._recent))
         first = running[-1][2] if running else since
         recent, since_run = conn.execute(
             "SELECT count(*) FILTER (WHERE fetched_at >= ?), count(*) FILTER (WHERE fetched_at >= ?) FROM pages",
@@ -203,7 +211,7 @@ class SqliteStatus:
             else:  # a newer run started after it, so its process is gone
                 pid, alive = None, False
                 pages = conn.execute("SELECT count(*) FROM pages WHERE run_id = ?", (run_id,)).fetchone()[0]
-            seconds = (now - _parse(started_at)).total_seconds()
+            seconds = (now - parse_stamp(started_at)).total_seconds()
             processes.append(
                 Process(
                     run=run_id,
@@ -224,7 +232,7 @@ class SqliteStatus:
         return CrawlStatus(
             database=str(self.path),
             backend=self.backend,
-            at=_stamp(now),
+            at=stamp(now),
             processes=tuple(processes),
             fetched=states.get("done", 0),
             queued=states.get("queued", 0),
@@ -243,12 +251,12 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _stamp(moment: datetime) -> str:
+def stamp(moment: datetime) -> str:
     """A time in the stored format (ISO-8601 UTC, milliseconds, Z), so stored times compare as text."""
     moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def _parse(stamp: str) -> datetime:
+def parse_stamp(stamp: str) -> datetime:
     moment = datetime.fromisoformat(stamp)
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -93,13 +93,11 @@ def write_config(tmp_path: Path, seed: str, storage: str) -> Path:
 
 
 def test_cli_postgresql_answers(tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # A database no crawl has written to yet: a clear message, exit 2, as a missing SQLite file.
     assert main(["query", "stats", "--db", pg_url]) == 2
-    assert capsys.readouterr().err == (
-        "crawler: error: crawler query stats is not supported for postgresql yet; query the database with psql"
-        " meanwhile\n"
-    )
+    assert capsys.readouterr().err == f"crawler: error: {pg_url} holds no crawl (run a crawl into it first)\n"
     assert main(["export", "--format", "jsonl", "-o", "-", "--db", pg_url]) == 2
-    assert "crawler export is not supported for postgresql yet" in capsys.readouterr().err
+    assert "holds no crawl" in capsys.readouterr().err
 
     both = write_config(tmp_path, "http://127.0.0.1:9/", f'path = "c.db"\nurl = "{pg_url}"')
     assert main(["crawl", "-q", str(both)]) == 2
