@@ -46,7 +46,9 @@ def config(folder: Path, seed: str, storage: str, name: str) -> str:
     path = folder / f"{name}.toml"
     path.write_text(
         f'[crawl]\nseeds = ["{seed}"]\nmax_pages = 0\n'
+        # One request at a time: which page finds a URL first (its depth, its parent) must not depend on timing.
         '[politeness]\ndelay = 0.0\nadaptive = false\nuser_agent = "crawler-test/0.1"\n'
+        "concurrency = 1\nper_host_concurrency = 1\n"
         f"[storage]\n{storage}\n"
     )
     return str(path)
