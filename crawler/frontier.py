@@ -400,7 +400,9 @@ class Frontier:
             if self._finished():
                 self.close()
                 return None
-            if self.awaiting_commit:
+            if self.awaiting_commit and not self._pol.saturated:
+                # A commit may queue URLs to lease; with every request slot taken it could not
+                # start one sooner, and committing at each idle look would make tiny batches.
                 self.on_starving()
             self._start_scan()
             fut: asyncio.Future[None] = loop.create_future()

@@ -106,8 +106,14 @@ class Politeness:
         self._sleep = sleep
         self.slots: dict[str, HostSlot] = {}
         self.semaphore = asyncio.Semaphore(config.concurrency)
+        self.held = 0  # units of host capacity held across all hosts
         # Called whenever a host may have become ready earlier or gained capacity.
         self.on_change: Callable[[str], None] = lambda host: None
+
+    @property
+    def saturated(self) -> bool:
+        """Whether the held host capacity already covers `concurrency`: no new lease could start a request now."""
+        return self.held >= self.config.concurrency
 
     def slot(self, host: str) -> HostSlot:
         slot = self.slots.get(host)
@@ -123,6 +129,7 @@ class Politeness:
         if not slot.leasable or slot.ready_at > now:
             return None
         slot.in_flight += 1
+        self.held += 1
         reservation = Reservation(slot.turns + 1, slot.last_start)
         slot.turns += 1
         slot.last_start = now
@@ -168,10 +175,12 @@ class Politeness:
                 if fut in slot.waiters:
                     slot.waiters.remove(fut)
         slot.in_flight += 1
+        self.held += 1
 
     def release(self, host: str) -> None:
         slot = self.slot(host)
         slot.in_flight -= 1
+        self.held -= 1
         assert slot.in_flight >= 0, f"released {host} more often than acquired"
         self._wake_one(slot)
         self.on_change(host)

@@ -217,6 +217,41 @@ async def test_a_host_stays_in_memory_until_its_completions_are_committed(store:
     assert driver.leased == ["http://h0.test/0", "http://h0.test/1", "http://h1.test/0", "http://h1.test/1"]
 
 
+async def test_a_worker_finding_nothing_asks_for_a_commit_only_while_request_capacity_is_free(store: Store) -> None:
+    """A commit may queue URLs to lease; with all `concurrency` request slots held, no lease
+    could start sooner, so an idle worker (the engine runs more workers than slots) waits
+    for the next flush instead of asking for one at every look."""
+    store.add_urls(NewUrl(f"http://h0.test/{i}", "h0.test:80", 1) for i in range(3))
+    store.add_urls([NewUrl("http://h1.test/0", "h1.test:80", 1)])
+    await store.flush()
+    pol = Politeness(
+        PolitenessConfig(delay=0.0, adaptive=False, concurrency=2, per_host_concurrency=1), clock=BootClock()
+    )
+    frontier = Frontier(store, pol)
+    await frontier.load(fetched=0)
+    driver = Driver(store, frontier, pol)
+    a, b = await driver.lease(), await driver.lease()
+    assert a is not None and b is not None and {a.host, b.host} == {"h0.test:80", "h1.test:80"}
+    on_h0, on_h1 = (a, b) if a.host == "h0.test:80" else (b, a)
+    await driver.finish(on_h0)  # awaits its commit
+    c = await driver.lease()
+    assert c is not None and c.host == "h0.test:80" and pol.held == 2
+
+    idle = asyncio.ensure_future(frontier.next())
+    await asyncio.sleep(0)  # (one turn: the idle worker has looked and waits)
+    assert not idle.done() and not driver.starving.is_set()
+
+    await driver.finish(on_h1)  # a request slot is free again, and nothing to lease: now it asks
+    await asyncio.wait_for(driver.starving.wait(), timeout=10)
+    driver.starving.clear()
+    await driver.commit()
+    await driver.finish(c)
+    last = await asyncio.wait_for(idle, timeout=10)
+    assert last is not None and last.url == "http://h0.test/2"
+    await driver.finish(last)
+    assert await driver.lease() is None
+
+
 async def test_a_batch_applies_state_changes_in_order_and_keeps_new_urls_exactly(store: Store) -> None:
     """A flush sends its rows to SQLite as one JSON array per statement: values and order must survive it."""
     odd = "http://h.test/ünï?q=%22quote%22&b=\\back"
