@@ -225,8 +225,9 @@ class Frontier:
             if self.max_pages_per_host and not hq.counted:
                 hq.fetched += await self._store.fetched_for_host(host)
                 hq.counted = True
-            # The window shrinks as the memory budget fills up, down to MIN_WINDOW.
-            size = max(MIN_WINDOW, min(self._window, self._max_in_memory - self._in_memory))
+            # The window shrinks as the memory budget fills up, down to MIN_WINDOW; a read
+            # ahead tops up what is left of it.
+            size = max(MIN_WINDOW, min(self._window - len(hq.queue), self._max_in_memory - self._in_memory))
             rows = await self._store.queued_for_host(host, hq.high_id, size)
         finally:
             hq.refilling = False
@@ -351,6 +352,9 @@ class Frontier:
             hq.in_heap = False
             item = hq.queue.popleft()
             self._in_memory -= 1
+            if hq.overflow and len(hq.queue) <= self._window // 2:
+                # Read ahead: the host's workers need not wait for the read once the window is empty.
+                self._start_refill(host)
             reservation = self._pol.try_reserve(host, now)
             assert reservation is not None, "a ready host with capacity must accept a reservation"
             hq.leased += 1

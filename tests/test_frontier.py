@@ -13,7 +13,7 @@ import pytest
 from crawler.config import PolitenessConfig
 from crawler.frontier import MIN_WINDOW, Frontier
 from crawler.politeness import Lease, Politeness
-from crawler.store import JSON_ROWS, NewUrl, QueuedUrl, Store
+from crawler.store import JSON_ROWS, NewUrl, QueuedUrl, Store, StoredVersion
 from tests.crawlkit import rows
 
 
@@ -217,6 +217,30 @@ async def test_a_host_stays_in_memory_until_its_completions_are_committed(store:
     assert driver.leased == ["http://h0.test/0", "http://h0.test/1", "http://h1.test/0", "http://h1.test/1"]
 
 
+async def test_the_next_window_is_read_before_the_host_runs_out(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past half its window a host's next rows are read ahead, so its workers do not wait for
+    the read; the window still never holds more than `window` rows, and each URL comes once."""
+    await queue_urls(store, hosts=1, per_host=100)
+    pol = politeness()
+    frontier = Frontier(store, pol, window=16)
+    await frontier.load(fetched=0)
+    left_at_read: list[int] = []
+    read = store.queued_for_host
+
+    async def queued_for_host(host: str, after_id: int, limit: int) -> list[QueuedUrl]:
+        left_at_read.append(frontier.queued_in_memory())
+        return await read(host, after_id, limit)
+
+    monkeypatch.setattr(store, "queued_for_host", queued_for_host)
+    driver = Driver(store, frontier, pol)
+    while (lease := await driver.lease()) is not None:
+        assert frontier.queued_in_memory() <= 16
+        await driver.finish(lease)
+    assert sorted(driver.leased) == sorted(f"http://h0.test/{i}" for i in range(100))
+    assert left_at_read[0] == 0 and len(left_at_read) > 2
+    assert all(left > 0 for left in left_at_read[1:-1])  # (the last read finds nothing left)
+
+
 async def test_a_worker_finding_nothing_asks_for_a_commit_only_while_request_capacity_is_free(store: Store) -> None:
     """A commit may queue URLs to lease; with all `concurrency` request slots held, no lease
     could start sooner, so an idle worker (the engine runs more workers than slots) waits
@@ -337,3 +361,36 @@ async def test_the_host_cap_holds_when_new_hosts_arrive_while_a_scan_reads(store
         go_on.set()
     assert driver.max_hosts <= 3
     assert len(driver.leased) == 11 and Counter(driver.leased).most_common(1)[0][1] == 1
+
+
+async def test_a_window_read_returns_each_row_as_stored_in_id_order(store: Store) -> None:
+    """Windows are read as one JSON array: quotes, backslashes and non-ASCII text survive, and
+    in a recrawl pass a stored page brings its version (NULL validators as None), a new URL none."""
+    odd = ['http://h.test/"q"', "http://h.test/back\\slash", "http://h.test/é?ü=☃", "http://h.test/plain"]
+    store.add_urls(NewUrl(url, "h.test:80", i) for i, url in enumerate(odd))
+    queued = await store.flush()
+    window = await store.queued_for_host("h.test:80", 0, 10)
+    assert [(q.id, q.url, q.host, q.depth, q.kind, q.previous) for q in window] == [
+        (q.id, q.url, "h.test:80", i, "page", None) for i, q in enumerate(queued)
+    ]
+    assert [q.url for q in await store.queued_for_host("h.test:80", queued[1].id, 1)] == [odd[2]]
+
+    for url_id, url, status, content_hash, etag, last_modified in [
+        (queued[0].id, odd[0], 200, "h0", '"e\\"tag"', None),
+        (queued[2].id, odd[2], 404, None, None, "Sat, 01 Jan 2000 00:00:00 GMT"),
+    ]:
+        await store.fetchall(
+            "INSERT INTO pages (url_id, url, final_url, status, depth, fetched_at, elapsed_ms, bytes, headers,"
+            " redirects, content_hash, etag, last_modified)"
+            " VALUES (?, ?, ?, ?, 0, '2000-01-01', 1, 0, '{}', '[]', ?, ?, ?)",
+            (url_id, url, url, status, content_hash, etag, last_modified),
+        )
+    store.begin_pass(1, keep_history=False)
+    window = await store.queued_for_host("h.test:80", 0, 10)
+    assert [q.previous for q in window] == [
+        StoredVersion(200, "h0", '"e\\"tag"', None),
+        None,
+        StoredVersion(404, None, None, "Sat, 01 Jan 2000 00:00:00 GMT"),
+        None,
+    ]
+    assert [q.url for q in window] == odd
