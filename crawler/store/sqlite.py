@@ -229,19 +229,30 @@ class Store:
         value = await self.get_meta("recrawl_pass")
         return int(value) if value is not None else None
 
-    async def start_pass(self, pass_id: int, seen_before: str) -> int:
-        """Queue every stored page seen before `seen_before`, or whose sitemap lastmod is newer than
-        its last fetch, and record the open pass, in one transaction; returns how many were queued."""
+    async def start_pass(self, pass_id: int, seen_before: str | None) -> int:
+        """Queue every stored page seen before `seen_before` (None: every stored page), or whose
+        sitemap lastmod is newer than its last fetch, and record the open pass, in one
+        transaction; returns how many were queued."""
 
         def start(db: sqlite3.Connection) -> int:
-            due = db.execute(
-                "UPDATE urls SET state = 'queued', reason = NULL, updated_at = ?1 WHERE id IN ("
-                " SELECT p.url_id FROM pages p JOIN urls u ON u.id = p.url_id"
-                " WHERE coalesce(p.seen_at, p.fetched_at) < ?2"
-                " OR (u.lastmod IS NOT NULL AND u.lastmod > coalesce(p.seen_at, p.fetched_at)))"
-                " AND state NOT IN ('queued', 'in_flight')",
-                (utc_now(), seen_before),
-            ).rowcount
+            if seen_before is None:
+                # The ids from the small content-hash index: testing a page's times would read
+                # the end of each row, past its body.
+                due = db.execute(
+                    "UPDATE urls SET state = 'queued', reason = NULL, updated_at = ?"
+                    " FROM (SELECT url_id FROM pages INDEXED BY pages_content_hash) AS p"
+                    " WHERE urls.id = p.url_id AND state NOT IN ('queued', 'in_flight')",
+                    (utc_now(),),
+                ).rowcount
+            else:
+                due = db.execute(
+                    "UPDATE urls SET state = 'queued', reason = NULL, updated_at = ?1 WHERE id IN ("
+                    " SELECT p.url_id FROM pages p JOIN urls u ON u.id = p.url_id"
+                    " WHERE coalesce(p.seen_at, p.fetched_at) < ?2"
+                    " OR (u.lastmod IS NOT NULL AND u.lastmod > coalesce(p.seen_at, p.fetched_at)))"
+                    " AND state NOT IN ('queued', 'in_flight')",
+                    (utc_now(), seen_before),
+                ).rowcount
             db.execute(
                 "INSERT INTO meta (key, value) VALUES ('recrawl_pass', ?)"
                 " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -262,7 +273,11 @@ class Store:
 
     async def revisits_queued(self) -> int:
         """Stored pages waiting to be fetched again (counted once already, when first fetched)."""
-        sql = "SELECT count(*) FROM urls u JOIN pages p ON p.url_id = u.id WHERE u.state IN ('queued', 'in_flight')"
+        # The page ids from the small content-hash index, not each row of pages (see start_pass).
+        sql = (
+            "SELECT count(*) FROM urls u JOIN (SELECT url_id FROM pages INDEXED BY pages_content_hash) p"
+            " ON p.url_id = u.id WHERE u.state IN ('queued', 'in_flight')"
+        )
         return int(await self.scalar(sql))
 
     # ---- batched writes (see Batch) --------------------------------------------------------
