@@ -352,8 +352,9 @@ class Frontier:
             hq.in_heap = False
             item = hq.queue.popleft()
             self._in_memory -= 1
-            if hq.overflow and len(hq.queue) <= self._window // 2:
-                # Read ahead: the host's workers need not wait for the read once the window is empty.
+            if hq.overflow and len(hq.queue) <= self._window // 2 and self._in_memory < self._max_in_memory:
+                # Read ahead, while the memory budget has room: the host's workers need not wait
+                # for the read once the window is empty.
                 self._start_refill(host)
             reservation = self._pol.try_reserve(host, now)
             assert reservation is not None, "a ready host with capacity must accept a reservation"

@@ -241,6 +241,35 @@ async def test_the_next_window_is_read_before_the_host_runs_out(store: Store, mo
     assert all(left > 0 for left in left_at_read[1:-1])  # (the last read finds nothing left)
 
 
+async def test_reading_ahead_keeps_within_the_memory_budget(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past max_in_memory a host reads no more ahead: its window drains, then it reads
+    MIN_WINDOW rows at a time, so the windows stay within the budget plus MIN_WINDOW per host."""
+    await queue_urls(store, hosts=1, per_host=200)
+    pol = politeness()
+    frontier = Frontier(store, pol, window=100, max_in_memory=10)
+    await frontier.load(fetched=0)
+    reads_done = asyncio.Event()
+    read = store.queued_for_host
+
+    async def queued_for_host(host: str, after_id: int, limit: int) -> list[QueuedUrl]:
+        reads_done.clear()
+        try:
+            return await read(host, after_id, limit)
+        finally:
+            reads_done.set()
+
+    monkeypatch.setattr(store, "queued_for_host", queued_for_host)
+    driver = Driver(store, frontier, pol)
+    most = 0
+    while (lease := await driver.lease()) is not None:
+        if not reads_done.is_set():
+            await reads_done.wait()  # a worker slower than the read: each read lands before the next lease
+        most = max(most, frontier.queued_in_memory())
+        await driver.finish(lease)
+    assert sorted(driver.leased) == sorted(f"http://h0.test/{i}" for i in range(200))
+    assert most <= 10 + MIN_WINDOW
+
+
 async def test_a_worker_finding_nothing_asks_for_a_commit_only_while_request_capacity_is_free(store: Store) -> None:
     """A commit may queue URLs to lease; with all `concurrency` request slots held, no lease
     could start sooner, so an idle worker (the engine runs more workers than slots) waits
