@@ -18,7 +18,6 @@ from crawler.cli_query import DEFAULT_CONFIG, db_path_from, format_stats
 from crawler.cli_query import add_commands as add_query_commands
 from crawler.cli_status import add_command as add_status_command
 from crawler.config import Config, load_config
-from crawler.demo import DemoServer, demo_config, discard_database, next_steps
 from crawler.engine import Crawl, CrawlSummary, Outcome
 from crawler.errors import CrawlerError, NothingToResume, UsageError
 from crawler.progress import ProgressDisplay, format_summary
@@ -190,6 +189,9 @@ def move_aside(path: Path, *, now: datetime | None = None) -> Path | None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    # Imported here: its HTTP server modules are of no use to the other commands' start-up.
+    from crawler.demo import DemoServer, demo_config, discard_database, next_steps
+
     db: Path = args.db
     discard_database(db)
     with DemoServer() as server:

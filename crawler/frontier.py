@@ -225,8 +225,9 @@ class Frontier:
             if self.max_pages_per_host and not hq.counted:
                 hq.fetched += await self._store.fetched_for_host(host)
                 hq.counted = True
-            # The window shrinks as the memory budget fills up, down to MIN_WINDOW.
-            size = max(MIN_WINDOW, min(self._window, self._max_in_memory - self._in_memory))
+            # The window shrinks as the memory budget fills up, down to MIN_WINDOW; a read
+            # ahead tops up what is left of it.
+            size = max(MIN_WINDOW, min(self._window - len(hq.queue), self._max_in_memory - self._in_memory))
             rows = await self._store.queued_for_host(host, hq.high_id, size)
         finally:
             hq.refilling = False
@@ -351,6 +352,10 @@ class Frontier:
             hq.in_heap = False
             item = hq.queue.popleft()
             self._in_memory -= 1
+            if hq.overflow and len(hq.queue) <= self._window // 2 and self._in_memory < self._max_in_memory:
+                # Read ahead, while the memory budget has room: the host's workers need not wait
+                # for the read once the window is empty.
+                self._start_refill(host)
             reservation = self._pol.try_reserve(host, now)
             assert reservation is not None, "a ready host with capacity must accept a reservation"
             hq.leased += 1
@@ -400,7 +405,9 @@ class Frontier:
             if self._finished():
                 self.close()
                 return None
-            if self.awaiting_commit:
+            if self.awaiting_commit and not self._pol.saturated:
+                # A commit may queue URLs to lease; with every request slot taken it could not
+                # start one sooner, and committing at each idle look would make tiny batches.
                 self.on_starving()
             self._start_scan()
             fut: asyncio.Future[None] = loop.create_future()

@@ -110,15 +110,11 @@ class Pipeline:
             fetch_log.info("GET %s failed: %s", url, exc)
             self._fail(lease, exc.kind, exc.message, exc.attempts)
             return UrlResult.FAILED
+        if previous is not None and result.status == 304:  # no body to hash
+            return self._unchanged(lease, result)
         content_hash = body_hash(result.body)
-        if previous is not None and (
-            result.status == 304 or (result.status == previous.status and content_hash == previous.content_hash)
-        ):
-            etag, last_modified = _validators(result.headers)
-            self._store.confirm_page(lease.url_id, result.status, etag, last_modified)
-            self._count(result.status, "unchanged")
-            fetch_log.info("GET %s %d unchanged", url, result.status)
-            return UrlResult.STORED
+        if previous is not None and result.status == previous.status and content_hash == previous.content_hash:
+            return self._unchanged(lease, result)
 
         if lease.depth == 0 and self._sitemaps is not None and self._sitemaps.is_sitemap(result):
             # A seed that answers with a sitemap is read as one (it was fetched under the page's body limit).
@@ -141,6 +137,14 @@ class Pipeline:
                 return UrlResult.FAILED
 
         self._record(lease, result, parsed, content_hash)
+        return UrlResult.STORED
+
+    def _unchanged(self, lease: Lease, result: FetchResult) -> UrlResult:
+        """A recrawl found the stored version again (a 304, or the same status and content)."""
+        etag, last_modified = _validators(result.headers)
+        self._store.confirm_page(lease.url_id, result.status, etag, last_modified)
+        self._count(result.status, "unchanged")
+        fetch_log.info("GET %s %d unchanged", lease.url, result.status)
         return UrlResult.STORED
 
     async def _read_sitemap(self, lease: Lease, gate: HostGate, sitemaps: SitemapReader) -> UrlResult:

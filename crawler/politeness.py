@@ -36,6 +36,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from crawler.config import PolitenessConfig
@@ -50,6 +51,10 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 MIN_BACKOFF = 0.5  # seconds: the first 429 back-off when the host's delay is smaller
+
+# A request's URL is keyed when it takes its turn and again when its response is observed:
+# the second time (and a retry's) is a lookup. Enough entries for every request in flight.
+_host_of = lru_cache(maxsize=1024)(host_key)
 
 
 @dataclass(slots=True)
@@ -106,8 +111,14 @@ class Politeness:
         self._sleep = sleep
         self.slots: dict[str, HostSlot] = {}
         self.semaphore = asyncio.Semaphore(config.concurrency)
+        self.held = 0  # units of host capacity held across all hosts
         # Called whenever a host may have become ready earlier or gained capacity.
         self.on_change: Callable[[str], None] = lambda host: None
+
+    @property
+    def saturated(self) -> bool:
+        """Whether the held host capacity already covers `concurrency`: no new lease could start a request now."""
+        return self.held >= self.config.concurrency
 
     def slot(self, host: str) -> HostSlot:
         slot = self.slots.get(host)
@@ -123,6 +134,7 @@ class Politeness:
         if not slot.leasable or slot.ready_at > now:
             return None
         slot.in_flight += 1
+        self.held += 1
         reservation = Reservation(slot.turns + 1, slot.last_start)
         slot.turns += 1
         slot.last_start = now
@@ -168,10 +180,12 @@ class Politeness:
                 if fut in slot.waiters:
                     slot.waiters.remove(fut)
         slot.in_flight += 1
+        self.held += 1
 
     def release(self, host: str) -> None:
         slot = self.slot(host)
         slot.in_flight -= 1
+        self.held -= 1
         assert slot.in_flight >= 0, f"released {host} more often than acquired"
         self._wake_one(slot)
         self.on_change(host)
@@ -247,7 +261,7 @@ class Politeness:
 
     # The fetcher's Feedback protocol: it speaks in URLs, slots are per host.
     def observe_url(self, url: str, status: int | None, latency: float) -> None:
-        self.observe(host_key(url), status, latency)
+        self.observe(_host_of(url), status, latency)
 
     def retry_after(self, url: str, seconds: float | None, status: int) -> None:
         """429/503: pause the host for Retry-After; a 429 also doubles the host's delay.
@@ -319,7 +333,7 @@ class HostGate:
     async def request(self, url: str) -> AsyncIterator[None]:
         """Around one HTTP request: host capacity, the global semaphore, then the host's turn."""
         pol = self._politeness
-        host = host_key(url)
+        host = _host_of(url)
         if host != self.host or not self._held:
             self._give_back()
             if self._held:

@@ -83,9 +83,11 @@ async def begin(
         return PassState(continued, False, 0, await store.revisits_queued())
     if request is None:
         return None
-    now = datetime.now(UTC)
-    cutoff = now if request.older_than is None else now - timedelta(seconds=request.older_than)
-    due = await store.start_pass(run_id, cutoff.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+    cutoff = None
+    if request.older_than is not None:
+        since = datetime.now(UTC) - timedelta(seconds=request.older_than)
+        cutoff = since.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    due = await store.start_pass(run_id, cutoff)
     store.begin_pass(run_id, keep_history=keep_history)
     say(f"recrawl pass {run_id}: {due:,} stored pages due")
     return PassState(run_id, True, due, await store.revisits_queued())

@@ -13,7 +13,7 @@ import pytest
 from crawler.config import PolitenessConfig
 from crawler.frontier import MIN_WINDOW, Frontier
 from crawler.politeness import Lease, Politeness
-from crawler.store import JSON_ROWS, NewUrl, QueuedUrl, Store
+from crawler.store import JSON_ROWS, NewUrl, QueuedUrl, Store, StoredVersion
 from tests.crawlkit import rows
 
 
@@ -217,6 +217,94 @@ async def test_a_host_stays_in_memory_until_its_completions_are_committed(store:
     assert driver.leased == ["http://h0.test/0", "http://h0.test/1", "http://h1.test/0", "http://h1.test/1"]
 
 
+async def test_the_next_window_is_read_before_the_host_runs_out(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past half its window a host's next rows are read ahead, so its workers do not wait for
+    the read; the window still never holds more than `window` rows, and each URL comes once."""
+    await queue_urls(store, hosts=1, per_host=100)
+    pol = politeness()
+    frontier = Frontier(store, pol, window=16)
+    await frontier.load(fetched=0)
+    left_at_read: list[int] = []
+    read = store.queued_for_host
+
+    async def queued_for_host(host: str, after_id: int, limit: int) -> list[QueuedUrl]:
+        left_at_read.append(frontier.queued_in_memory())
+        return await read(host, after_id, limit)
+
+    monkeypatch.setattr(store, "queued_for_host", queued_for_host)
+    driver = Driver(store, frontier, pol)
+    while (lease := await driver.lease()) is not None:
+        assert frontier.queued_in_memory() <= 16
+        await driver.finish(lease)
+    assert sorted(driver.leased) == sorted(f"http://h0.test/{i}" for i in range(100))
+    assert left_at_read[0] == 0 and len(left_at_read) > 2
+    assert all(left > 0 for left in left_at_read[1:-1])  # (the last read finds nothing left)
+
+
+async def test_reading_ahead_keeps_within_the_memory_budget(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past max_in_memory a host reads no more ahead: its window drains, then it reads
+    MIN_WINDOW rows at a time, so the windows stay within the budget plus MIN_WINDOW per host."""
+    await queue_urls(store, hosts=1, per_host=200)
+    pol = politeness()
+    frontier = Frontier(store, pol, window=100, max_in_memory=10)
+    await frontier.load(fetched=0)
+    reads_done = asyncio.Event()
+    read = store.queued_for_host
+
+    async def queued_for_host(host: str, after_id: int, limit: int) -> list[QueuedUrl]:
+        reads_done.clear()
+        try:
+            return await read(host, after_id, limit)
+        finally:
+            reads_done.set()
+
+    monkeypatch.setattr(store, "queued_for_host", queued_for_host)
+    driver = Driver(store, frontier, pol)
+    most = 0
+    while (lease := await driver.lease()) is not None:
+        if not reads_done.is_set():
+            await reads_done.wait()  # a worker slower than the read: each read lands before the next lease
+        most = max(most, frontier.queued_in_memory())
+        await driver.finish(lease)
+    assert sorted(driver.leased) == sorted(f"http://h0.test/{i}" for i in range(200))
+    assert most <= 10 + MIN_WINDOW
+
+
+async def test_a_worker_finding_nothing_asks_for_a_commit_only_while_request_capacity_is_free(store: Store) -> None:
+    """A commit may queue URLs to lease; with all `concurrency` request slots held, no lease
+    could start sooner, so an idle worker (the engine runs more workers than slots) waits
+    for the next flush instead of asking for one at every look."""
+    store.add_urls(NewUrl(f"http://h0.test/{i}", "h0.test:80", 1) for i in range(3))
+    store.add_urls([NewUrl("http://h1.test/0", "h1.test:80", 1)])
+    await store.flush()
+    pol = Politeness(
+        PolitenessConfig(delay=0.0, adaptive=False, concurrency=2, per_host_concurrency=1), clock=BootClock()
+    )
+    frontier = Frontier(store, pol)
+    await frontier.load(fetched=0)
+    driver = Driver(store, frontier, pol)
+    a, b = await driver.lease(), await driver.lease()
+    assert a is not None and b is not None and {a.host, b.host} == {"h0.test:80", "h1.test:80"}
+    on_h0, on_h1 = (a, b) if a.host == "h0.test:80" else (b, a)
+    await driver.finish(on_h0)  # awaits its commit
+    c = await driver.lease()
+    assert c is not None and c.host == "h0.test:80" and pol.held == 2
+
+    idle = asyncio.ensure_future(frontier.next())
+    await asyncio.sleep(0)  # (one turn: the idle worker has looked and waits)
+    assert not idle.done() and not driver.starving.is_set()
+
+    await driver.finish(on_h1)  # a request slot is free again, and nothing to lease: now it asks
+    await asyncio.wait_for(driver.starving.wait(), timeout=10)
+    driver.starving.clear()
+    await driver.commit()
+    await driver.finish(c)
+    last = await asyncio.wait_for(idle, timeout=10)
+    assert last is not None and last.url == "http://h0.test/2"
+    await driver.finish(last)
+    assert await driver.lease() is None
+
+
 async def test_a_batch_applies_state_changes_in_order_and_keeps_new_urls_exactly(store: Store) -> None:
     """A flush sends its rows to SQLite as one JSON array per statement: values and order must survive it."""
     odd = "http://h.test/ünï?q=%22quote%22&b=\\back"
@@ -302,3 +390,36 @@ async def test_the_host_cap_holds_when_new_hosts_arrive_while_a_scan_reads(store
         go_on.set()
     assert driver.max_hosts <= 3
     assert len(driver.leased) == 11 and Counter(driver.leased).most_common(1)[0][1] == 1
+
+
+async def test_a_window_read_returns_each_row_as_stored_in_id_order(store: Store) -> None:
+    """Windows are read as one JSON array: quotes, backslashes and non-ASCII text survive, and
+    in a recrawl pass a stored page brings its version (NULL validators as None), a new URL none."""
+    odd = ['http://h.test/"q"', "http://h.test/back\\slash", "http://h.test/é?ü=☃", "http://h.test/plain"]
+    store.add_urls(NewUrl(url, "h.test:80", i) for i, url in enumerate(odd))
+    queued = await store.flush()
+    window = await store.queued_for_host("h.test:80", 0, 10)
+    assert [(q.id, q.url, q.host, q.depth, q.kind, q.previous) for q in window] == [
+        (q.id, q.url, "h.test:80", i, "page", None) for i, q in enumerate(queued)
+    ]
+    assert [q.url for q in await store.queued_for_host("h.test:80", queued[1].id, 1)] == [odd[2]]
+
+    for url_id, url, status, content_hash, etag, last_modified in [
+        (queued[0].id, odd[0], 200, "h0", '"e\\"tag"', None),
+        (queued[2].id, odd[2], 404, None, None, "Sat, 01 Jan 2000 00:00:00 GMT"),
+    ]:
+        await store.fetchall(
+            "INSERT INTO pages (url_id, url, final_url, status, depth, fetched_at, elapsed_ms, bytes, headers,"
+            " redirects, content_hash, etag, last_modified)"
+            " VALUES (?, ?, ?, ?, 0, '2000-01-01', 1, 0, '{}', '[]', ?, ?, ?)",
+            (url_id, url, url, status, content_hash, etag, last_modified),
+        )
+    store.begin_pass(1, keep_history=False)
+    window = await store.queued_for_host("h.test:80", 0, 10)
+    assert [q.previous for q in window] == [
+        StoredVersion(200, "h0", '"e\\"tag"', None),
+        None,
+        StoredVersion(404, None, None, "Sat, 01 Jan 2000 00:00:00 GMT"),
+        None,
+    ]
+    assert [q.url for q in window] == odd

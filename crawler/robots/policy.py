@@ -91,7 +91,7 @@ class RobotsPolicy:
         site = origin(url, normalized=True)
         if self._given_up(site):
             return self._give_up(site)
-        rules = await self._rules_for(url, gate)
+        rules = await self._rules_for(url, site, gate)
         if rules.unavailable:
             if self._given_up(site):  # that fetch was the last try
                 return self._give_up(site)
@@ -125,14 +125,13 @@ class RobotsPolicy:
         )
         return RobotsVerdict(RobotsAccess.GIVEN_UP, failure)
 
-    async def _rules_for(self, url: str, gate: RobotsGate) -> RobotsRules:
-        """The robots.txt rules for url's origin, fetched under gate if need be.
+    async def _rules_for(self, url: str, site: str, gate: RobotsGate) -> RobotsRules:
+        """The robots.txt rules for url's origin `site`, fetched under gate if need be.
 
         When another worker is fetching them (a redirect hop into a host whose robots.txt
         is on its way), the gate first lets go of its host: nobody waits for robots.txt
         while holding a host's capacity (see Politeness.fetching_robots).
         """
-        site = origin(url, normalized=True)
         host = host_key(url, normalized=True)
         while (rules := self.cache.cached(site)) is None:
             if self.cache.fetching(site):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 from collections.abc import Sequence
 from functools import partial
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
@@ -105,7 +107,8 @@ class Store(BatchedWrites):
     async def queued_for_host(self, host: str, after_id: int, limit: int) -> list[QueuedUrl]:
         if self.pass_id is not None:
             return await self._queued_with_versions(host, after_id, limit)
-        rows = await self.fetchall(
+        rows = await self._window(
+            "id, url, depth, kind",
             "SELECT id, url, depth, kind FROM urls WHERE state = 'queued' AND host = ? AND id > ? ORDER BY id LIMIT ?",
             (host, after_id, limit),
         )
@@ -114,9 +117,10 @@ class Store(BatchedWrites):
 
     async def _queued_with_versions(self, host: str, after_id: int, limit: int) -> list[QueuedUrl]:
         """queued_for_host in a recrawl pass: a stored page comes with the version it holds."""
-        rows = await self.fetchall(
-            "SELECT u.id, u.url, u.depth, u.kind, p.url_id, p.status, p.content_hash, p.etag, p.last_modified"
-            " FROM urls u LEFT JOIN pages p ON p.url_id = u.id"
+        rows = await self._window(
+            "id, url, depth, kind, stored, status, content_hash, etag, last_modified",
+            "SELECT u.id, u.url, u.depth, u.kind, p.url_id AS stored, p.status, p.content_hash, p.etag,"
+            " p.last_modified FROM urls u LEFT JOIN pages p ON p.url_id = u.id"
             " WHERE u.state = 'queued' AND u.host = ? AND u.id > ? ORDER BY u.id LIMIT ?",
             (host, after_id, limit),
         )
@@ -124,6 +128,16 @@ class Store(BatchedWrites):
             QueuedUrl(r[0], r[1], host, r[2], r[3], None if r[4] is None else StoredVersion(r[5], r[6], r[7], r[8]))
             for r in rows
         ]
+
+    async def _window(self, columns: str, select: str, params: Sequence[Any]) -> list[list[Any]]:
+        """The rows of a frontier window's select (whose result columns are `columns`) in id order,
+        read as one JSON array: sqlite3 gives up and retakes the GIL at every row it steps
+        through, each time waiting for the busy event loop, and one row of JSON is one step."""
+        sql = f"SELECT json_group_array(json_array({columns})) FROM ({select})"
+        text = await self._conn.run(lambda db: db.execute(sql, params).fetchone()[0])
+        rows: list[list[Any]] = json.loads(text)
+        rows.sort(key=itemgetter(0))  # the aggregate's order is SQLite's choice, not a promise
+        return rows
 
     async def queued_hosts(self, after: str, limit: int) -> list[str]:
         """Up to `limit` hosts with queued rows whose names sort after `after`, in name order.
@@ -238,19 +252,30 @@ class Store(BatchedWrites):
         value = await self.get_meta("recrawl_pass")
         return int(value) if value is not None else None
 
-    async def start_pass(self, pass_id: int, seen_before: str) -> int:
-        """Queue every stored page seen before `seen_before`, or whose sitemap lastmod is newer than
-        its last fetch, and record the open pass, in one transaction; returns how many were queued."""
+    async def start_pass(self, pass_id: int, seen_before: str | None) -> int:
+        """Queue every stored page seen before `seen_before` (None: every stored page), or whose
+        sitemap lastmod is newer than its last fetch, and record the open pass, in one
+        transaction; returns how many were queued."""
 
         def start(db: sqlite3.Connection) -> int:
-            due = db.execute(
-                "UPDATE urls SET state = 'queued', reason = NULL, updated_at = ?1 WHERE id IN ("
-                " SELECT p.url_id FROM pages p JOIN urls u ON u.id = p.url_id"
-                " WHERE coalesce(p.seen_at, p.fetched_at) < ?2"
-                " OR (u.lastmod IS NOT NULL AND u.lastmod > coalesce(p.seen_at, p.fetched_at)))"
-                " AND state NOT IN ('queued', 'in_flight')",
-                (utc_now(), seen_before),
-            ).rowcount
+            if seen_before is None:
+                # The ids from the small content-hash index: testing a page's times would read
+                # the end of each row, past its body.
+                due = db.execute(
+                    "UPDATE urls SET state = 'queued', reason = NULL, updated_at = ?"
+                    " FROM (SELECT url_id FROM pages INDEXED BY pages_content_hash) AS p"
+                    " WHERE urls.id = p.url_id AND state NOT IN ('queued', 'in_flight')",
+                    (utc_now(),),
+                ).rowcount
+            else:
+                due = db.execute(
+                    "UPDATE urls SET state = 'queued', reason = NULL, updated_at = ?1 WHERE id IN ("
+                    " SELECT p.url_id FROM pages p JOIN urls u ON u.id = p.url_id"
+                    " WHERE coalesce(p.seen_at, p.fetched_at) < ?2"
+                    " OR (u.lastmod IS NOT NULL AND u.lastmod > coalesce(p.seen_at, p.fetched_at)))"
+                    " AND state NOT IN ('queued', 'in_flight')",
+                    (utc_now(), seen_before),
+                ).rowcount
             db.execute(
                 "INSERT INTO meta (key, value) VALUES ('recrawl_pass', ?)"
                 " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -271,7 +296,11 @@ class Store(BatchedWrites):
 
     async def revisits_queued(self) -> int:
         """Stored pages waiting to be fetched again (counted once already, when first fetched)."""
-        sql = "SELECT count(*) FROM urls u JOIN pages p ON p.url_id = u.id WHERE u.state IN ('queued', 'in_flight')"
+        # The page ids from the small content-hash index, not each row of pages (see start_pass).
+        sql = (
+            "SELECT count(*) FROM urls u JOIN (SELECT url_id FROM pages INDEXED BY pages_content_hash) p"
+            " ON p.url_id = u.id WHERE u.state IN ('queued', 'in_flight')"
+        )
         return int(await self.scalar(sql))
 
     # ---- committing the batch (its rows are added through BatchedWrites) -----------------------
