@@ -200,14 +200,15 @@ class PgStore(BatchedWrites):
         value = await self.get_meta("recrawl_pass")
         return int(value) if value is not None else None
 
-    async def start_pass(self, pass_id: int, seen_before: str) -> int:
-        """Queue the due stored pages and record the open pass, in one transaction (as SQLite's)."""
+    async def start_pass(self, pass_id: int, seen_before: str | None) -> int:
+        """Queue the due stored pages (None: every stored page) and record the open pass, in one
+        transaction (as SQLite's)."""
 
         async def start(conn: Conn) -> int:
             cur = await conn.execute(
                 "UPDATE urls SET state = 'queued', reason = NULL, updated_at = %(now)s WHERE id IN ("
                 " SELECT p.url_id FROM pages p JOIN urls u ON u.id = p.url_id"
-                " WHERE coalesce(p.seen_at, p.fetched_at) < %(before)s"
+                " WHERE %(before)s::text IS NULL OR coalesce(p.seen_at, p.fetched_at) < %(before)s"
                 " OR (u.lastmod IS NOT NULL AND u.lastmod > coalesce(p.seen_at, p.fetched_at)))"
                 " AND state NOT IN ('queued', 'in_flight')",
                 {"now": utc_now(), "before": seen_before},
