@@ -18,8 +18,9 @@ from crawler.cli import main
 from crawler.engine import Crawl, Outcome
 from crawler.errors import ConfigError
 from tests.crawlkit import closed_port, crawl, make_config, rows
+from tests.support.hold import Hold
 from tests.support.localsite import SiteServer
-from tests.support.site import Site, build_site, html_page
+from tests.support.site import Request, Response, Site, build_site, html_page
 
 Serve = Callable[[Site], SiteServer]
 DEADLINE = 60.0
@@ -84,6 +85,10 @@ async def test_a_changed_scope_is_refused_on_postgresql_too(site_server: Serve, 
 # ---- the command line ---------------------------------------------------------------------------------------
 
 
+def _always(answer: Response) -> Callable[[Request], Response]:
+    return lambda request: answer
+
+
 def write_config(tmp_path: Path, seed: str, storage: str) -> Path:
     path = tmp_path / "crawl.toml"
     path.write_text(
@@ -143,7 +148,13 @@ def launch(config: Path, command: str) -> subprocess.Popen[str]:
 def test_kill_9_then_resume_on_postgresql(site_server: Serve, tmp_path: Path, pg_url: str) -> None:
     pages = 150
     site = build_site(pages, links_per_page=4)
-    site.default_latency = 0.01  # slow enough that the kill lands mid-crawl
+    # The server answers 30 page requests, then holds the rest until the kill: it lands mid-crawl.
+    hold = Hold()
+    for path in site.paths():
+        answer = site.response(path)
+        if answer is not None and path != "/robots.txt":
+            site.handler(path, hold.wrap(_always(answer)))
+    hold.close(30)
     server = site_server(site)
     config = write_config(tmp_path, server.url + "/", f'url = "{pg_url}"')
 
@@ -169,6 +180,7 @@ def test_kill_9_then_resume_on_postgresql(site_server: Serve, tmp_path: Path, pg
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=DEADLINE)
     assert pg_rows(pg_url, "SELECT count(*) FROM pages")[0][0] < pages
+    hold.open()
 
     resumed = launch(config, "resume")
     assert resumed.wait(timeout=DEADLINE) == 0, resumed.stderr.read()  # type: ignore[union-attr]
