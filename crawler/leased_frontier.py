@@ -26,6 +26,9 @@ class LeasedFrontier(Frontier):
 
     def __init__(self, store: Backend, leases: HostLeasing, politeness: Politeness, **limits: int) -> None:
         super().__init__(store, politeness, **limits)
+        # Hosts this process can keep busy (one request each at least): holding more would only
+        # keep them from crawlers with free capacity.
+        self._max_hosts = min(self._max_hosts, politeness.config.concurrency)
         self._leases = leases
         leases.wait_of = self._wait_of
         self._poll = MIN_POLL
@@ -37,6 +40,8 @@ class LeasedFrontier(Frontier):
         self._allowance = 0  # pages of max_pages this run claimed
         self._budget_spent = False
         self._claiming = False
+        # A scan found no URL queued or in flight anywhere, and this process flushed nothing since.
+        self._none_left = False
 
     def _wait_of(self, host: str) -> float:
         return self._pol.slot(host).ready_at - self._clock()
@@ -82,6 +87,7 @@ class LeasedFrontier(Frontier):
             elif not await self._leases.work_left():
                 if generation == self._dormant_gen:
                     self._dormant = False
+                    self._none_left = True
             else:
                 await asyncio.sleep(self._poll * random.uniform(0.5, 1.0))
                 self._poll = min(MAX_POLL, self._poll * 2)
@@ -136,9 +142,26 @@ class LeasedFrontier(Frontier):
             hq.in_heap = False
             self._evict_if_idle(host)
 
+    def take_completions(self) -> list[str]:
+        if len(self._store.batch):  # the flush about to start may queue URLs, or leave some in flight
+            self._none_left = False
+        return super().take_completions()
+
     def committed(self, completions: list[str], rows: list[QueuedUrl]) -> None:
+        if completions or rows:
+            self._none_left = False
         super().committed(completions, rows)
         self._drop_lost()
+
+    def _finished(self) -> bool:
+        if not super()._finished():
+            return False
+        if self._none_left or self.limit_reached():
+            return True
+        # Nothing here, but another crawler may have queued what this one's flushes found known
+        # (seeds, links): finish only once a scan after the last flush finds nothing anywhere.
+        self._dormant = True
+        return False
 
     async def _renew_loop(self) -> None:
         """Renew every held host and beat the heartbeat a few times per lease."""

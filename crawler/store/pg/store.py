@@ -18,6 +18,7 @@ from crawler.store.pg.schema import MIGRATIONS, SCHEMA_VERSION, TEMP_TABLES
 from crawler.store.records import URL_STATES, QueuedUrl, StoredVersion, utc_now
 
 IDLE_INDEX = 200  # pages indexed by a flush that finds its batch empty (the writer is idle)
+MIGRATION_LOCK = 0x6372776D  # the advisory lock migrations take turns on ('crwm')
 LEASE_SECONDS = 60.0  # storage.lease_seconds's default
 
 
@@ -53,11 +54,17 @@ class PgStore(BatchedWrites):
         return store
 
     async def _configure(self) -> None:
-        version = await self._conn.run(_read_version)
-        if version > SCHEMA_VERSION:
-            raise StoreError(f"{self.location} was written by a newer crawler (schema {version})")
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            await self._conn.transaction(partial(_migrate, target=target))
+        # Crawlers starting together take turns; the lock is taken before the version is read,
+        # outside any transaction, so that the read sees what the previous holder committed.
+        await self._conn.run(lambda conn: conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,)))
+        try:
+            version = await self._conn.run(_read_version)
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.location} was written by a newer crawler (schema {version})")
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                await self._conn.transaction(partial(_migrate, target=target))
+        finally:
+            await self._conn.run(lambda conn: conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,)))
         await self._conn.run(lambda conn: conn.execute(TEMP_TABLES))
         self._writer.nofollow_rows = bool(
             await self.scalar(
