@@ -125,3 +125,21 @@ def test_three_processes_one_killed_fetch_every_page_politely(site_server: Serve
     assert by_pid[victim.pid][:3] == ("killed", True, False)
     for proc in crawlers[1:]:
         assert by_pid[proc.pid][:3] == ("finished", True, True)
+
+
+def test_max_pages_counts_across_the_fleet(site_server: Serve, tmp_path: Path, pg_url: str) -> None:
+    servers = [site_server(build_site(30, links_per_page=3, seed=i)) for i in range(6)]
+    seeds = ", ".join(f'"{s.url}/"' for s in servers)
+    config = tmp_path / "crawl.toml"
+    config.write_text(
+        f'[crawl]\nseeds = [{seeds}]\nallowed_hosts = ["127.0.0.1"]\nparse_workers = 1\nmax_pages = 70\n'
+        "[politeness]\ndelay = 0.0\nadaptive = false\nconcurrency = 4\nper_host_concurrency = 2\n"
+        f'[storage]\nurl = "{pg_url}"\nlease_seconds = 60.0\n'
+    )
+    crawlers = [launch(config) for _ in range(2)]
+    for proc in crawlers:
+        assert proc.wait(timeout=DEADLINE) == 0, proc.stderr.read()  # type: ignore[union-attr]
+    assert pg_rows(pg_url, "SELECT count(*) FROM pages") == [(70,)]
+    assert sum(s.count("/") + sum(s.count(f"/p/{i}") for i in range(1, 30)) for s in servers) == 70
+    assert pg_rows(pg_url, "SELECT max_pages, claimed FROM budget") == [(70, 70)]
+    assert pg_rows(pg_url, "SELECT count(*) FROM runs WHERE outcome = 'limit' AND pid IS NOT NULL") == [(2,)]
