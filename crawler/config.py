@@ -84,6 +84,9 @@ class StorageConfig:
     url: str | None = _spec(None, doc="postgresql:// URL (libpq conventions) instead of path")
     store_bodies: bool = _spec(True, doc="keep response bodies in pages.body")
     keep_history: bool = _spec(True, doc="a recrawl keeps the bodies of replaced versions in page_history")
+    lease_seconds: float = _spec(
+        60.0, lo=1.0, hi=3600.0, doc="PostgreSQL: seconds a dead crawler's hosts stay blocked; ≥ politeness.max_delay"
+    )
 
     @property
     def target(self) -> Path | str:
@@ -247,6 +250,11 @@ def _check_whole(config: Config, source: str) -> None:
         if not is_postgres_url(url):
             raise ConfigError(source, "storage.url", f"must be a postgresql:// URL, got {url.split(':', 1)[0]!r}…")
     pol = config.politeness
+    if url is not None and config.storage.lease_seconds < pol.max_delay:
+        # A dead holder's host is free again after lease_seconds: no sooner than its delay allows.
+        raise ConfigError(
+            source, "storage.lease_seconds", f"must be ≥ politeness.max_delay ({pol.max_delay:g}) with storage.url"
+        )
     if pol.max_delay < pol.delay:
         raise ConfigError(source, "politeness.max_delay", f"must be ≥ politeness.delay ({pol.delay:g})")
     if pol.per_host_concurrency > pol.concurrency:

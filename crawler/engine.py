@@ -17,6 +17,7 @@ from crawler.config import Config
 from crawler.errors import NothingToResume
 from crawler.frontier import Frontier
 from crawler.http.fetcher import Fetcher
+from crawler.leased_frontier import LeasedFrontier
 from crawler.parsepool import ParsePool
 from crawler.pipeline import Pipeline, UrlResult
 from crawler.politeness import HostGate, Politeness
@@ -114,7 +115,7 @@ class Crawl:
     # ---- the run -------------------------------------------------------------------------
 
     async def run(self, *, require_resume: bool = False) -> CrawlSummary:
-        store = await Store.open(self.config.storage.target)
+        store = await Store.open(self.config.storage.target, lease_seconds=self.config.storage.lease_seconds)
         try:
             return await self._run(store, require_resume=require_resume)
         finally:
@@ -141,12 +142,13 @@ class Crawl:
 
         self.store = store
         self.politeness = Politeness(cfg.politeness)
-        self.frontier = Frontier(
-            store,
-            self.politeness,
-            max_pages=cfg.crawl.max_pages,
-            max_pages_per_host=cfg.crawl.max_pages_per_host,
-        )
+        limits = {"max_pages": cfg.crawl.max_pages, "max_pages_per_host": cfg.crawl.max_pages_per_host}
+        self.frontier: Frontier
+        if store.leases is not None:
+            # A shared database: this process works on the hosts it leases (crawler/leased_frontier.py).
+            self.frontier = LeasedFrontier(store, store.leases, self.politeness, **limits)
+        else:
+            self.frontier = Frontier(store, self.politeness, **limits)
         self.frontier.revisiting = pass_state is not None
         self.writer = BatchWriter(store, self.frontier)
         self.frontier.on_starving = self.writer.want_flush
@@ -206,6 +208,8 @@ class Crawl:
         if self.frontier.error is not None:
             raise self.frontier.error
         await self.writer.flush()
+        if isinstance(self.frontier, LeasedFrontier):
+            await self.frontier.settle()
 
         if self._stop_requested.is_set():
             outcome = Outcome.INTERRUPTED

@@ -134,11 +134,7 @@ class Frontier:
         for row in rows:
             hq = self._hosts.get(row.host)
             if hq is None:
-                if len(self._hosts) < self._max_hosts:
-                    self._activate(row.host)  # its first refill reads this row back from SQLite
-                else:
-                    self._dormant = True
-                    self._dormant_gen += 1
+                self._arrived(row.host)
                 continue
             if row.id <= hq.high_id:
                 # A refill read it already: aiosqlite shares one connection, so a refill that
@@ -155,6 +151,14 @@ class Frontier:
             self._schedule(row.host)
         if rows:
             self._wake(len(rows))
+
+    def _arrived(self, host: str) -> None:
+        """A committed row of a host not in memory: bring the host in, or leave it dormant when memory is full."""
+        if len(self._hosts) < self._max_hosts:
+            self._activate(host)  # its first refill reads this row back from SQLite
+        else:
+            self._dormant = True
+            self._dormant_gen += 1
 
     def _activate(self, host: str) -> HostQueue:
         """Bring a host into memory with an empty window; its first lease attempt reads one."""
@@ -178,8 +182,12 @@ class Frontier:
         if hq is None or hq.queue or hq.overflow or hq.refilling or hq.leased or hq.unsettled:
             return False
         del self._hosts[host]  # its heap entries turn stale
+        self._evicted(host)
         self._start_scan()
         return True
+
+    def _evicted(self, host: str) -> None:
+        """A host left memory (a hook: the leased frontier lets go of the host's lease)."""
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

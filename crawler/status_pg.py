@@ -1,11 +1,9 @@
 """`crawler status` over PostgreSQL: the same CrawlStatus as SQLite's, read in one READ ONLY snapshot.
 
-Phase 2a has one crawler per database, holding a session advisory lock whose session is named
-`crawler HOST:PID`: that session names the newest running run's machine and pid, and is alive
-exactly while the process is (a killed process's session ends). Columns `runs.machine`, `pid`
-and `heartbeat_at`, and a `hosts` table with leases, are read when the schema has them.
+Every crawler process is a `runs` row with its machine, pid and a heartbeat it renews with its
+leases: a running run whose heartbeat is older than HEARTBEAT_SECONDS is gone. The hosts a
+process holds are the `hosts` rows it leases.
 """
-
 from __future__ import annotations
 
 import contextlib
@@ -17,7 +15,7 @@ from crawler.query.base import run_seconds
 from crawler.query.pg import connect_readonly
 from crawler.rows import Run
 from crawler.status import CrawlStatus, HeldHost, Process, parse_stamp, stamp
-from crawler.store.pg.connection import WRITER_LOCK, shown, translate
+from crawler.store.pg.connection import shown, translate
 
 try:
     import psycopg
@@ -79,7 +77,6 @@ class PgStatus:
         )
         since = stamp(now - timedelta(seconds=self._recent))
         recent = self._one("SELECT count(*) FROM pages WHERE fetched_at >= %s", (since,))
-        holder = self._lock_holder()
         leases = self._one("SELECT to_regclass('hosts') IS NOT NULL") and "lease_owner" in self._columns("hosts")
         processes = []
         for i, (run_id, kind, started_at, machine, pid, heartbeat) in enumerate(running):
@@ -88,9 +85,7 @@ class PgStatus:
                 seen = heartbeat if isinstance(heartbeat, datetime) else parse_stamp(str(heartbeat))
                 alive: bool | None = (now - seen).total_seconds() < HEARTBEAT_SECONDS
                 heartbeat = stamp(seen)
-            elif newest and holder is not None:
-                machine, pid, alive = machine or holder[0], pid or holder[1], True
-            else:  # no session holds the crawl for it, or a newer run started after it: its process is gone
+            else:  # a run that never beat: it died at its start
                 alive = False
             pages = self._one("SELECT count(*) FROM pages WHERE run_id = %s", (run_id,))
             seconds = (now - parse_stamp(started_at)).total_seconds()
@@ -138,18 +133,6 @@ class PgStatus:
         )
         return {name for (name,) in rows}
 
-    def _lock_holder(self) -> tuple[str | None, int | None] | None:
-        """The machine and pid of the session holding the crawler's lock on this database, if one does."""
-        rows = self._all(
-            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE l.locktype = 'advisory' AND l.objid = %s AND l.granted"
-            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            (WRITER_LOCK,),
-        )
-        if not rows:
-            return None
-        return parse_application_name(rows[0][0] or "")
-
     def _in_flight(self) -> tuple[HeldHost, ...]:
         rows = self._all("SELECT host, count(*) FROM urls WHERE state = 'in_flight' GROUP BY host")
         return tuple(HeldHost(host, n) for host, n in sorted(rows, key=lambda row: (-row[1], row[0])))
@@ -166,12 +149,3 @@ class PgStatus:
             HeldHost(host, n, None if until is None else stamp(until) if isinstance(until, datetime) else str(until))
             for host, n, until in sorted(held, key=lambda row: (-row[1], row[0]))
         )
-
-
-def parse_application_name(name: str) -> tuple[str | None, int | None]:
-    """ "crawler HOST:PID" (the crawl's session name) → (HOST, PID); (None, None) for any other name."""
-    head, _, rest = name.partition(" ")
-    machine, _, pid = rest.rpartition(":")
-    if head != "crawler" or not machine or not pid.isdigit():
-        return None, None
-    return machine, int(pid)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from crawler.store.backend import Backend, is_postgres_url
+from crawler.store.backend import Backend, HostLeasing, is_postgres_url
 from crawler.store.batch import Batch
 from crawler.store.flush import JSON_ROWS, PAGE_ROWS
 from crawler.store.lock import lock_holder, writer_lock
@@ -31,6 +31,7 @@ __all__ = [
     "URL_STATES",
     "Backend",
     "Batch",
+    "HostLeasing",
     "NewUrl",
     "PageRecord",
     "QueuedUrl",

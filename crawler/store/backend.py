@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -17,6 +17,32 @@ def is_postgres_url(target: str | Path) -> bool:
     return isinstance(target, str) and target.startswith(POSTGRES_SCHEMES)
 
 
+class HostLeasing(Protocol):
+    """Host leases, for a backend several crawlers share (crawler/store/pg/leases.py); SQLite has none."""
+
+    lease_seconds: float
+    fencing: bool
+    wait_of: Callable[[str], float]
+
+    async def ensure_hosts(self) -> None: ...
+
+    async def take(self, k: int) -> list[str]: ...
+
+    async def work_left(self) -> bool: ...
+
+    async def renew(self, fetched: int) -> set[str]: ...
+
+    def take_lost(self) -> set[str]: ...
+
+    async def release(self, hosts: Iterable[str]) -> None: ...
+
+    async def open_budget(self, max_pages: int, fetched: int) -> None: ...
+
+    async def claim(self, pages: int) -> int: ...
+
+    async def give_back(self, pages: int) -> None: ...
+
+
 class Backend(Protocol):
     """One open crawl database, as the engine, frontier, pipeline, writer, resume, robots policy,
     sitemap reader and recrawl use it. Writes go into `batch` and commit together in `flush`."""
@@ -24,6 +50,11 @@ class Backend(Protocol):
     batch: Batch
     run_id: int | None  # this run's `runs` row, once start_run made it
     pass_id: int | None  # the recrawl pass this run belongs to (see begin_pass)
+
+    @property
+    def leases(self) -> HostLeasing | None:
+        """Host leases once start_run made the run (a backend several crawlers share); SQLite: None."""
+        ...
 
     @property
     def location(self) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 from crawler.errors import SkipReason, StoreError
-from crawler.store.backend import is_postgres_url
+from crawler.store.backend import HostLeasing, is_postgres_url
 from crawler.store.batch import Batch, BatchedWrites
 from crawler.store.connection import SqliteConnection
 from crawler.store.flush import BatchWriter, index_pending
@@ -35,6 +35,7 @@ class Store(BatchedWrites):
         self.run_id: int | None = None
         self._writer = BatchWriter()
         self.pass_id: int | None = None  # the recrawl pass this run belongs to (see begin_pass)
+        self.leases: HostLeasing | None = None  # one crawler per SQLite database: no host leases
 
     @property
     def location(self) -> str:
@@ -42,22 +43,23 @@ class Store(BatchedWrites):
 
     @overload
     @classmethod
-    async def open(cls, target: Path, *, readonly: bool = False) -> Store: ...
+    async def open(cls, target: Path, *, readonly: bool = False, lease_seconds: float = 60.0) -> Store: ...
 
     @overload
     @classmethod
-    async def open(cls, target: str | Path, *, readonly: bool = False) -> Backend: ...
+    async def open(cls, target: str | Path, *, readonly: bool = False, lease_seconds: float = 60.0) -> Backend: ...
 
     @classmethod
-    async def open(cls, target: str | Path, *, readonly: bool = False) -> Backend:
+    async def open(cls, target: str | Path, *, readonly: bool = False, lease_seconds: float = 60.0) -> Backend:
         """Open (and, unless readonly, create and migrate) the crawl database at target: a
-        postgresql:// URL (crawler/store/pg/, which needs the postgres extra), else a SQLite file."""
+        postgresql:// URL (crawler/store/pg/, which needs the postgres extra; its host leases
+        last lease_seconds), else a SQLite file."""
         if is_postgres_url(target):
             if readonly:
                 raise StoreError("PostgreSQL databases are not opened read-only yet")
             from crawler.store.pg.store import PgStore  # psycopg is imported only for a postgresql:// URL
 
-            return await PgStore.open(str(target))
+            return await PgStore.open(str(target), lease_seconds=lease_seconds)
         path = Path(target)
         if readonly and not path.exists():
             raise StoreError(f"no database at {path}")

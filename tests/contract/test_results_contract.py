@@ -309,6 +309,14 @@ async def test_status_on_postgresql_names_the_running_process_its_hosts_then_sho
                 " ('http://a.test/2', 'a.test', 0, 'in_flight', 'x'),"
                 " ('http://b.test/1', 'b.test', 0, 'in_flight', 'x'), ('http://b.test/2', 'b.test', 0, 'queued', 'x')"
             )
+            # The hosts this run leases (as LeasedFrontier takes them), and one another run leases.
+            conn.execute(
+                "INSERT INTO hosts (host, lease_owner, lease_token, lease_until) VALUES"
+                " ('a.test', %(run)s, 1, now() + interval '1 minute'),"
+                " ('b.test', %(run)s, 2, now() + interval '1 minute'),"
+                " ('c.test', %(other)s, 3, now() + interval '1 minute')",
+                {"run": run_id, "other": run_id + 1000},
+            )
         with open_status(pg_url) as source:
             status = await asyncio.to_thread(source.snapshot)
         assert (status.backend, status.database) == ("postgresql", pg_url)
@@ -323,7 +331,10 @@ async def test_status_on_postgresql_names_the_running_process_its_hosts_then_sho
         assert [(h.host, h.in_flight) for h in process.hosts] == [("a.test", 2), ("b.test", 1)]
     finally:
         await store.close()
-    # Closed without finishing its run, as a killed process leaves it: the run shows as gone.
+    # Closed without finishing its run, as a killed process leaves it: once its heartbeat is
+    # older than a lease, the run shows as gone.
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE runs SET heartbeat_at = now() - interval '1 hour' WHERE id = %s", (run_id,))
     with open_status(pg_url) as source:
         status = source.snapshot()
     assert [(p.run, p.state) for p in status.processes] == [(run_id, "gone")]

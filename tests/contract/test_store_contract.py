@@ -9,7 +9,17 @@ import pytest
 
 from crawler.errors import StoreError
 from crawler.frontier import Frontier
-from crawler.store import JSON_ROWS, Backend, NewUrl, PageRecord, SitemapRecord, Store, StoredVersion, utc_now
+from crawler.store import (
+    JSON_ROWS,
+    Backend,
+    NewUrl,
+    PageRecord,
+    SitemapRecord,
+    Store,
+    StoredVersion,
+    is_postgres_url,
+    utc_now,
+)
 from tests.contract.conftest import sql
 from tests.crawlkit import closed_port
 from tests.test_frontier import Driver, politeness, queue_urls
@@ -53,9 +63,15 @@ async def test_reopening_keeps_what_was_stored_and_a_newer_schema_is_refused(tar
         await Store.open(target)
 
 
-async def test_a_second_crawler_on_the_same_database_is_refused(store: Backend, target: Path | str) -> None:
-    with pytest.raises(StoreError, match="in use by another crawler"):
-        await Store.open(target)
+async def test_a_second_crawler_is_refused_on_sqlite_and_joins_on_postgresql(
+    store: Backend, target: Path | str
+) -> None:
+    if isinstance(target, Path):
+        with pytest.raises(StoreError, match="in use by another crawler"):
+            await Store.open(target)
+    else:  # several crawlers share a PostgreSQL crawl through host leases (tests/test_pg_leases.py)
+        second = await Store.open(target)
+        await second.close()
     await store.close()
     again = await Store.open(target)  # closing let go of it
     await again.close()
@@ -258,6 +274,10 @@ async def test_resume_preparation_requeues_in_flight_marks_killed_runs_and_rejud
     store.set_state(ids[2], "skipped", "depth")
     store.set_state(ids[3], "skipped", "host_limit")
     await store.flush()
+    if is_postgres_url(store.location):
+        # Several crawlers share PostgreSQL: a run is dead once its heartbeat is older than a lease.
+        assert await store.mark_killed_runs() == 0
+        await sql(store, "UPDATE runs SET heartbeat_at = now() - interval '1 hour' RETURNING id")
 
     assert await store.mark_killed_runs() == 1
     assert await store.requeue_in_flight() == 2

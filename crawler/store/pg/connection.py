@@ -1,5 +1,5 @@
-"""The one psycopg connection of a PostgreSQL store: calls in order, the single-crawler lock, and the
-one boundary where psycopg errors become StoreError."""
+"""The one psycopg connection of a PostgreSQL store: calls in order, and the one boundary where
+psycopg errors become StoreError."""
 
 from __future__ import annotations
 
@@ -21,9 +21,6 @@ except ImportError:  # pragma: no cover - the postgres extra is not installed
 _T = TypeVar("_T")
 Conn = Any  # psycopg.AsyncConnection[tuple[Any, ...]]; Any keeps psycopg out of the signatures
 
-# The session-level advisory lock that keeps a second crawler off the database (as SQLite's
-# flock does) until several crawlers share one through host leases. 'crwl' as an integer.
-WRITER_LOCK = 0x6372776C
 CONNECT_TIMEOUT = 10  # seconds, unless the URL sets connect_timeout
 
 
@@ -52,7 +49,7 @@ class PgConnection:
 
     @classmethod
     async def open(cls, url: str) -> PgConnection:
-        """Connect (libpq: PGPASSWORD, ~/.pgpass, PGSERVICE and URL parameters apply) and take the lock."""
+        """Connect (libpq: PGPASSWORD, ~/.pgpass, PGSERVICE and URL parameters apply)."""
         location = shown(url)
         if psycopg is None:
             raise StoreError(
@@ -66,31 +63,7 @@ class PgConnection:
             options["connect_timeout"] = CONNECT_TIMEOUT
         with _store_errors(location, connecting=True):
             conn = await psycopg.AsyncConnection.connect(url, **options)
-        self = cls(conn, location)
-        try:
-            await self.run(self._lock_for_writing)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await conn.close()
-            raise
-        return self
-
-    async def _lock_for_writing(self, conn: Conn) -> None:
-        cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (WRITER_LOCK,))
-        row = await cur.fetchone()
-        if row[0]:
-            return
-        cur = await conn.execute(
-            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE l.locktype = 'advisory' AND l.objid = %s AND l.granted",
-            (WRITER_LOCK,),
-        )
-        holder = await cur.fetchone()
-        who = holder[0] if holder and holder[0] else "another session"
-        raise StoreError(
-            f"{self.location} is in use by another crawler ({who}); wait for it or stop it"
-            " (one crawler per PostgreSQL database for now)"
-        )
+        return cls(conn, location)
 
     async def run(self, fn: Callable[[Conn], Awaitable[_T]]) -> _T:
         """await fn(conn) on its turn; it runs to its end even if the caller is cancelled meanwhile."""
@@ -118,18 +91,13 @@ class PgConnection:
         return await self.run(in_transaction)
 
     async def close(self) -> None:
-        """Release the lock, then close the connection (a killed process's session drops the lock by itself)."""
+        """Close the connection, after the call under way."""
         if self._closed:
             return
         async with self._turn:
             self._closed = True
-            try:
-                # The server ends a closed session a moment later; the lock must be free at once.
-                with _store_errors(self.location), contextlib.suppress(psycopg.OperationalError):
-                    await self._conn.execute("SELECT pg_advisory_unlock_all()")
-            finally:
-                with _store_errors(self.location):
-                    await self._conn.close()
+            with _store_errors(self.location):
+                await self._conn.close()
 
 
 def _drop_outcome(task: asyncio.Future[Any]) -> None:

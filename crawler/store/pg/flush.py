@@ -247,6 +247,13 @@ class PgBatchWriter:
         if not self.nofollow_rows:
             self.nofollow_rows = any(u.reason == SkipReason.NOFOLLOW for u in unique.values())
         rows.sort(key=lambda r: r.id)
+        if rows:
+            # Every host with queued URLs has its hosts row, the unit leases take (leases.py);
+            # inserted in name order so that two flushes never wait on each other crosswise.
+            await cur.execute(
+                "INSERT INTO hosts (host) SELECT h FROM unnest(%s::text[]) AS h ORDER BY h ON CONFLICT DO NOTHING",
+                (sorted({row.host for row in rows}),),
+            )
         return rows
 
 

@@ -130,6 +130,27 @@ MIGRATIONS: tuple[str, ...] = (
                p.fetched_at, p.elapsed_ms, p.http_version, p.bytes, p.noindex, p.run_id
         FROM pages p JOIN urls u ON u.id = p.url_id;
     """,
+    # Several crawlers on one database: host leases (crawler/store/pg/leases.py), the fleet's
+    # page budget, and who each run is. Lease times come from the database's clock.
+    """
+    ALTER TABLE runs ADD machine text, ADD pid integer, ADD heartbeat_at timestamptz, ADD fetched bigint;
+    CREATE SEQUENCE lease_tokens;
+    CREATE TABLE hosts (
+        host          text PRIMARY KEY,
+        next_fetch_at timestamptz NOT NULL DEFAULT now(),
+        lease_owner   bigint,
+        lease_token   bigint,
+        lease_until   timestamptz
+    );
+    CREATE INDEX hosts_ready ON hosts (next_fetch_at);
+    CREATE INDEX hosts_owner ON hosts (lease_owner) WHERE lease_owner IS NOT NULL;
+    INSERT INTO hosts (host) SELECT DISTINCT host FROM urls;
+    CREATE TABLE budget (
+        id        integer PRIMARY KEY CHECK (id = 1),
+        max_pages bigint NOT NULL,
+        claimed   bigint NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

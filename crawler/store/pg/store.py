@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -11,10 +13,13 @@ from crawler.errors import SkipReason, StoreError
 from crawler.store.batch import Batch, BatchedWrites
 from crawler.store.pg.connection import Conn, PgConnection
 from crawler.store.pg.flush import PgBatchWriter, index_pending
+from crawler.store.pg.leases import HostLeases, fence
 from crawler.store.pg.schema import MIGRATIONS, SCHEMA_VERSION, TEMP_TABLES
 from crawler.store.records import URL_STATES, QueuedUrl, StoredVersion, utc_now
 
 IDLE_INDEX = 200  # pages indexed by a flush that finds its batch empty (the writer is idle)
+MIGRATION_LOCK = 0x6372776D  # the advisory lock migrations take turns on ('crwm')
+LEASE_SECONDS = 60.0  # storage.lease_seconds's default
 
 
 class PgStore(BatchedWrites):
@@ -27,15 +32,19 @@ class PgStore(BatchedWrites):
         self.pass_id: int | None = None
         self._writer = PgBatchWriter()
         self._unindexed = True  # whether pages may wait for the search index
+        self.lease_seconds = LEASE_SECONDS  # how long a host lease and a run's heartbeat last
+        # Host leases, once start_run made this run's row: several crawlers share the database.
+        self.leases: HostLeases | None = None
 
     @property
     def location(self) -> str:
         return self._conn.location
 
     @classmethod
-    async def open(cls, url: str) -> PgStore:
-        """Connect, take the one-crawler lock, and create or migrate the schema."""
+    async def open(cls, url: str, *, lease_seconds: float = LEASE_SECONDS) -> PgStore:
+        """Connect, and create or migrate the schema."""
         store = cls(await PgConnection.open(url))
+        store.lease_seconds = lease_seconds
         try:
             await store._configure()
         except BaseException:
@@ -45,11 +54,17 @@ class PgStore(BatchedWrites):
         return store
 
     async def _configure(self) -> None:
-        version = await self._conn.run(_read_version)
-        if version > SCHEMA_VERSION:
-            raise StoreError(f"{self.location} was written by a newer crawler (schema {version})")
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            await self._conn.transaction(partial(_migrate, target=target))
+        # Crawlers starting together take turns; the lock is taken before the version is read,
+        # outside any transaction, so that the read sees what the previous holder committed.
+        await self._conn.run(lambda conn: conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,)))
+        try:
+            version = await self._conn.run(_read_version)
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.location} was written by a newer crawler (schema {version})")
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                await self._conn.transaction(partial(_migrate, target=target))
+        finally:
+            await self._conn.run(lambda conn: conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,)))
         await self._conn.run(lambda conn: conn.execute(TEMP_TABLES))
         self._writer.nofollow_rows = bool(
             await self.scalar(
@@ -157,12 +172,21 @@ class PgStore(BatchedWrites):
         )
 
     async def requeue_in_flight(self) -> int:
+        """In-flight URLs of hosts nobody holds (a lease that expired counts as none): others'
+        in-flight URLs are theirs, and come back when their leases expire (see leases.py)."""
         return await self._write(
-            "UPDATE urls SET state = 'queued', updated_at = %s WHERE state = 'in_flight'", (utc_now(),)
+            "UPDATE urls SET state = 'queued', updated_at = %s WHERE state = 'in_flight' AND NOT EXISTS"
+            " (SELECT 1 FROM hosts h WHERE h.host = urls.host AND h.lease_owner IS NOT NULL AND h.lease_until > now())",
+            (utc_now(),),
         )
 
     async def mark_killed_runs(self) -> int:
-        return await self._write("UPDATE runs SET outcome = 'killed' WHERE outcome = 'running'")
+        """Runs left 'running' whose heartbeat stopped more than a lease ago; live ones keep beating."""
+        return await self._write(
+            "UPDATE runs SET outcome = 'killed' WHERE outcome = 'running'"
+            " AND (heartbeat_at IS NULL OR heartbeat_at < now() - make_interval(secs => %s))",
+            (self.lease_seconds,),
+        )
 
     async def requeue_skipped(self, reason: str) -> int:
         return await self._write(
@@ -183,16 +207,24 @@ class PgStore(BatchedWrites):
         await self._conn.transaction(update)
 
     async def start_run(self, config_json: str, kind: str = "crawl") -> int:
-        sql = "INSERT INTO runs (started_at, config, kind) VALUES (%s, %s, %s) RETURNING id"
-        run_id = await self.scalar(sql, (utc_now(), config_json, kind))
+        sql = (
+            "INSERT INTO runs (started_at, config, kind, machine, pid, heartbeat_at, fetched)"
+            " VALUES (%s, %s, %s, %s, %s, now(), 0) RETURNING id"
+        )
+        run_id = await self.scalar(sql, (utc_now(), config_json, kind, socket.gethostname(), os.getpid()))
         self.run_id = int(run_id)
+        self.leases = HostLeases(self._conn, self.run_id, self.lease_seconds)
         return self.run_id
 
     async def finish_run(self, outcome: str, pages: int) -> None:
+        """Record the run's end, let go of its hosts, and mark runs whose heartbeat stopped as killed."""
+        if self.leases is not None:
+            await self.leases.release_all()
         await self._write(
-            "UPDATE runs SET finished_at = %s, outcome = %s, pages = %s WHERE id = %s",
+            "UPDATE runs SET finished_at = %s, outcome = %s, pages = %s, heartbeat_at = now() WHERE id = %s",
             (utc_now(), outcome, pages, self.run_id),
         )
+        await self.mark_killed_runs()
 
     # ---- recrawl passes (see crawler/recrawl.py) ---------------------------------------------
 
@@ -250,7 +282,14 @@ class PgStore(BatchedWrites):
                 self._unindexed = await self.index_pending(IDLE_INDEX) == IDLE_INDEX
             return []
         run_id = self.run_id
-        rows = await self._conn.transaction(lambda conn: self._writer.commit(conn, batch, run_id))
+        leases = self.leases
+
+        async def commit(conn: Conn) -> list[QueuedUrl]:
+            # Fenced: nothing is written for a host whose lease this run no longer holds.
+            fenced = batch if leases is None or not leases.fencing else await fence(conn, leases, batch)
+            return await self._writer.commit(conn, fenced, run_id)
+
+        rows = await self._conn.transaction(commit)
         self._unindexed = self._unindexed or bool(batch.pages)
         return rows
 
