@@ -118,6 +118,37 @@ def pid_exists(pid: int) -> bool:
     return True
 
 
+def status_of(
+    database: str,
+    backend: str,
+    now: datetime,
+    processes: list[Process],
+    states: dict[str, int],
+    *,
+    errors: int,
+    recent_seconds: float,
+    recent: int,
+    last_run: Run | None,
+) -> CrawlStatus:
+    """A snapshot from what either backend reads: processes, URL counts by state, errors, the recent pages."""
+    return CrawlStatus(
+        database=database,
+        backend=backend,
+        at=stamp(now),
+        processes=tuple(processes),
+        fetched=states.get("done", 0),
+        queued=states.get("queued", 0),
+        in_flight=states.get("in_flight", 0),
+        failed=states.get("failed", 0),
+        skipped=states.get("skipped", 0),
+        errors=errors,
+        recent_seconds=recent_seconds,
+        recent_pages=recent,
+        recent_pages_per_second=recent / recent_seconds if recent_seconds > 0 else 0.0,
+        last_run=last_run,
+    )
+
+
 def open_status(
     target: str | Path,
     *,
@@ -229,20 +260,15 @@ class SqliteStatus:
             " (julianday(coalesce(finished_at, started_at)) - julianday(started_at)) * 86400.0,"
             f" {kind} FROM runs ORDER BY id DESC LIMIT 1"
         ).fetchone()
-        return CrawlStatus(
-            database=str(self.path),
-            backend=self.backend,
-            at=stamp(now),
-            processes=tuple(processes),
-            fetched=states.get("done", 0),
-            queued=states.get("queued", 0),
-            in_flight=states.get("in_flight", 0),
-            failed=states.get("failed", 0),
-            skipped=states.get("skipped", 0),
+        return status_of(
+            str(self.path),
+            self.backend,
+            now,
+            processes,
+            states,
             errors=errors,
             recent_seconds=self._recent,
-            recent_pages=recent,
-            recent_pages_per_second=recent / self._recent if self._recent > 0 else 0.0,
+            recent=recent,
             last_run=Run(*last) if last is not None else None,
         )
 

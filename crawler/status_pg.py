@@ -14,7 +14,7 @@ from typing import Any
 from crawler.query.base import run_seconds
 from crawler.query.pg import connect_readonly
 from crawler.rows import Run
-from crawler.status import CrawlStatus, HeldHost, Process, parse_stamp, stamp
+from crawler.status import CrawlStatus, HeldHost, Process, parse_stamp, stamp, status_of
 from crawler.store.pg.connection import shown, translate
 
 try:
@@ -108,20 +108,15 @@ class PgStatus:
         if last:
             run_id, started_at, finished_at, outcome, pages, kind = last[0]
             last_run = Run(run_id, started_at, finished_at, outcome, pages, run_seconds(started_at, finished_at), kind)
-        return CrawlStatus(
-            database=self.location,
-            backend=self.backend,
-            at=stamp(now),
-            processes=tuple(processes),
-            fetched=states.get("done", 0),
-            queued=states.get("queued", 0),
-            in_flight=states.get("in_flight", 0),
-            failed=states.get("failed", 0),
-            skipped=states.get("skipped", 0),
+        return status_of(
+            self.location,
+            self.backend,
+            now,
+            processes,
+            states,
             errors=errors,
             recent_seconds=self._recent,
-            recent_pages=recent,
-            recent_pages_per_second=recent / self._recent if self._recent > 0 else 0.0,
+            recent=recent,
             last_run=last_run,
         )
 
