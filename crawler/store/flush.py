@@ -9,7 +9,7 @@ from operator import itemgetter
 
 from crawler.errors import SkipReason
 from crawler.store.batch import Batch
-from crawler.store.records import NewUrl, PageRecord, QueuedUrl, SitemapRecord, utc_now
+from crawler.store.records import NewUrl, PageRecord, QueuedUrl, SitemapRecord, unique_new_urls, utc_now
 
 # Links, new URLs and URL states go to SQLite as JSON arrays read back with json_each,
 # JSON_ROWS rows per statement, and executemany runs a batch's statements in one call: row by
@@ -141,13 +141,7 @@ class BatchWriter:
         """INSERT OR IGNORE lets SQLite decide what is new; RETURNING gives only the inserted rows."""
         if not urls:
             return []
-        # Dedupe inside the batch first: the same link often appears on many pages of one batch.
-        # A followed link outranks a nofollow one to the same URL.
-        unique: dict[str, NewUrl] = {}
-        for item in urls:
-            kept = unique.setdefault(item.url, item)
-            if kept.reason == SkipReason.NOFOLLOW and item.state == "queued":
-                unique[item.url] = item
+        unique = unique_new_urls(urls)
         promoted = self._promote(db, unique)
         # One JSON parameter keeps the SQL text fixed (a VALUES list sized to each batch would
         # make every batch a new prepared statement, and sqlite3's statement cache grow) and

@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from crawler.errors import SkipReason
+
 URL_STATES = ("queued", "in_flight", "done", "failed", "skipped")
 PAGE = "page"  # urls.kind of a page, and of a URL listed by a sitemap
 SITEMAP = "sitemap"  # urls.kind of a sitemap document: read for the URLs it lists, never stored as a page
@@ -106,3 +108,14 @@ class PageRecord:
     last_modified: str | None = None
     canonical: str | None = None  # <link rel=canonical>, absolute
     gone: bool = False  # a recrawl pass got 404 or 410 for a page it had stored
+
+
+def unique_new_urls(urls: list[NewUrl]) -> dict[str, NewUrl]:
+    """A batch's new URLs, one per URL: the same link often appears on many pages of one batch,
+    and a followed link outranks a nofollow one to the same URL."""
+    unique: dict[str, NewUrl] = {}
+    for item in urls:
+        kept = unique.setdefault(item.url, item)
+        if kept.reason == SkipReason.NOFOLLOW and item.state == "queued":
+            unique[item.url] = item
+    return unique

@@ -10,7 +10,7 @@ from crawler.errors import SkipReason
 from crawler.store.batch import Batch
 from crawler.store.flush import PAGE_COLUMNS
 from crawler.store.pg.connection import Conn
-from crawler.store.records import NewUrl, PageRecord, QueuedUrl, SitemapRecord, utc_now
+from crawler.store.records import NewUrl, PageRecord, QueuedUrl, SitemapRecord, unique_new_urls, utc_now
 
 # PostgreSQL text cannot hold NUL; a page may. Stored as U+FFFD, as an undecodable byte is.
 _NUL = str.maketrans({"\x00": "\ufffd"})
@@ -155,11 +155,7 @@ class PgBatchWriter:
         """ON CONFLICT DO NOTHING lets PostgreSQL decide what is new; RETURNING gives only the inserted rows."""
         if not urls:
             return []
-        unique: dict[str, NewUrl] = {}
-        for item in urls:
-            kept = unique.setdefault(item.url, item)
-            if kept.reason == SkipReason.NOFOLLOW and item.state == "queued":
-                unique[item.url] = item
+        unique = unique_new_urls(urls)
         promoted = await self._promote(cur, unique)
         await _copy(
             cur,
