@@ -8,12 +8,12 @@ from enum import Enum
 
 from crawler.config import Config
 from crawler.errors import ErrorKind, FetchError, ParseError, SkipReason
-from crawler.frontier import RecentUrls
 from crawler.http.fetcher import Fetcher, FetchResult
 from crawler.http.redirects import RedirectDecision, follow_redirects
 from crawler.parse import ParsedPage, is_html, robots_directives
 from crawler.parsepool import ParseJob, ParsePool
 from crawler.politeness import HostGate, Lease
+from crawler.recent import RecentUrls
 from crawler.recrawl import GONE_STATUSES, conditional
 from crawler.robots.policy import RobotsAccess, RobotsPolicy
 from crawler.robots.rules import product_token

@@ -1,6 +1,6 @@
-"""RecentUrls: the bounded memory that lets popular links skip re-insertion."""
+"""RecentUrls (crawler/recent.py): the bounded memory that lets popular links skip re-insertion."""
 
-from crawler.frontier import RecentUrls
+from crawler.recent import RecentUrls
 
 
 def test_first_sight_is_true_once_then_false() -> None:
