@@ -42,7 +42,7 @@ _PAGE_INSERT = (
 _NO_PAGE = (None,) * _PAGE_WIDTH
 
 
-class BatchWriter:
+class BatchCommit:
     """Commits batches inside the caller's transaction; only SQLite's thread calls it."""
 
     def __init__(self, *, nofollow_rows: bool = False) -> None:

@@ -15,7 +15,7 @@ from crawler.errors import SkipReason, StoreError
 from crawler.store.backend import HostLeasing, is_postgres_url
 from crawler.store.batch import Batch, BatchedWrites
 from crawler.store.connection import SqliteConnection
-from crawler.store.flush import BatchWriter, index_pending
+from crawler.store.flush import BatchCommit, index_pending
 from crawler.store.migrations import migrate
 from crawler.store.records import URL_STATES, QueuedUrl, StoredVersion, utc_now
 from crawler.store.schema import SCHEMA_VERSION
@@ -33,7 +33,7 @@ class Store(BatchedWrites):
         self.readonly = readonly
         self.batch = Batch()
         self.run_id: int | None = None
-        self._writer = BatchWriter()
+        self._commit = BatchCommit()
         self.pass_id: int | None = None  # the recrawl pass this run belongs to (see begin_pass)
         self.leases: HostLeasing | None = None  # one crawler per SQLite database: no host leases
 
@@ -81,7 +81,7 @@ class Store(BatchedWrites):
             return
         for target in range(version + 1, SCHEMA_VERSION + 1):
             await self._conn.transaction(partial(migrate, target=target))
-        self._writer.nofollow_rows = bool(
+        self._commit.nofollow_rows = bool(
             await self.scalar(
                 "SELECT EXISTS (SELECT 1 FROM urls WHERE state = 'skipped' AND reason = ?)", (SkipReason.NOFOLLOW,)
             )
@@ -290,8 +290,8 @@ class Store(BatchedWrites):
     def begin_pass(self, pass_id: int, *, keep_history: bool) -> None:
         """From now on this run belongs to pass_id: queued stored pages come with their version, and
         changes rows are keyed by the pass."""
-        self.pass_id = self._writer.pass_id = pass_id
-        self._writer.keep_history = keep_history
+        self.pass_id = self._commit.pass_id = pass_id
+        self._commit.keep_history = keep_history
 
     async def end_pass(self) -> None:
         await self._write("DELETE FROM meta WHERE key = 'recrawl_pass'")
@@ -323,7 +323,7 @@ class Store(BatchedWrites):
         if not len(batch):
             return []
         run_id = self.run_id
-        return await self._conn.transaction(lambda db: self._writer.commit(db, batch, run_id))
+        return await self._conn.transaction(lambda db: self._commit.commit(db, batch, run_id))
 
     async def index_pending(self, limit: int) -> int:
         """Move up to `limit` pages from search_pending into pages_fts in one transaction; returns how many."""

@@ -40,8 +40,8 @@ async def _copy(cur: Any, table: str, columns: str, types: Sequence[str], rows: 
             await copy.write_row(row)
 
 
-class PgBatchWriter:
-    """Commits batches inside the caller's transaction, as crawler/store/flush.py's BatchWriter does for SQLite."""
+class PgBatchCommit:
+    """Commits batches inside the caller's transaction, as crawler/store/flush.py's BatchCommit does for SQLite."""
 
     def __init__(self, *, nofollow_rows: bool = False) -> None:
         self.pass_id: int | None = None

@@ -12,7 +12,7 @@ from typing import Any
 from crawler.errors import SkipReason, StoreError
 from crawler.store.batch import Batch, BatchedWrites
 from crawler.store.pg.connection import Conn, PgConnection
-from crawler.store.pg.flush import PgBatchWriter, index_pending
+from crawler.store.pg.flush import PgBatchCommit, index_pending
 from crawler.store.pg.leases import HostLeases, fence
 from crawler.store.pg.schema import MIGRATIONS, SCHEMA_VERSION, TEMP_TABLES
 from crawler.store.records import URL_STATES, QueuedUrl, StoredVersion, utc_now
@@ -30,7 +30,7 @@ class PgStore(BatchedWrites):
         self.batch = Batch()
         self.run_id: int | None = None
         self.pass_id: int | None = None
-        self._writer = PgBatchWriter()
+        self._commit = PgBatchCommit()
         self._unindexed = True  # whether pages may wait for the search index
         self.lease_seconds = LEASE_SECONDS  # how long a host lease and a run's heartbeat last
         # Host leases, once start_run made this run's row: several crawlers share the database.
@@ -66,7 +66,7 @@ class PgStore(BatchedWrites):
         finally:
             await self._conn.run(lambda conn: conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,)))
         await self._conn.run(lambda conn: conn.execute(TEMP_TABLES))
-        self._writer.nofollow_rows = bool(
+        self._commit.nofollow_rows = bool(
             await self.scalar(
                 "SELECT EXISTS (SELECT 1 FROM urls WHERE state = 'skipped' AND reason = %s)", (SkipReason.NOFOLLOW,)
             )
@@ -256,8 +256,8 @@ class PgStore(BatchedWrites):
         return await self._conn.transaction(start)
 
     def begin_pass(self, pass_id: int, *, keep_history: bool) -> None:
-        self.pass_id = self._writer.pass_id = pass_id
-        self._writer.keep_history = keep_history
+        self.pass_id = self._commit.pass_id = pass_id
+        self._commit.keep_history = keep_history
 
     async def end_pass(self) -> None:
         await self._write("DELETE FROM meta WHERE key = 'recrawl_pass'")
@@ -287,7 +287,7 @@ class PgStore(BatchedWrites):
         async def commit(conn: Conn) -> list[QueuedUrl]:
             # Fenced: nothing is written for a host whose lease this run no longer holds.
             fenced = batch if leases is None or not leases.fencing else await fence(conn, leases, batch)
-            return await self._writer.commit(conn, fenced, run_id)
+            return await self._commit.commit(conn, fenced, run_id)
 
         rows = await self._conn.transaction(commit)
         self._unindexed = self._unindexed or bool(batch.pages)
