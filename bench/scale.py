@@ -40,6 +40,7 @@ REPO_ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(REPO_ROOT))  # tests.support (the throwaway PostgreSQL), as bench/fairness.py does
 
 import psycopg  # noqa: E402
+import sitegen  # noqa: E402
 from servers import NginxServer, find_nginx, pick_port  # noqa: E402
 from sitegen import Site, generate_site, multi_host_spec  # noqa: E402
 
@@ -368,6 +369,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--tolerance", type=float, default=0.005,
         help="seconds a start may come early against delay before it counts as a violation (nginx logs in ms)",
     )  # fmt: skip
+    parser.add_argument(
+        "--cross-host-links", type=float, default=None,
+        help="share of pages with a link to another host (sitegen's default when not given; 0: hosts never overlap)",
+    )  # fmt: skip
     parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite comparison row")
     parser.add_argument("--smoke", action="store_true", help="tiny: 10 hosts, 10 pages each, 1 and 2 processes")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (site, logs)")
@@ -413,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     try:
         with workspace(args.keep) as root:
+            if args.cross_host_links is not None:
+                sitegen.CROSS_HOST_PROBABILITY = args.cross_host_links
             spec = multi_host_spec(args.hosts, args.pages_per_host)
             site = generate_site(spec, root / "site", pick_port(spec.hosts))
             for path in (root / "site").rglob("*"):
