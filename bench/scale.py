@@ -1,0 +1,455 @@
+"""Scale benchmark: 1, 2, 4 and 8 crawler processes on one PostgreSQL crawl, each held to a fixed CPU share.
+
+    python bench/scale.py [--hosts 100] [--pages-per-host 100] [--procs 1,2,4,8] [--cpu 0.2]
+                          [--delay 0.02] [--per-host-concurrency 2] [--smoke]
+
+A generated site of `--hosts` hosts (127.0.0.2 …) is served by nginx, which logs every request
+with its end time ($msec) and duration ($request_time). A throwaway PostgreSQL cluster
+(tests/support/postgres.py) gets a fresh database per run. Each run starts N `python -m crawler
+crawl` processes on one config; each process (and its parse worker) sits in its own cgroup v1
+`cpu` child with cfs_quota_us/cfs_period_us = `--cpu`, so that N processes on a small machine
+behave like N small machines. One more run stores in SQLite with one process and the same cap.
+
+Printed per run: pages stored, wall time, pages/s, speed-up over one process, PostgreSQL CPU
+seconds per 1,000 pages (postmaster and backends, exited ones included through the
+postmaster's reaped-children times), the crawlers' CPU as a share of their cap, duplicates
+(page URLs nginx served more than once) and politeness violations (per host: more than
+per_host_concurrency requests in flight at once, or two starts closer than `delay`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+sys.path.insert(0, str(REPO_ROOT))  # tests.support (the throwaway PostgreSQL), as bench/fairness.py does
+
+import psycopg  # noqa: E402
+import sitegen  # noqa: E402
+from servers import NginxServer, find_nginx, pick_port  # noqa: E402
+from sitegen import Site, generate_site, multi_host_spec  # noqa: E402
+
+from tests.support.postgres import PostgresServer, PostgresUnavailable  # noqa: E402
+
+CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
+CFS_PERIOD_US = 100_000
+USER_AGENT = "crawler-bench/0.1 (+https://example.org/bench)"
+RUN_TIMEOUT = 600.0  # seconds one run may take before it is killed and reported as failed
+LOG_FORMAT = '$msec $request_time $server_addr $status "$request_uri"'
+
+
+# ---- CPU caps --------------------------------------------------------------------------------
+
+
+class CpuCaps:
+    """One cgroup v1 `cpu` child per crawler process, each with the same quota; removed on close."""
+
+    def __init__(self, cpu: float) -> None:
+        self.cpu = cpu
+        self.made: list[Path] = []
+        self.reason = ""  # why no cgroup could be made; empty when caps work
+        self.tag = f"crawler-scale-{os.getpid()}"
+        try:
+            probe = self.make()
+            self.remove(probe)
+        except OSError as exc:
+            self.reason = f"no cgroup can be made under {CGROUP_ROOT} ({exc.strerror or exc}): processes run UNCAPPED"
+
+    @property
+    def works(self) -> bool:
+        return not self.reason
+
+    def make(self) -> Path:
+        """A new cgroup child with the quota; its path."""
+        path = CGROUP_ROOT / f"{self.tag}-{len(self.made)}"
+        path.mkdir()
+        self.made.append(path)
+        (path / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+        (path / "cpu.cfs_quota_us").write_text(str(max(1000, round(self.cpu * CFS_PERIOD_US))))
+        return path
+
+    def throttled_seconds(self, path: Path) -> float:
+        """Time the group spent throttled so far (cpu.stat throttled_time, ns)."""
+        with contextlib.suppress(OSError, ValueError):
+            for line in (path / "cpu.stat").read_text().splitlines():
+                key, value = line.split()
+                if key == "throttled_time":
+                    return int(value) / 1e9
+        return 0.0
+
+    def remove(self, path: Path) -> None:
+        """rmdir the group, moving any process left in it back to the root first."""
+        with contextlib.suppress(OSError):
+            for pid in (path / "cgroup.procs").read_text().split():
+                with contextlib.suppress(OSError):
+                    (CGROUP_ROOT / "cgroup.procs").write_text(pid)
+        with contextlib.suppress(OSError):
+            path.rmdir()
+        if path in self.made:
+            self.made.remove(path)
+
+    def close(self) -> None:
+        for path in list(self.made):
+            self.remove(path)
+
+
+# ---- the server and the database ---------------------------------------------------------------
+
+
+class LoggingNginx(NginxServer):
+    """The bench's nginx, but logging every request with its end time and duration."""
+
+    def config_text(self) -> str:
+        log = f"  log_format scale '{LOG_FORMAT}';\n  access_log {self.workdir}/access.log scale;\n"
+        return super().config_text().replace("  access_log off;\n", log)
+
+
+def postgres_cpu_seconds(server: PostgresServer) -> float:
+    """CPU of the postmaster, its live children and every child it has reaped (exited backends)."""
+    pid = server.postmaster_pid()
+    if pid is None:
+        return 0.0
+    top = psutil.Process(pid)
+    t = top.cpu_times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for child in top.children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            c = child.cpu_times()
+            total += c.user + c.system
+    return total
+
+
+# ---- the log -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LogCheck:
+    requests: int
+    duplicates: int  # page URLs served more than once (extra fetches counted)
+    robots_fetches: int
+    overlap_violations: int  # requests that started with per_host_concurrency others in flight to the host
+    gap_violations: int  # starts closer than delay − tolerance to the previous start on the host
+    closest_gap: float
+
+
+def check_log(path: Path, per_host: int, delay: float, tolerance: float) -> LogCheck:
+    by_host: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
+    counts: collections.Counter[tuple[str, str]] = collections.Counter()
+    robots = requests = 0
+    for line in path.read_text().splitlines() if path.exists() else ():
+        msec, took, host, _status, uri = line.split(" ", 4)
+        end = float(msec)
+        by_host[host].append((end - float(took), end))
+        requests += 1
+        uri = uri.strip('"')
+        if uri == "/robots.txt":
+            robots += 1
+        else:
+            counts[host, uri] += 1
+    duplicates = sum(n - 1 for n in counts.values() if n > 1)
+    overlap = gaps = 0
+    closest = float("inf")
+    for spans in by_host.values():
+        spans.sort()
+        ends: list[float] = []
+        previous = None
+        for start, end in spans:
+            ends = [e for e in ends if e > start]  # nginx logs in ms: a request ending as the next starts is over
+            if len(ends) >= per_host:
+                overlap += 1
+            ends.append(end)
+            if previous is not None:
+                closest = min(closest, start - previous)
+                if start - previous < delay - tolerance:
+                    gaps += 1
+            previous = start
+    return LogCheck(requests, duplicates, robots, overlap, gaps, closest)
+
+
+# ---- one run -----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Result:
+    label: str
+    procs: int
+    pages: int
+    expected: int
+    wall: float
+    crawler_cpu: float
+    pg_cpu: float | None
+    throttled: float
+    log: LogCheck
+    failed: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.pages / self.wall if self.wall > 0 else 0.0
+
+
+def config_text(site: Site, args: argparse.Namespace, storage: str) -> str:
+    return (
+        "[crawl]\n"
+        f"seeds = {json.dumps(site.seeds)}\n"
+        "allowed_hosts = []\nmax_pages = 0\nmax_depth = 100\n"
+        "[politeness]\n"
+        f"user_agent = {json.dumps(USER_AGENT)}\n"
+        f"concurrency = {args.concurrency}\n"
+        f"per_host_concurrency = {args.per_host_concurrency}\n"
+        f"delay = {args.delay}\n"
+        "adaptive = false\nmax_delay = 1.0\n"
+        "[http]\nhttp2 = false\n"
+        f"[storage]\n{storage}"
+    )
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+    return env
+
+
+def run_crawlers(config: Path, procs: int, caps: CpuCaps, workdir: Path) -> tuple[float, float, float, str]:
+    """Start `procs` crawlers on one config, each in its own cgroup; wall, CPU, throttled seconds, failure."""
+    groups = [caps.make() for _ in range(procs)] if caps.works else []
+    children: list[subprocess.Popen[bytes]] = []
+    failure = ""
+    cpu = 0.0
+    try:
+        started = time.monotonic()
+        for i in range(procs):
+            join = str(groups[i] / "cgroup.procs") if groups else None
+
+            def enter_cgroup(target: str | None = join) -> None:
+                if target is not None:  # before exec, so the parse worker is born inside the cap too
+                    Path(target).write_text(str(os.getpid()))
+
+            err = open(workdir / f"crawler-{i}.err", "wb")  # noqa: SIM115 - handed to the child
+            with err:
+                children.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "crawler", "crawl", str(config), "-q"],
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=err,
+                        env=child_env(),
+                        cwd=workdir,
+                        preexec_fn=enter_cgroup,
+                    )
+                )
+        deadline = started + RUN_TIMEOUT
+        pending = {child.pid: child for child in children}
+        while pending:
+            pid, status, usage = os.wait4(-1, 0)
+            if pid not in pending:
+                continue
+            cpu += usage.ru_utime + usage.ru_stime
+            code = os.waitstatus_to_exitcode(status)
+            pending.pop(pid).returncode = code
+            if code != 0 and not failure:
+                index = next(i for i, c in enumerate(children) if c.pid == pid)
+                stderr = (workdir / f"crawler-{index}.err").read_text(errors="replace")
+                failure = f"crawler {index} exited {code}: {stderr[-400:]}"
+            if time.monotonic() > deadline:
+                failure = failure or "timed out"
+                for child in pending.values():
+                    child.kill()
+        wall = time.monotonic() - started
+        throttled = sum(caps.throttled_seconds(g) for g in groups)
+    finally:
+        for child in children:
+            if child.returncode is None:
+                child.kill()
+                child.wait()
+        for group in groups:
+            caps.remove(group)
+    return wall, cpu, throttled, failure
+
+
+def one_run(
+    label: str, procs: int, site: Site, args: argparse.Namespace, caps: CpuCaps, pg: PostgresServer | None, root: Path
+) -> Result:
+    workdir = root / label.replace(" ", "-")
+    workdir.mkdir()
+    nginx_binary = find_nginx()
+    assert nginx_binary is not None
+    server = LoggingNginx(site, workdir / "nginx", 1, nginx_binary)
+    server.start()
+    (workdir / "nginx" / "access.log").write_text("")  # drop the readiness probes (nginx appends)
+    try:
+        if pg is not None:
+            url = pg.create_database()
+            storage = f'url = "{url}"\nlease_seconds = 10\n'
+        else:
+            db = workdir / "crawl.db"
+            storage = f"path = {json.dumps(str(db))}\n"
+        config = workdir / "crawl.toml"
+        config.write_text(config_text(site, args, storage))
+        subprocess.run(["sync"], check=False)
+        pg_before = postgres_cpu_seconds(pg) if pg is not None else 0.0
+        wall, cpu, throttled, failure = run_crawlers(config, procs, caps, workdir)
+        pg_cpu = None
+        if pg is not None:
+            time.sleep(0.5)  # the backends of exited crawlers exit and are reaped
+            pg_cpu = postgres_cpu_seconds(pg) - pg_before
+            with psycopg.connect(url) as conn:
+                pages = int(conn.execute("SELECT count(*) FROM pages").fetchone()[0])  # type: ignore[index]
+        else:
+            import sqlite3
+
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                pages = int(conn.execute("SELECT count(*) FROM pages").fetchone()[0])
+    finally:
+        server.stop()
+    log = check_log(workdir / "nginx" / "access.log", args.per_host_concurrency, args.delay, args.tolerance)
+    if not failure and pages != site.expected_pages:
+        failure = f"stored {pages} of {site.expected_pages} pages"
+    return Result(label, procs, pages, site.expected_pages, wall, cpu, pg_cpu, throttled, log, failure)
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+
+def table(results: list[Result], args: argparse.Namespace, cap_note: str) -> str:
+    base = next((r for r in results if r.label == "postgresql 1"), None)
+    sqlite = next((r for r in results if r.label.startswith("sqlite")), None)
+    head = (
+        "| store | processes | pages stored | wall s | pages/s | speed-up | PG CPU s / 1,000 pages "
+        "| crawler CPU s / 1,000 pages | crawler CPU % of cap | throttled s | duplicates | violations (overlap / gap) "
+        "| robots.txt fetches | closest gap ms |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    rows = []
+    for r in results:
+        speed = f"{r.rate / base.rate:.2f}×" if base and base.rate and r.label.startswith("postgresql") else "–"
+        pg = f"{r.pg_cpu / r.pages * 1000:.2f}" if r.pg_cpu is not None and r.pages else "–"
+        own = f"{r.crawler_cpu / r.pages * 1000:.2f}" if r.pages else "–"
+        share = f"{100 * r.crawler_cpu / (r.procs * args.cpu * r.wall):.0f}" if r.wall else "–"
+        gap = f"{r.log.closest_gap * 1000:.0f}" if r.log.closest_gap != float("inf") else "–"
+        rows.append(
+            f"| {r.label.split()[0]} | {r.procs} | {r.pages:,}/{r.expected:,}{' FAILED' if r.failed else ''} "
+            f"| {r.wall:.1f} | {r.rate:,.0f} | {speed} | {pg} | {own} | {share} | {r.throttled:.1f} "
+            f"| {r.log.duplicates} | {r.log.overlap_violations} / {r.log.gap_violations} "
+            f"| {r.log.robots_fetches} | {gap} |"
+        )
+    lines = [cap_note, "", head + "\n".join(rows)]
+    if base and sqlite and sqlite.rate:
+        lines.append(f"\nPostgreSQL, 1 process ÷ SQLite, 1 process: {base.rate / sqlite.rate:.2f}× (goal ≥ 0.8×)")
+    for r in results:
+        if r.failed:
+            lines.append(f"\n{r.label}: FAILED: {r.failed.strip()}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=100)
+    parser.add_argument("--pages-per-host", type=int, default=100)
+    parser.add_argument("--procs", default="1,2,4,8", help="comma-separated process counts")
+    parser.add_argument("--cpu", type=float, default=0.2, help="CPU share of each crawler process (cgroup quota)")
+    parser.add_argument("--delay", type=float, default=0.02, help="politeness.delay, seconds between starts per host")
+    parser.add_argument("--per-host-concurrency", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=32, help="politeness.concurrency of each process")
+    parser.add_argument(
+        "--tolerance", type=float, default=0.005,
+        help="seconds a start may come early against delay before it counts as a violation (nginx logs in ms)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cross-host-links", type=float, default=None,
+        help="share of pages with a link to another host (sitegen's default when not given; 0: hosts never overlap)",
+    )  # fmt: skip
+    parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite comparison row")
+    parser.add_argument("--smoke", action="store_true", help="tiny: 10 hosts, 10 pages each, 1 and 2 processes")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (site, logs)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.hosts, args.pages_per_host, args.procs = 10, 10, "1,2"
+    args.proc_counts = [int(p) for p in args.procs.split(",") if p.strip()]
+    return args
+
+
+@contextlib.contextmanager
+def workspace(keep: bool) -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="crawler-scale-"))
+    root.chmod(0o755)  # nginx workers run as nobody when started by root
+    try:
+        yield root
+    finally:
+        if keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if find_nginx() is None:
+        print("nginx is not installed (bash bench/setup.sh): the scale bench needs its access log", file=sys.stderr)
+        return 2
+    caps = CpuCaps(args.cpu)
+    cap_note = (
+        f"each crawler process capped at {args.cpu:g} CPU (cgroup v1 cpu quota {round(args.cpu * CFS_PERIOD_US)}"
+        f"/{CFS_PERIOD_US} µs); PostgreSQL and nginx uncapped"
+        if caps.works
+        else f"UNCAPPED: {caps.reason}"
+    )
+    print(cap_note, flush=True)
+    try:
+        pg = PostgresServer.start()
+    except PostgresUnavailable as exc:
+        print(f"no PostgreSQL: {exc}", file=sys.stderr)
+        caps.close()
+        return 2
+    results: list[Result] = []
+    try:
+        with workspace(args.keep) as root:
+            if args.cross_host_links is not None:
+                sitegen.CROSS_HOST_PROBABILITY = args.cross_host_links
+            spec = multi_host_spec(args.hosts, args.pages_per_host)
+            site = generate_site(spec, root / "site", pick_port(spec.hosts))
+            for path in (root / "site").rglob("*"):
+                path.chmod(0o755 if path.is_dir() else 0o644)
+            (root / "site").chmod(0o755)
+            print(
+                f"site: {args.hosts} hosts × {args.pages_per_host} pages, nginx, delay {args.delay:g} s, "
+                f"per_host_concurrency {args.per_host_concurrency}, concurrency {args.concurrency} per process; "
+                f"{psutil.cpu_count()} cores",
+                flush=True,
+            )
+            plan: list[tuple[str, int, PostgresServer | None]] = [(f"postgresql {n}", n, pg) for n in args.proc_counts]
+            if not args.no_sqlite:
+                plan.append(("sqlite 1", 1, None))
+            for label, n, store in plan:
+                result = one_run(label, n, site, args, caps, store, root)
+                results.append(result)
+                print(
+                    f"{label:>13}: {result.pages}/{result.expected} pages in {result.wall:.1f} s "
+                    f"({result.rate:,.0f} pages/s){' FAILED: ' + result.failed if result.failed else ''}",
+                    flush=True,
+                )
+    finally:
+        caps.close()
+        pg.stop()
+    print()
+    print(table(results, args, cap_note))
+    bad = any(r.failed for r in results)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
