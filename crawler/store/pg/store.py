@@ -19,7 +19,10 @@ from crawler.store.records import URL_STATES, QueuedUrl, StoredVersion, utc_now
 
 IDLE_INDEX = 200  # pages indexed by a flush that finds its batch empty (the writer is idle)
 MIGRATION_LOCK = 0x6372776D  # the advisory lock migrations take turns on ('crwm')
+FLUSH_LOCK = 0x63727766  # the advisory lock the flushes of several crawlers take turns on ('crwf')
 LEASE_SECONDS = 60.0  # storage.lease_seconds's default
+FLUSH_ATTEMPTS = 5  # a flush another crawler's flush deadlocked with is written again, this often at most
+_RETRYABLE = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
 
 
 class PgStore(BatchedWrites):
@@ -285,11 +288,23 @@ class PgStore(BatchedWrites):
         leases = self.leases
 
         async def commit(conn: Conn) -> list[QueuedUrl]:
+            if leases is not None:
+                # Crawlers that find the same URLs insert them in their own orders; taking turns
+                # on the whole flush (the lock ends with the transaction) keeps them from deadlocking.
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (FLUSH_LOCK,))
             # Fenced: nothing is written for a host whose lease this run no longer holds.
             fenced = batch if leases is None or not leases.fencing else await fence(conn, leases, batch)
             return await self._commit.commit(conn, fenced, run_id)
 
-        rows = await self._conn.transaction(commit)
+        for attempt in range(1, FLUSH_ATTEMPTS + 1):
+            try:
+                rows = await self._conn.transaction(commit)
+                break
+            except StoreError as exc:
+                # Another crawler's flush won a deadlock: the whole transaction was rolled back, so
+                # the same batch is written again.
+                if attempt == FLUSH_ATTEMPTS or getattr(exc.__cause__, "sqlstate", None) not in _RETRYABLE:
+                    raise
         self._unindexed = self._unindexed or bool(batch.pages)
         return rows
 
