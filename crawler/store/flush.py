@@ -183,7 +183,12 @@ class BatchCommit:
                 (chunk, now),
             ).fetchall()
             rows.extend(QueuedUrl(r[0], r[1], r[2], r[3], r[5]) for r in returned if r[4] == "queued")
-        dated = [(u.url, u.lastmod) for u in urls if u.lastmod is not None]
+        # The newest lastmod per URL: an UPDATE … FROM with one URL twice would take either.
+        newest: dict[str, str] = {}
+        for u in urls:
+            if u.lastmod is not None and u.lastmod > newest.get(u.url, ""):
+                newest[u.url] = u.lastmod
+        dated = list(newest.items())
         if dated:
             db.executemany(
                 "UPDATE urls SET lastmod = j.lastmod"

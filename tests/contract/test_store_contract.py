@@ -350,6 +350,22 @@ async def test_sitemap_rows_listed_urls_and_the_newest_lastmod(store: Backend) -
     for lastmod in ("2024-05-01T00:00:00.000Z", "2023-01-01T00:00:00.000Z"):  # the older one does not win
         store.add_listed_urls([NewUrl("http://a.test/page", HOST, 1, sitemap.id, source="sitemap", lastmod=lastmod)])
         assert await store.flush() == []
+    # One batch listing a URL twice: the newer lastmod wins whatever the order.
+    store.add_listed_urls([
+        NewUrl("http://a.test/twice", HOST, 1, sitemap.id, source="sitemap", lastmod="2021-03-03T00:00:00.000Z"),
+        NewUrl("http://a.test/twice", HOST, 1, sitemap.id, source="sitemap", lastmod="2021-01-01T00:00:00.000Z"),
+    ])  # fmt: skip
+    store.add_urls([NewUrl("http://a.test/known", HOST, 3)])
+    await store.flush()
+    store.add_listed_urls([
+        NewUrl("http://a.test/known", HOST, 1, sitemap.id, source="sitemap", lastmod="2021-01-01T00:00:00.000Z"),
+        NewUrl("http://a.test/known", HOST, 1, sitemap.id, source="sitemap", lastmod="2021-03-03T00:00:00.000Z"),
+        NewUrl("http://a.test/known", HOST, 1, sitemap.id, source="sitemap", lastmod="2021-02-02T00:00:00.000Z"),
+    ])  # fmt: skip
+    await store.flush()
+    assert await sql(store, "SELECT url, lastmod FROM urls WHERE url IN (?, ?) ORDER BY url", (
+        "http://a.test/known", "http://a.test/twice"
+    )) == [("http://a.test/known", "2021-03-03T00:00:00.000Z"), ("http://a.test/twice", "2021-03-03T00:00:00.000Z")]
     store.add_listed_urls(
         [NewUrl("http://a.test/listed", HOST, 1, sitemap.id, source="sitemap", lastmod="2022-02-02T00:00:00.000Z")]
     )
@@ -362,6 +378,9 @@ async def test_sitemap_rows_listed_urls_and_the_newest_lastmod(store: Backend) -
         ("http://a.test/", 0, "page", None, None),
         ("http://a.test/sitemap.xml", 1, "sitemap", "robots", None),
         ("http://a.test/page", 3, "page", None, "2024-05-01T00:00:00.000Z"),
+        # A flush inserts the links' URLs before the listed ones.
+        ("http://a.test/known", 3, "page", None, "2021-03-03T00:00:00.000Z"),
+        ("http://a.test/twice", 1, "page", "sitemap", "2021-03-03T00:00:00.000Z"),
         ("http://a.test/listed", 1, "page", "sitemap", "2022-02-02T00:00:00.000Z"),
     ]
     assert await sql(store, "SELECT url, url_id, parent, status, urls, error FROM sitemaps") == [
