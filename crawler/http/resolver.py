@@ -1,4 +1,5 @@
-"""A bounded DNS cache over an injected resolver: one lookup per host per TTL, shared by concurrent connects."""
+"""Reaching a host: a bounded DNS cache over an injected resolver (one lookup per host per TTL, shared
+by concurrent connects), and racing the addresses it gives (happy eyeballs, RFC 8305)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import ipaddress
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
+
+import aiohappyeyeballs
 
 # A resolver: a host name → its addresses as text ("192.0.2.1", "2001:db8::1"), in the order to try them.
 Resolve = Callable[[str], Awaitable[Sequence[str]]]
@@ -33,6 +36,14 @@ def addr_infos(addresses: Sequence[str], port: int) -> list[AddrInfo]:
         else:
             infos.append((socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port)))
     return infos
+
+
+async def open_socket(dns: DnsCache, host: str, port: int, *, happy_eyeballs_delay: float) -> socket.socket:
+    """A socket connected to host:port: its addresses looked up (cached), then raced, interleaving families."""
+    addresses = await dns.lookup(host)
+    return await aiohappyeyeballs.start_connection(
+        addr_infos(addresses, port), happy_eyeballs_delay=happy_eyeballs_delay, interleave=1
+    )
 
 
 def is_ip(host: str) -> bool:

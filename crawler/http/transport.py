@@ -15,12 +15,11 @@ import os
 import time
 from collections.abc import AsyncIterator
 
-import aiohappyeyeballs
 import httptools
 import httpx
 
 from crawler.http.proxies import ProxyError, ProxyRules, basic_credentials
-from crawler.http.resolver import DnsCache, addr_infos
+from crawler.http.resolver import DnsCache, open_socket
 
 # Above this many unread body bytes a connection stops reading from its socket until the
 # reader catches up, so a fast server cannot fill memory faster than the crawl reads.
@@ -412,10 +411,7 @@ class H1Transport(httpx.AsyncBaseTransport):
     async def _connect(self, conn: _Connection, origin: _Origin) -> None:
         """Look the host up (cached), race its addresses (happy eyeballs), and hand the winner to conn."""
         host, port, _ = origin
-        addresses = await self._dns.lookup(host)
-        sock = await aiohappyeyeballs.start_connection(
-            addr_infos(addresses, port), happy_eyeballs_delay=self._happy_eyeballs_delay, interleave=1
-        )
+        sock = await open_socket(self._dns, host, port, happy_eyeballs_delay=self._happy_eyeballs_delay)
         try:
             await asyncio.get_running_loop().create_connection(lambda: conn, sock=sock)
         except BaseException:
