@@ -7,6 +7,7 @@ raw (we decode it, bounded), redirects are ours, and pyreqwest's exceptions beco
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -20,6 +21,7 @@ from pyreqwest.response import Response
 
 from crawler.config import HttpConfig
 from crawler.http.proxies import ProxyError, connect_answer
+from crawler.http.rawhead import read_head, tls_context
 from crawler.http.reqwest_clients import HttpsClients, Pin
 from crawler.http.transport import MAX_HEAD_BYTES, ResponseError
 
@@ -102,6 +104,7 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
     def __init__(self, clients: Client | HttpsClients[Client], http: HttpConfig) -> None:
         self._clients = clients if isinstance(clients, HttpsClients) else HttpsClients.single(clients)
         self._http = http
+        self._raw_tls: ssl.SSLContext | None = None  # rawhead's, made when first needed
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         # hyper writes Host (or :authority) from the URL itself; httpx's would be a second one.
@@ -121,6 +124,9 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
             # hyper's own bound on a head is far looser than the one our HTTP/1.1 transport keeps.
             if sum(len(name) + len(value) + 4 for name, value in head) > MAX_HEAD_BYTES:
                 raise ResponseError(f"malformed response: status line and headers above {MAX_HEAD_BYTES:,} bytes")
+        except _UnreadableLocation:
+            await streamed.__aexit__(None, None, None)
+            return await self._redirect_read_as_bytes(request)
         except BaseException:
             await streamed.__aexit__(None, None, None)
             raise
@@ -131,6 +137,26 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
             request=request,
             extensions={"http_version": _HTTP_VERSIONS.get(response.version, response.version.encode("ascii"))},
         )
+
+    async def _redirect_read_as_bytes(self, request: httpx.Request) -> httpx.Response:
+        """A redirect whose Location pyreqwest cannot hand over: the request sent again through rawhead,
+        whose answer keeps the header's bytes (redirects.py then reads them as plain http's are read)."""
+        if self._raw_tls is None:
+            ca_bundle = self._http.ca_bundle
+            self._raw_tls = tls_context(str(ca_bundle) if ca_bundle is not None else None)
+        http = self._http
+        head = await read_head(
+            request,
+            target=request.extensions.get("target") or request.url.raw_path,
+            dns=self._clients.dns,
+            context=self._raw_tls,
+            proxy=self._clients.proxy_for(request.url),
+            timeout=http.connect_timeout + http.read_timeout,
+        )
+        if head.status not in _REDIRECTS or not any(name.lower() == b"location" for name, _ in head.headers):
+            raise ResponseError(_UNREADABLE, request=request)  # a second answer unlike the first
+        version = {"http_version": b"HTTP/1.1"}
+        return httpx.Response(head.status, headers=head.headers, content=b"", request=request, extensions=version)
 
     async def _failure(self, exc: rq.PyreqwestError, request: httpx.Request) -> httpx.HTTPError:
         """_translate's answer; a proxy that refused a tunnel is asked again, for the answer hyper drops."""
@@ -224,7 +250,8 @@ class _Body(httpx.AsyncByteStream):
 
 def _headers(response: Response) -> list[tuple[str, str]]:
     """The response headers in order. pyreqwest hands out only values of visible ASCII: a header
-    holding other bytes is dropped, except a Location, without which a redirect would be misread."""
+    holding other bytes is dropped, except a Location, without which a redirect would be misread:
+    that raises _UnreadableLocation."""
     try:
         return list(response.headers.items())
     except ValueError:
@@ -235,8 +262,16 @@ def _headers(response: Response) -> list[tuple[str, str]]:
             headers.extend((name, value) for value in response.headers.getall(name))
         except ValueError:
             if name == "location":
-                raise ResponseError("malformed response: a Location header of non-ASCII bytes") from None
+                raise _UnreadableLocation(_UNREADABLE) from None
     return headers
+
+
+_UNREADABLE = "malformed response: a Location header of non-ASCII bytes"
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class _UnreadableLocation(ResponseError):
+    """A Location header of bytes pyreqwest cannot hand over as text."""
 
 
 _UNTOLD = "(its answer to CONNECT was not 2xx)"

@@ -83,6 +83,10 @@ class PinnedClients(Generic[C]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def dns(self) -> DnsCache:
+        return self._dns
+
     def pinned(self, host: str, port: int) -> str | None:
         """The address host's client connects to (None: no client yet, or an IP-literal host)."""
         entry = self._entries.get((host, port))
@@ -184,6 +188,7 @@ class HttpsClients(Generic[C]):
         self._through = through
         self._proxied: dict[httpx.URL, C] = {}
         self._single = single
+        self.dns = pinned.dns if pinned is not None else DnsCache()  # where the hosts' addresses are looked up
 
     @classmethod
     def single(cls, client: C) -> HttpsClients[C]:
