@@ -21,6 +21,7 @@ from crawler.config import HttpConfig
 from crawler.errors import ErrorKind, FetchError
 from crawler.http.decoding import ACCEPT_ENCODING
 from crawler.http.fetcher import Fetcher, FetchResult
+from crawler.http.redirects import follow_redirects
 from tests.crawlkit import crawl, make_config, rows
 from tests.support.matrix_servers import (
     ETAG,
@@ -314,6 +315,23 @@ async def test_oversized_header_is_a_clear_error(target: Target, refusal: re.Pat
     error = await fetch_error(target, "/big-header")
     assert error.kind is ErrorKind.PROTOCOL
     assert refusal.search(error.message), error.message
+
+
+@pytest.mark.parametrize(
+    ("target", "path"),
+    [
+        pytest.param(target, path, id=f"{target}-{path.strip('/')}")
+        for target in ("raw-http", "raw-https")
+        for path in ("/location-utf8", "/location-latin1")
+    ],
+    indirect=["target"],
+)
+async def test_a_non_ascii_location_is_followed_percent_encoded(target: Target, path: str) -> None:
+    """A Location of raw UTF-8 or Latin-1 bytes (pyreqwest hands out no such header on https: read again as bytes)."""
+    async with crawl_fetcher(target) as fetcher:
+        result = await asyncio.wait_for(follow_redirects(fetcher, target.url(path), OpenGate()), DEADLINE)
+    assert (result.status, result.body) == (200, PAGE)
+    assert [(hop["status"], hop["location"]) for hop in result.redirects] == [(302, target.url("/caf%C3%A9"))]
 
 
 # --------------------------------------------------------------------------- a whole crawl

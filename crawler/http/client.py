@@ -11,38 +11,51 @@ from http.cookiejar import CookieJar
 from typing import Any
 
 import httpx
+from pyreqwest.client import Client
 
 from crawler.config import HttpConfig
-from crawler.http.proxies import ProxyRules, tunnel_failure
+from crawler.http.proxies import ProxyRules
 from crawler.http.reqwest import ReqwestTransport, build_client
-from crawler.http.transport import H1Transport
+from crawler.http.reqwest_clients import HttpsClients, Pin, PinnedClients
+from crawler.http.resolver import DnsCache
+from crawler.http.transport import HAPPY_EYEBALLS_DELAY, H1Transport
 
 
 def build_transport(
-    http: HttpConfig, limits: httpx.Limits, *, environ: Mapping[str, str] = os.environ
+    http: HttpConfig,
+    limits: httpx.Limits,
+    *,
+    environ: Mapping[str, str] = os.environ,
+    dns: DnsCache | None = None,
+    happy_eyeballs_delay: float = HAPPY_EYEBALLS_DELAY,
 ) -> httpx.AsyncBaseTransport:
     """Our HTTP/1.1 transport for plain http (the fast path), pyreqwest (HTTP/2 by ALPN) for https.
 
     environ: where HTTP_PROXY and the like are read, unless http.proxy names the proxy or http.trust_env is off.
+    dns: the DNS cache both schemes look hosts up in (one is made when none is given).
     """
-    verify: ssl.SSLContext | bool = True
     if http.ca_bundle is not None:
         # Read here so that a bad bundle fails the start rather than every https page.
-        verify = ssl.create_default_context(cafile=str(http.ca_bundle))
+        ssl.create_default_context(cafile=str(http.ca_bundle))
     proxies = ProxyRules.from_config(http, environ)
+    dns = dns if dns is not None else DnsCache()
     max_connections = limits.max_connections
 
-    def tunnel(proxy: httpx.URL) -> httpx.AsyncBaseTransport:
-        # https through an http:// proxy: httpcore tunnels it with CONNECT.
-        return httpx.AsyncHTTPTransport(
-            http2=http.http2, limits=limits, retries=0, verify=verify, proxy=httpx.Proxy(proxy)
+    def tls() -> httpx.AsyncBaseTransport:
+        def pinned(pin: Pin | None) -> Client:
+            return build_client(http, max_connections=max_connections, pin=pin)
+
+        def through(proxy: httpx.URL) -> Client:
+            return build_client(http, max_connections=max_connections, proxy=proxy)
+
+        clients = PinnedClients(
+            pinned, dns, happy_eyeballs_delay=happy_eyeballs_delay, connect_timeout=http.connect_timeout
         )
+        return ReqwestTransport(HttpsClients(clients, proxies=proxies, through=through), http)
 
     return SchemeRouter(
-        plain=H1Transport(limits=limits, proxies=proxies),
-        tls=lambda: ReqwestTransport(build_client(http, max_connections=max_connections), http),
-        tunnel=tunnel if proxies.any else None,
-        proxies=proxies,
+        plain=H1Transport(limits=limits, proxies=proxies, dns=dns, happy_eyeballs_delay=happy_eyeballs_delay),
+        tls=tls,
     )
 
 
@@ -50,56 +63,26 @@ class SchemeRouter(httpx.AsyncBaseTransport):
     """Sends http:// requests through one transport and https:// through another, made on the
     first https:// request: its TLS client (root certificates, a Tokio runtime) slows every
     start, which a plain-http crawl need not pay for.
-
-    With proxies, an https:// request that ProxyRules sends through a proxy goes through
-    tunnel(proxy) instead, one transport per proxy, and a failure at the proxy is a ProxyError.
     """
 
-    def __init__(
-        self,
-        *,
-        plain: httpx.AsyncBaseTransport,
-        tls: Callable[[], httpx.AsyncBaseTransport],
-        tunnel: Callable[[httpx.URL], httpx.AsyncBaseTransport] | None = None,
-        proxies: ProxyRules | None = None,
-    ) -> None:
+    def __init__(self, *, plain: httpx.AsyncBaseTransport, tls: Callable[[], httpx.AsyncBaseTransport]) -> None:
         self._plain = plain
         # Only plain http requests are ever sent by origin and target (see CrawlClient).
         self.honours_target: bool = getattr(plain, "honours_target", False)
         self._make_tls = tls
         self._tls: httpx.AsyncBaseTransport | None = None
-        self._make_tunnel = tunnel
-        self._proxies = proxies if tunnel is not None and proxies is not None and proxies.any else None
-        self._tunnels: dict[httpx.URL, httpx.AsyncBaseTransport] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.scheme != "https":
             return await self._plain.handle_async_request(request)
-        proxy = self._proxies.for_url(request.url) if self._proxies is not None else None
-        if proxy is not None:
-            return await self._through(proxy, request)
         if self._tls is None:
             self._tls = self._make_tls()
         return await self._tls.handle_async_request(request)
 
-    async def _through(self, proxy: httpx.URL, request: httpx.Request) -> httpx.Response:
-        tunnel = self._tunnels.get(proxy)
-        if tunnel is None:
-            assert self._make_tunnel is not None
-            tunnel = self._tunnels[proxy] = self._make_tunnel(proxy)
-        try:
-            return await tunnel.handle_async_request(request)
-        except httpx.TransportError as exc:
-            failure = tunnel_failure(exc, proxy)
-            if failure is None:
-                raise
-            raise failure from exc
-
     async def aclose(self) -> None:
         await self._plain.aclose()
-        for transport in (self._tls, *self._tunnels.values()):
-            if transport is not None:
-                await transport.aclose()
+        if self._tls is not None:
+            await self._tls.aclose()
 
 
 class _SetCookiesOnly(httpx.Cookies):

@@ -10,12 +10,12 @@ list of hosts, domain suffixes, `*`, host:port pairs, IP addresses and CIDR netw
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import ipaddress
 import os
 import re
-import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -41,29 +41,30 @@ class ProxyError(httpx.ProxyError):
         self.status = status  # the proxy's own answer (407, 502 to a CONNECT, ...), when there was one
 
 
-def tunnel_failure(exc: httpx.TransportError, proxy: httpx.URL) -> ProxyError | None:
-    """The ProxyError an https request through proxy failed with, or None when the failure lies past the proxy."""
-    where = f"{proxy.host}:{proxy.port or 80}"
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, httpx.ProxyError):  # httpcore's: the proxy answered CONNECT with "407 Proxy Auth..."
-        code = text.split(" ", 1)[0]
-        status = int(code) if code.isdigit() else None
-        return ProxyError(f"the proxy {where} refused the tunnel: {text}", status=status)
-    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)) and not _tls_failure(exc):
-        return ProxyError(f"cannot connect to the proxy {where}: {text}")
-    return None
-
-
-def _tls_failure(exc: BaseException) -> bool:
-    """Whether a TLS handshake failed behind exc: the site's certificate, not the proxy."""
-    seen: BaseException | None = exc
-    for _ in range(10):
-        if seen is None:
-            return False
-        if isinstance(seen, ssl.SSLError) or any(isinstance(arg, ssl.SSLError) for arg in seen.args):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+async def connect_answer(proxy: httpx.URL, target: str, timeout: float) -> str | None:
+    """What proxy answers a CONNECT to target ("host:port") with, as "502 Bad Gateway", or None when
+    it cannot be told or was a 2xx: asked again after a tunnel failed, whose answer hyper does not keep."""
+    credentials = basic_credentials(proxy)
+    request = b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (
+        target.encode("ascii"),
+        target.encode("ascii"),
+        b"Proxy-Authorization: %s\r\n" % credentials if credentials else b"",
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(proxy.host, proxy.port or 80)
+            try:
+                writer.write(request)
+                line = await reader.readline()
+            finally:
+                writer.close()
+    except (OSError, TimeoutError, UnicodeError):
+        return None
+    version, _, answer = line.decode("latin-1").strip().partition(" ")
+    code = answer[:3]
+    if not version.startswith("HTTP/") or not code.isdigit() or code.startswith("2"):
+        return None
+    return answer
 
 
 def proxy_problem(url: str) -> str | None:

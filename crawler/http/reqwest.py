@@ -7,6 +7,7 @@ raw (we decode it, bounded), redirects are ours, and pyreqwest's exceptions beco
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -14,10 +15,14 @@ from typing import Any
 import httpx
 from pyreqwest import exceptions as rq
 from pyreqwest.client import Client, ClientBuilder
+from pyreqwest.proxy import ProxyBuilder
 from pyreqwest.request import StreamRequest
 from pyreqwest.response import Response
 
 from crawler.config import HttpConfig
+from crawler.http.proxies import ProxyError, connect_answer
+from crawler.http.rawhead import read_head, tls_context
+from crawler.http.reqwest_clients import HttpsClients, Pin
 from crawler.http.transport import MAX_HEAD_BYTES, ResponseError
 
 _HTTP_VERSIONS = {"HTTP/2.0": b"HTTP/2", "HTTP/1.1": b"HTTP/1.1", "HTTP/1.0": b"HTTP/1.0", "HTTP/3.0": b"HTTP/3"}
@@ -50,8 +55,14 @@ class TLSError(httpx.ConnectError):
     """A TLS handshake that failed (untrusted certificate, not TLS at all, no common protocol)."""
 
 
-def build_client(http: HttpConfig, *, max_connections: int | None) -> Client:
-    """The pyreqwest client of the crawl's https requests, built once."""
+def build_client(
+    http: HttpConfig, *, max_connections: int | None, pin: Pin | None = None, proxy: httpx.URL | None = None
+) -> Client:
+    """A pyreqwest client for the crawl's https requests, with every HttpConfig option that applies.
+
+    pin: connect to pin.address whenever pin.host is asked for (TLS still checks pin.host);
+    proxy: tunnel every request through this http:// proxy with CONNECT, its credentials as Basic auth.
+    """
     builder = (
         ClientBuilder()
         .http2(http.http2)  # offered by ALPN; a server that only speaks HTTP/1.1 gets HTTP/1.1
@@ -71,20 +82,35 @@ def build_client(http: HttpConfig, *, max_connections: int | None) -> Client:
         builder = builder.pool_max_idle_per_host(max_connections)
     if http.ca_bundle is not None:
         builder = builder.add_root_certificate_pem(http.ca_bundle.read_bytes())
+    if pin is not None:
+        builder = builder.resolve(pin.host, pin.address, pin.port)
+    if proxy is not None:
+        builder = builder.proxy(_proxy(proxy))
     return builder.build()
 
 
-class ReqwestTransport(httpx.AsyncBaseTransport):
-    """httpx requests sent through one pyreqwest Client; the response body streams raw."""
+def _proxy(url: httpx.URL) -> ProxyBuilder:
+    port = f":{url.port}" if url.port is not None else ""
+    proxy = ProxyBuilder.https(f"http://{url.raw_host.decode('ascii')}{port}")
+    if url.username or url.password:
+        proxy = proxy.basic_auth(url.username, url.password)  # httpx has percent-decoded them
+    return proxy
 
-    def __init__(self, client: Client, http: HttpConfig) -> None:
-        self._client = client
+
+class ReqwestTransport(httpx.AsyncBaseTransport):
+    """httpx requests sent through pyreqwest: the client HttpsClients chooses per URL (or one client
+    for every request); the response body streams raw."""
+
+    def __init__(self, clients: Client | HttpsClients[Client], http: HttpConfig) -> None:
+        self._clients = clients if isinstance(clients, HttpsClients) else HttpsClients.single(clients)
         self._http = http
+        self._raw_tls: ssl.SSLContext | None = None  # rawhead's, made when first needed
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         # hyper writes Host (or :authority) from the URL itself; httpx's would be a second one.
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw if k.lower() != b"host"]
-        builder = self._client.request(request.method, _request_url(request)).headers(headers)
+        client = self._clients.ready(request.url) or await self._clients.client_for(request.url)
+        builder = client.request(request.method, _request_url(request)).headers(headers)
         body = await request.aread()
         if body:
             builder = builder.body_bytes(body)
@@ -92,12 +118,15 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
         try:
             response: Response = await streamed.__aenter__()
         except rq.PyreqwestError as exc:
-            raise self._translate(exc, request) from exc
+            raise await self._failure(exc, request) from exc
         try:
             head = _headers(response)
             # hyper's own bound on a head is far looser than the one our HTTP/1.1 transport keeps.
             if sum(len(name) + len(value) + 4 for name, value in head) > MAX_HEAD_BYTES:
                 raise ResponseError(f"malformed response: status line and headers above {MAX_HEAD_BYTES:,} bytes")
+        except _UnreadableLocation:
+            await streamed.__aexit__(None, None, None)
+            return await self._redirect_read_as_bytes(request)
         except BaseException:
             await streamed.__aexit__(None, None, None)
             raise
@@ -109,12 +138,52 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
             extensions={"http_version": _HTTP_VERSIONS.get(response.version, response.version.encode("ascii"))},
         )
 
+    async def _redirect_read_as_bytes(self, request: httpx.Request) -> httpx.Response:
+        """A redirect whose Location pyreqwest cannot hand over: the request sent again through rawhead,
+        whose answer keeps the header's bytes (redirects.py then reads them as plain http's are read)."""
+        if self._raw_tls is None:
+            ca_bundle = self._http.ca_bundle
+            self._raw_tls = tls_context(str(ca_bundle) if ca_bundle is not None else None)
+        http = self._http
+        head = await read_head(
+            request,
+            target=request.extensions.get("target") or request.url.raw_path,
+            dns=self._clients.dns,
+            context=self._raw_tls,
+            proxy=self._clients.proxy_for(request.url),
+            timeout=http.connect_timeout + http.read_timeout,
+        )
+        if head.status not in _REDIRECTS or not any(name.lower() == b"location" for name, _ in head.headers):
+            raise ResponseError(_UNREADABLE, request=request)  # a second answer unlike the first
+        version = {"http_version": b"HTTP/1.1"}
+        return httpx.Response(head.status, headers=head.headers, content=b"", request=request, extensions=version)
+
+    async def _failure(self, exc: rq.PyreqwestError, request: httpx.Request) -> httpx.HTTPError:
+        """_translate's answer; a proxy that refused a tunnel is asked again, for the answer hyper drops."""
+        failure = self._translate(exc, request)
+        if not isinstance(failure, ProxyError) or failure.status is not None or not str(failure).endswith(_UNTOLD):
+            return failure
+        proxy = self._clients.proxy_for(request.url)
+        if proxy is None:
+            return failure
+        url = request.url
+        answer = await connect_answer(proxy, f"{url.host}:{url.port or 443}", self._http.connect_timeout)
+        if answer is None:
+            return failure
+        code = int(answer[:3])
+        return ProxyError(f"the proxy {proxy.host}:{proxy.port or 80} refused the tunnel: {answer}", status=code)
+
     def _translate(self, exc: rq.PyreqwestError, request: httpx.Request) -> httpx.HTTPError:
         """pyreqwest's exception as the httpx exception crawler/http/errors.py turns into an error kind."""
         url = request.url
         where = f"{url.host}:{url.port or 443}"
         reason = _reason(exc)
         http = self._http
+        proxy = self._clients.proxy_for(url)
+        if proxy is not None:
+            failure = _proxy_failure(exc, reason, proxy, http.connect_timeout)
+            if failure is not None:
+                return failure
         if isinstance(exc, rq.ConnectTimeoutError):
             return httpx.ConnectTimeout(f"no connection to {where} within {http.connect_timeout:g}s", request=request)
         if isinstance(exc, rq.ReadTimeoutError):
@@ -147,7 +216,7 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
         return httpx.TransportError(f"{type(exc).__name__}: {reason}", request=request)
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._clients.aclose()
 
 
 class _Body(httpx.AsyncByteStream):
@@ -181,7 +250,8 @@ class _Body(httpx.AsyncByteStream):
 
 def _headers(response: Response) -> list[tuple[str, str]]:
     """The response headers in order. pyreqwest hands out only values of visible ASCII: a header
-    holding other bytes is dropped, except a Location, without which a redirect would be misread."""
+    holding other bytes is dropped, except a Location, without which a redirect would be misread:
+    that raises _UnreadableLocation."""
     try:
         return list(response.headers.items())
     except ValueError:
@@ -192,8 +262,43 @@ def _headers(response: Response) -> list[tuple[str, str]]:
             headers.extend((name, value) for value in response.headers.getall(name))
         except ValueError:
             if name == "location":
-                raise ResponseError("malformed response: a Location header of non-ASCII bytes") from None
+                raise _UnreadableLocation(_UNREADABLE) from None
     return headers
+
+
+_UNREADABLE = "malformed response: a Location header of non-ASCII bytes"
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class _UnreadableLocation(ResponseError):
+    """A Location header of bytes pyreqwest cannot hand over as text."""
+
+
+_UNTOLD = "(its answer to CONNECT was not 2xx)"
+
+
+def _proxy_failure(exc: rq.PyreqwestError, reason: str, proxy: httpx.URL, timeout: float) -> ProxyError | None:
+    """The ProxyError a request through proxy failed with, or None when the failure lies past the proxy."""
+    where = f"{proxy.host}:{proxy.port or 80}"
+    if isinstance(exc, rq.ConnectTimeoutError):  # the proxy, or the tunnel it opens: both are the proxy's part
+        return ProxyError(f"no connection to the proxy {where} within {timeout:g}s")
+    if not isinstance(exc, rq.ConnectError) or not reason.startswith("tunnel error: "):
+        return None
+    what = reason.removeprefix("tunnel error: ")
+    if what.startswith("failed to create underlying connection"):
+        return ProxyError(f"cannot connect to the proxy {where}: {_root(exc)}")
+    if what == "proxy authorization required":
+        return ProxyError(f"the proxy {where} refused the tunnel: 407 Proxy Authentication Required", status=407)
+    if what == "unsuccessful":  # hyper keeps no more of the proxy's answer than that it was not 2xx
+        return ProxyError(f"the proxy {where} refused the tunnel {_UNTOLD}")
+    return ProxyError(f"the proxy {where} failed: {what}")
+
+
+def _root(exc: rq.PyreqwestError) -> str:
+    """The innermost cause's words, without Rust's "(os error N)"."""
+    causes = (getattr(exc, "details", None) or {}).get("causes") or []
+    text = str(causes[-1].get("message", "")) if causes else str(exc.message)
+    return text.rsplit(" (os error", 1)[0]
 
 
 def _reason(exc: rq.PyreqwestError) -> str:

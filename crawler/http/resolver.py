@@ -71,23 +71,27 @@ class DnsCache:
         self._resolve = resolve
         self._ttl = ttl
         self._max_hosts = max_hosts
-        self._clock = clock
+        self.clock = clock
         self._entries: collections.OrderedDict[str, tuple[float, tuple[str, ...]]] = collections.OrderedDict()
-        self._pending: dict[str, asyncio.Future[tuple[str, ...]]] = {}
+        self._pending: dict[str, asyncio.Future[tuple[tuple[str, ...], float]]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
     async def lookup(self, host: str) -> tuple[str, ...]:
         """host's addresses; an IP address is its own. Raises what the resolver raises (socket.gaierror)."""
+        return (await self.lookup_until(host))[0]
+
+    async def lookup_until(self, host: str) -> tuple[tuple[str, ...], float]:
+        """host's addresses and the clock time until which the cache keeps them (an IP address: forever)."""
         if is_ip(host):
-            return (host,)
+            return (host,), float("inf")
         entry = self._entries.get(host)
         if entry is not None:
             expires, addresses = entry
-            if self._clock() < expires:
+            if self.clock() < expires:
                 self._entries.move_to_end(host)
-                return addresses
+                return addresses, expires
             del self._entries[host]
         pending = self._pending.get(host)
         if pending is None:
@@ -96,19 +100,20 @@ class DnsCache:
             pending.add_done_callback(_consume)
         return await asyncio.shield(pending)  # one waiter's cancellation leaves the lookup to the others
 
-    async def _fetch(self, host: str) -> tuple[str, ...]:
+    async def _fetch(self, host: str) -> tuple[tuple[str, ...], float]:
         try:
             addresses = tuple(await self._resolve(host))
             if not addresses:
                 raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-            self._entries[host] = (self._clock() + self._ttl, addresses)
+            expires = self.clock() + self._ttl
+            self._entries[host] = (expires, addresses)
             while len(self._entries) > self._max_hosts:
                 self._entries.popitem(last=False)
-            return addresses
+            return addresses, expires
         finally:
             del self._pending[host]
 
 
-def _consume(future: asyncio.Future[tuple[str, ...]]) -> None:
+def _consume(future: asyncio.Future[tuple[tuple[str, ...], float]]) -> None:
     if not future.cancelled():
         future.exception()

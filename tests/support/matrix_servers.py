@@ -14,6 +14,8 @@ as one row of the matrix:
     /gzip /deflate /deflate-raw /br   the page under that Content-Encoding
     /big-header         the page with a BIG_HEADER_BYTES header value
     /accept-encoding    the request's Accept-Encoding as the body (what the client offers)
+    /location-utf8 /location-latin1   (raw only) 302 to /café, its Location in UTF-8 or Latin-1 bytes
+    /caf%C3%A9          (raw only) the page, where both of those lead
 
 The asyncio servers (raw, hypercorn, aiohttp) share one event loop in a background thread, so
 tests keep their own loop; http.server runs in its own thread. TLS is a trustme CA's certificate.
@@ -162,6 +164,12 @@ async def _raw_answer(
 ) -> bool:
     """Write the answer to one request; whether the connection carries on."""
     body = b"" if method == "HEAD" else PAGE
+    if path in NON_ASCII_LOCATIONS:
+        head = b"HTTP/1.1 302 Found\r\nLocation: %s\r\nContent-Length: 0\r\n\r\n" % NON_ASCII_LOCATIONS[path]
+        writer.write(head)
+        return True
+    if path == "/caf%C3%A9":
+        path = "/page"
     if path in ("/page", "/drop-after", "/drop-next"):
         writer.write(_page_head() + body)
         if path == "/drop-next":
@@ -201,6 +209,8 @@ async def _raw_answer(
     return True
 
 
+# path -> the bytes of its Location: /café, as UTF-8 and as Latin-1
+NON_ASCII_LOCATIONS = {"/location-utf8": "/café".encode(), "/location-latin1": "/café".encode("latin-1")}
 dropped_unanswered: dict[str, int] = {}  # "/drop-next" -> requests the raw server read and left unanswered
 _raw_writers: set[asyncio.StreamWriter] = set()  # open raw connections, closed when the server stops
 
