@@ -52,8 +52,8 @@ def translate_httpx_error(exc: BaseException) -> FetchError:
 def _causes(exc: BaseException) -> list[BaseException]:
     """exc and what lies behind it, outermost first.
 
-    httpcore raises its ConnectError `from None` with the ssl error as its argument, so
-    the suppressed context and exception arguments count too.
+    A transport may raise its error `from None` with the underlying error as its argument,
+    so the suppressed context and exception arguments count too.
     """
     chain = [exc]
     for current in chain:  # grows while it is walked
