@@ -146,7 +146,13 @@ class Crawl:
         self.frontier: Frontier
         if store.leases is not None:
             # A shared database: this process works on the hosts it leases (crawler/leased_frontier.py).
-            self.frontier = LeasedFrontier(store, store.leases, self.politeness, **limits)
+            self.frontier = LeasedFrontier(
+                store,
+                store.leases,
+                self.politeness,
+                max_pages=cfg.crawl.max_pages,
+                max_pages_per_host=cfg.crawl.max_pages_per_host,
+            )
         else:
             self.frontier = Frontier(store, self.politeness, **limits)
         self.frontier.revisiting = pass_state is not None

@@ -6,12 +6,19 @@ import asyncio
 import random
 
 from crawler.frontier import Frontier
-from crawler.politeness import Lease, Politeness
+from crawler.politeness import HostState, Lease, Politeness, Sleep
 from crawler.store import Backend, HostLeasing, QueuedUrl
 
 MIN_POLL = 0.1  # seconds: the first wait of a crawler that found no host to take
 MAX_POLL = 5.0  # the longest wait between two looks while others hold the remaining work
 BUDGET_CLAIM = 64  # pages of the fleet's max_pages claimed at a time
+
+
+def poll_wait(backoff: float, due_in: float, jitter: float) -> float:
+    """How long a crawler that found no host to take waits before looking again: its back-off
+    (times a jitter in [0.5, 1]), but no longer than until the earliest host nobody holds is due,
+    so a pause that ends or a host released with a wait is taken when it is due."""
+    return max(MIN_POLL / 2, min(backoff * jitter, due_in))
 
 
 class LeasedFrontier(Frontier):
@@ -20,18 +27,34 @@ class LeasedFrontier(Frontier):
     delay) once idle, so no two processes ever send to one host.
 
     A process that finds no host to take while URLs are queued or in flight elsewhere polls with
-    back-off; once none are left anywhere it finishes. `max_pages` counts across the fleet: pages
-    are claimed from the database's budget row BUDGET_CLAIM at a time.
+    back-off, no longer than until the earliest free host is due; once none are left anywhere it
+    finishes. A host's politeness travels with its lease (Politeness.export_state/import_state).
+
+    `max_pages` counts across the fleet: pages are claimed from the database's budget row
+    BUDGET_CLAIM at a time. A short grant ends this run's share only when no other run holds
+    unfetched claims, since those come back when their run dies or idles.
     """
 
-    def __init__(self, store: Backend, leases: HostLeasing, politeness: Politeness, **limits: int) -> None:
+    def __init__(
+        self,
+        store: Backend,
+        leases: HostLeasing,
+        politeness: Politeness,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        **limits: int,
+    ) -> None:
         super().__init__(store, politeness, **limits)
         # Hosts this process can keep busy (one request each at least): holding more would only
         # keep them from crawlers with free capacity.
         self._max_hosts = min(self._max_hosts, politeness.config.concurrency)
         self._leases = leases
-        leases.wait_of = self._wait_of
+        leases.state_of = politeness.export_state
+        leases.restore = self._restore
+        self._sleep = sleep
         self._poll = MIN_POLL
+        self._budget_poll = MIN_POLL
+        self._claims = 0  # claims started, so a heartbeat's view of the claim is not older than one
         self._lost: set[str] = set()  # hosts whose lease was lost while URLs of theirs were out
         self._to_release: set[str] = set()
         self._releasing = False
@@ -43,8 +66,8 @@ class LeasedFrontier(Frontier):
         # A scan found no URL queued or in flight anywhere, and this process flushed nothing since.
         self._none_left = False
 
-    def _wait_of(self, host: str) -> float:
-        return self._pol.slot(host).ready_at - self._clock()
+    def _restore(self, host: str, state: HostState) -> None:
+        self._pol.import_state(host, state)
 
     async def load(self, fetched: int) -> None:
         self._leases.fencing = True
@@ -84,13 +107,17 @@ class LeasedFrontier(Frontier):
                     self._activate(host)
             if taken:
                 self._poll = MIN_POLL
-            elif not await self._leases.work_left():
+                return
+            due_in = await self._leases.work_due_in()
+            if due_in is None:
                 if generation == self._dormant_gen:
                     self._dormant = False
                     self._none_left = True
-            else:
-                await asyncio.sleep(self._poll * random.uniform(0.5, 1.0))
-                self._poll = min(MAX_POLL, self._poll * 2)
+                return
+            if self.max_pages and not self._hosts and not self.leased:
+                await self._give_back_unused()
+            await self._sleep(poll_wait(self._poll, due_in, random.uniform(0.5, 1.0)))
+            self._poll = min(MAX_POLL, self._poll * 2)
         finally:
             self._scanning = False
         # No wake here: the task's end wakes a worker once it has left _tasks (Frontier._task_done).
@@ -142,6 +169,12 @@ class LeasedFrontier(Frontier):
             hq.in_heap = False
             self._evict_if_idle(host)
 
+    def complete(self, lease: Lease, *, fetched: bool) -> None:
+        super().complete(lease, fetched=fetched)
+        if fetched and lease.previous is None:
+            # Its writes are in this batch: the run's fetched count commits with them.
+            self._store.batch.counted.append(lease.url_id)
+
     def take_completions(self) -> list[str]:
         if len(self._store.batch):  # the flush about to start may queue URLs, or leave some in flight
             self._none_left = False
@@ -168,7 +201,11 @@ class LeasedFrontier(Frontier):
         try:
             while not self._closed:
                 await asyncio.sleep(self._leases.lease_seconds / 3)
-                await self._leases.renew(self.fetched - self._start_fetched)
+                claims = self._claims
+                await self._leases.renew()
+                if self.max_pages and claims == self._claims and not self._claiming:
+                    # Others gave back this run's claim while it looked dead: only what is left counts.
+                    self._allowance = min(self._allowance, self._used() + self._leases.claim_left)
                 self._drop_lost()
         except asyncio.CancelledError:
             raise
@@ -181,8 +218,12 @@ class LeasedFrontier(Frontier):
     def limit_reached(self) -> bool:
         return bool(self.max_pages) and self._budget_spent and self._claim_used()
 
+    def _used(self) -> int:
+        """Pages of this run's claim fetched or being fetched."""
+        return self.fetched - self._start_fetched + self.leased - self._revisits_leased
+
     def _claim_used(self) -> bool:
-        return self.fetched - self._start_fetched + self.leased - self._revisits_leased >= self._allowance
+        return self._used() >= self._allowance
 
     def _try_lease(self) -> Lease | None:
         if self.max_pages and not self.revisiting and self._claim_used() and not self._budget_spent:
@@ -193,9 +234,24 @@ class LeasedFrontier(Frontier):
         return super()._try_lease()
 
     async def _claim(self) -> None:
+        self._claims += 1
         try:
-            granted = await self._leases.claim(BUDGET_CLAIM)
+            granted, elsewhere = await self._leases.claim(BUDGET_CLAIM)
             self._allowance += granted
-            self._budget_spent = granted < BUDGET_CLAIM
+            if granted:
+                self._budget_poll = MIN_POLL
+            if granted < BUDGET_CLAIM and not elsewhere:
+                self._budget_spent = True
+            elif not granted:
+                # Other runs' unfetched claims are fetched or come back (a dead or idle run's): ask again.
+                await self._sleep(self._budget_poll * random.uniform(0.5, 1.0))
+                self._budget_poll = min(MAX_POLL, self._budget_poll * 2)
         finally:
             self._claiming = False
+
+    async def _give_back_unused(self) -> None:
+        """With no host to work on, this run's unused claim goes back for the runs that have some."""
+        unused = self._allowance - self._used()
+        if unused > 0:
+            self._allowance -= unused
+            await self._leases.give_back(unused)

@@ -93,6 +93,16 @@ class HostSlot:
 
 
 @dataclass(frozen=True, slots=True)
+class HostState:
+    """What the next holder of a shared host needs of its politeness (crawler/leased_frontier.py)."""
+
+    wait: float  # seconds from now until the host's next request may start (its gap, or a pause)
+    crawl_delay: float = 0.0
+    adaptive_delay: float = 0.0
+    backoff_delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Reservation:
     """A turn the frontier took for a lease; `turn` identifies it, `previous` is what it replaced."""
 
@@ -125,6 +135,25 @@ class Politeness:
         if slot is None:
             slot = self.slots[host] = HostSlot(host, self.config.per_host_concurrency, self.config.delay)
         return slot
+
+    # ---- handing a host to another process ----------------------------------------------
+
+    def export_state(self, host: str) -> HostState:
+        """The host's politeness as the next holder continues from it."""
+        slot = self.slot(host)
+        wait = max(0.0, slot.ready_at - self.clock())
+        return HostState(wait, slot.crawl_delay, slot.adaptive_delay, slot.backoff_delay)
+
+    def import_state(self, host: str, state: HostState) -> None:
+        """Continue from what the host's previous holder handed over: its delays replace what this
+        process last knew of the host (they are newer), and a wait still ahead becomes a pause."""
+        slot = self.slot(host)
+        slot.crawl_delay = min(state.crawl_delay, self.config.max_crawl_delay)
+        slot.adaptive_delay = min(state.adaptive_delay, self.config.max_delay)
+        slot.backoff_delay = min(state.backoff_delay, self.config.max_delay)
+        if state.wait > 0:
+            slot.paused_until = max(slot.paused_until, self.clock() + state.wait)
+        self.on_change(host)
 
     # ---- capacity ------------------------------------------------------------------------
 

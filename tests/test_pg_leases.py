@@ -11,6 +11,7 @@ import pytest
 
 from crawler.config import config_from_dict
 from crawler.errors import ConfigError
+from crawler.politeness import HostState
 from crawler.store import NewUrl, PageRecord, utc_now
 from crawler.store.pg.leases import HostLeases
 from crawler.store.pg.store import PgStore
@@ -82,7 +83,7 @@ async def test_an_expired_lease_is_taken_over_and_its_in_flight_urls_queued_agai
         (first, "queued"),
         (second, "queued"),
     ]
-    assert await leases(a).renew(0) == {"h3.test"}  # a learns it lost the host
+    assert await leases(a).renew() == {"h3.test"}  # a learns it lost the host
     assert leases(a).take_lost() == {"h3.test"}
     assert "h3.test" not in leases(a).held and "h3.test" in leases(b).held
 
@@ -117,7 +118,7 @@ async def test_a_release_sets_next_fetch_at_from_the_database_clock_and_takes_ho
 ) -> None:
     a, b = stores
     await leases(a).take(16)
-    leases(a).wait_of = lambda host: 2.0 if host == "h5.test" else 0.0
+    leases(a).state_of = lambda host: HostState(2.0 if host == "h5.test" else 0.0)
     await leases(a).release(["h5.test", "h6.test"])
     wait = await rows(a, "SELECT extract(epoch FROM next_fetch_at - now()) FROM hosts WHERE host = 'h5.test'")
     assert 1.0 < float(wait[0][0]) <= 2.0
@@ -130,10 +131,10 @@ async def test_the_page_budget_is_shared_and_never_overdrawn(stores: tuple[PgSto
     a, b = stores
     await leases(a).open_budget(100, 10)
     await leases(b).open_budget(100, 10)  # the second crawler keeps what was claimed
-    grants = await asyncio.gather(*(leases(s).claim(64) for s in (a, b, a, b)))
+    grants = [granted for granted, _ in await asyncio.gather(*(leases(s).claim(64) for s in (a, b, a, b)))]
     assert sum(grants) == 90 and sorted(grants) == [0, 0, 26, 64]
     await leases(a).give_back(6)
-    assert await leases(b).claim(64) == 6
+    assert (await leases(b).claim(64))[0] == 6
 
 
 async def test_killed_runs_are_those_whose_heartbeat_stopped(stores: tuple[PgStore, PgStore]) -> None:

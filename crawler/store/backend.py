@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from crawler.politeness import HostState
 from crawler.store.batch import Batch
 from crawler.store.records import NewUrl, PageRecord, QueuedUrl, SitemapRecord
 
@@ -22,15 +23,17 @@ class HostLeasing(Protocol):
 
     lease_seconds: float
     fencing: bool
-    wait_of: Callable[[str], float]
+    state_of: Callable[[str], HostState]  # a held host's politeness, handed over with it
+    restore: Callable[[str, HostState], None]  # applies a taken host's handed-over politeness
+    claim_left: int
 
     async def ensure_hosts(self) -> None: ...
 
     async def take(self, k: int) -> list[str]: ...
 
-    async def work_left(self) -> bool: ...
+    async def work_due_in(self) -> float | None: ...
 
-    async def renew(self, fetched: int) -> set[str]: ...
+    async def renew(self) -> set[str]: ...
 
     def take_lost(self) -> set[str]: ...
 
@@ -38,7 +41,7 @@ class HostLeasing(Protocol):
 
     async def open_budget(self, max_pages: int, fetched: int) -> None: ...
 
-    async def claim(self, pages: int) -> int: ...
+    async def claim(self, pages: int) -> tuple[int, int]: ...
 
     async def give_back(self, pages: int) -> None: ...
 

@@ -28,6 +28,9 @@ class Batch:
     archived: list[int] = field(default_factory=list)  # url_ids whose stored version goes to page_history
     confirmed: list[tuple[str, str | None, str | None, int]] = field(default_factory=list)  # (seen_at, etag, lm, id)
     changes: list[tuple[int, str, int | None, str]] = field(default_factory=list)  # (url_id, change, status, at)
+    # Not rows: url_ids whose fetch counts against max_pages, so a shared database learns with the
+    # same commit how many of a run's claimed pages are spent (crawler/store/pg/leases.py).
+    counted: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return (

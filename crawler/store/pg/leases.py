@@ -2,7 +2,8 @@
 
 A host is fetched by one process at a time: the one whose run is its `lease_owner` with a
 `lease_until` still ahead on the database's clock. Every time here is `now()` on the server,
-never a machine's clock; a holder hands over a wait relative to now (`next_fetch_at`).
+never a machine's clock; a holder hands over a wait relative to now (`next_fetch_at`) and the
+host's delays, so the next holder continues from the same politeness.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from crawler.politeness import HostState
 from crawler.store.batch import Batch
 from crawler.store.pg.connection import Conn, PgConnection
 from crawler.store.records import utc_now
@@ -29,17 +31,68 @@ WITH free AS (
 UPDATE hosts SET lease_owner = %(run)s, lease_token = nextval('lease_tokens'),
        lease_until = now() + make_interval(secs => %(secs)s)
   FROM free WHERE hosts.host = free.host
-RETURNING hosts.host, hosts.lease_token
+RETURNING hosts.host, hosts.lease_token, extract(epoch FROM hosts.next_fetch_at - now())::float8,
+          hosts.crawl_delay, hosts.adaptive_delay, hosts.backoff_delay
 """
 
 # Renews the hosts this run still holds (owner, token and an unexpired lease) and names them;
-# the row locks it takes keep a taker off those hosts until the caller's transaction ends.
+# the row locks it takes keep a taker off those hosts until the caller's transaction ends. The
+# holder's politeness goes into the row too, so a taker after a crash continues from it.
 _RENEW = """
-UPDATE hosts h SET lease_until = now() + make_interval(secs => %(secs)s)
-  FROM unnest(%(hosts)s::text[], %(tokens)s::bigint[]) AS t(host, token)
+UPDATE hosts h SET lease_until = now() + make_interval(secs => %(secs)s),
+       next_fetch_at = now() + make_interval(secs => t.wait),
+       crawl_delay = t.crawl_delay, adaptive_delay = t.adaptive_delay, backoff_delay = t.backoff_delay
+  FROM unnest(%(hosts)s::text[], %(tokens)s::bigint[], %(waits)s::float8[], %(crawl)s::float8[],
+              %(adaptive)s::float8[], %(backoff)s::float8[])
+       AS t(host, token, wait, crawl_delay, adaptive_delay, backoff_delay)
  WHERE h.host = t.host AND h.lease_owner = %(run)s AND h.lease_token = t.token AND h.lease_until > now()
 RETURNING h.host
 """
+
+_RELEASE = """
+UPDATE hosts h SET lease_owner = NULL, lease_token = NULL, lease_until = NULL,
+       next_fetch_at = now() + make_interval(secs => t.wait),
+       crawl_delay = t.crawl_delay, adaptive_delay = t.adaptive_delay, backoff_delay = t.backoff_delay
+  FROM unnest(%(hosts)s::text[], %(tokens)s::bigint[], %(waits)s::float8[], %(crawl)s::float8[],
+              %(adaptive)s::float8[], %(backoff)s::float8[])
+       AS t(host, token, wait, crawl_delay, adaptive_delay, backoff_delay)
+ WHERE h.host = t.host AND h.lease_owner = %(run)s AND h.lease_token = t.token
+"""
+
+# Seconds until the earliest host nobody holds (or whose lease expired) with URLs left is due;
+# NULL when every such host is held; no row when no URL is queued or in flight anywhere.
+_WORK_DUE_IN = """
+SELECT (SELECT extract(epoch FROM h.next_fetch_at - now())::float8 FROM hosts h
+         WHERE (h.lease_owner IS NULL OR h.lease_until < now())
+           AND EXISTS (SELECT 1 FROM urls u WHERE u.host = h.host AND u.state IN ('queued', 'in_flight'))
+         ORDER BY h.next_fetch_at LIMIT 1)
+ WHERE EXISTS (SELECT 1 FROM urls WHERE state = 'queued') OR EXISTS (SELECT 1 FROM urls WHERE state = 'in_flight')
+"""
+
+# Gives back, exactly once, what dead runs claimed of the budget and did not fetch: a run is dead
+# when it ended (its own give-back may not have happened) or its heartbeat is older than a lease,
+# and it holds no unexpired lease. A second reclaimer waits for the first's row locks, and READ
+# COMMITTED then re-checks `claimed > fetched` on the row as the first left it: none is left.
+_RECLAIM = """
+WITH dead AS (
+    SELECT r.id, r.claimed - r.fetched AS unused FROM runs r
+     WHERE r.id <> %(run)s AND r.claimed > r.fetched
+       AND (r.outcome <> 'running' OR r.heartbeat_at IS NULL
+            OR r.heartbeat_at < now() - make_interval(secs => %(secs)s))
+       AND NOT EXISTS (SELECT 1 FROM hosts h WHERE h.lease_owner = r.id AND h.lease_until > now())
+     ORDER BY r.id
+     FOR UPDATE OF r
+), back AS (
+    UPDATE runs r SET claimed = r.fetched FROM dead WHERE r.id = dead.id RETURNING dead.unused
+)
+UPDATE budget SET claimed = greatest(0, claimed - (SELECT sum(unused) FROM back))
+ WHERE id = 1 AND EXISTS (SELECT 1 FROM back)
+RETURNING (SELECT sum(unused) FROM back)
+"""
+
+# What other runs claimed and have not fetched (yet), after _RECLAIM: runs alive, or holding a
+# lease still; those pages are either fetched or come back to the budget.
+_OUTSTANDING = "SELECT coalesce(sum(claimed - fetched), 0) FROM runs WHERE id <> %(run)s AND claimed > fetched"
 
 
 class HostLeases:
@@ -52,8 +105,11 @@ class HostLeases:
         self.held: dict[str, int] = {}  # host -> lease token
         self.fencing = False  # set once a frontier leases hosts; flushes then write only for held hosts
         self.lost: set[str] = set()  # hosts found taken or expired, for the frontier to forget
-        # Seconds until a host may next start a request here (its politeness), for releases.
-        self.wait_of: Callable[[str], float] = lambda host: 0.0
+        # A host's politeness as this process holds it, written to its row at release and renewal,
+        # and where a taken host's row is handed (set by the frontier).
+        self.state_of: Callable[[str], HostState] = lambda host: HostState(0.0)
+        self.restore: Callable[[str, HostState], None] = lambda host, state: None
+        self.claim_left = 0  # pages this run claimed and has not fetched, as its row said at the last heartbeat
 
     # ---- taking -----------------------------------------------------------------------------
 
@@ -73,30 +129,35 @@ class HostLeases:
         if not k:
             return []
 
-        async def take(conn: Conn) -> list[tuple[str, int]]:
+        async def take(conn: Conn) -> list[tuple[Any, ...]]:
             cur = await conn.execute(_TAKE, {"k": k, "run": self.run_id, "secs": self.lease_seconds})
-            taken = [(row[0], int(row[1])) for row in await cur.fetchall()]
+            taken = [tuple(row) for row in await cur.fetchall()]
             if taken:
                 await conn.execute(
                     "UPDATE urls SET state = 'queued', updated_at = %s WHERE host = ANY(%s) AND state = 'in_flight'",
-                    (utc_now(), [host for host, _ in taken]),
+                    (utc_now(), [row[0] for row in taken]),
                 )
             return taken
 
         taken = await self._conn.transaction(take)
-        for host, token in taken:
-            self.held[host] = token
+        for host, token, wait, crawl_delay, adaptive_delay, backoff_delay in taken:
+            self.held[host] = int(token)
             self.lost.discard(host)
-        return [host for host, _ in taken]
+            self.restore(host, HostState(float(wait), crawl_delay, adaptive_delay, backoff_delay))
+        return [row[0] for row in taken]
 
-    async def work_left(self) -> bool:
-        """Whether any URL is queued or in flight anywhere: held by others, or waiting for its host's time."""
-        return bool(
-            await self._scalar(
-                "SELECT EXISTS (SELECT 1 FROM urls WHERE state = 'queued')"
-                " OR EXISTS (SELECT 1 FROM urls WHERE state = 'in_flight')"
-            )
-        )
+    async def work_due_in(self) -> float | None:
+        """None when no URL is queued or in flight anywhere; else seconds until the earliest host
+        nobody holds that has URLs left is due (≤ 0: due now; inf: every such host is held)."""
+
+        async def look(conn: Conn) -> float | None:
+            cur = await conn.execute(_WORK_DUE_IN)
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            return float("inf") if row[0] is None else float(row[0])
+
+        return await self._conn.run(look)
 
     # ---- keeping ----------------------------------------------------------------------------
 
@@ -106,31 +167,39 @@ class HostLeases:
         mine = [h for h in hosts if h in self.held]
         kept: set[str] = set()
         if mine:
-            cur = await conn.execute(
-                _RENEW,
-                {
-                    "secs": self.lease_seconds,
-                    "hosts": mine,
-                    "tokens": [self.held[h] for h in mine],
-                    "run": self.run_id,
-                },
-            )
+            cur = await conn.execute(_RENEW, {"secs": self.lease_seconds, **self._states(mine)})
             kept = {row[0] for row in await cur.fetchall()}
         lost = hosts - kept
         for host in lost:
             self._forget(host)
         return lost
 
-    async def renew(self, fetched: int) -> set[str]:
-        """Renew every held host and beat the run's heartbeat; returns the hosts lost meanwhile."""
+    async def renew(self) -> set[str]:
+        """Renew every held host and beat the run's heartbeat; returns the hosts lost meanwhile.
+        `claim_left` is then what the run's row holds of its claim (less, if others reclaimed it)."""
 
         async def renew(conn: Conn) -> set[str]:
-            await conn.execute(
-                "UPDATE runs SET heartbeat_at = now(), fetched = %s WHERE id = %s", (fetched, self.run_id)
+            cur = await conn.execute(
+                "UPDATE runs SET heartbeat_at = now() WHERE id = %s RETURNING claimed - fetched", (self.run_id,)
             )
+            row = await cur.fetchone()
+            self.claim_left = int(row[0]) if row is not None else 0
             return await self.renew_in(conn, list(self.held))
 
         return await self._conn.transaction(renew)
+
+    def _states(self, hosts: list[str]) -> dict[str, Any]:
+        """The parameters of _RENEW and _RELEASE: each host's token and politeness."""
+        states = [self.state_of(h) for h in hosts]
+        return {
+            "hosts": hosts,
+            "tokens": [self.held[h] for h in hosts],
+            "waits": [max(0.0, s.wait) for s in states],
+            "crawl": [s.crawl_delay for s in states],
+            "adaptive": [s.adaptive_delay for s in states],
+            "backoff": [s.backoff_delay for s in states],
+            "run": self.run_id,
+        }
 
     def _forget(self, host: str) -> None:
         if self.held.pop(host, None) is not None:
@@ -143,19 +212,15 @@ class HostLeases:
     # ---- letting go -------------------------------------------------------------------------
 
     async def release(self, hosts: Iterable[str]) -> None:
-        """Let go of hosts; the next holder may start at now() + what is left of each one's delay."""
-        rows = [(h, self.held.pop(h), max(0.0, self.wait_of(h))) for h in list(hosts) if h in self.held]
-        if not rows:
+        """Let go of hosts; the next holder may start at now() + what is left of each one's delay,
+        and continues from each one's delays (Crawl-delay, adaptive, 429 back-off)."""
+        mine = [h for h in hosts if h in self.held]
+        if not mine:
             return
-        await self._conn.run(
-            lambda conn: conn.execute(
-                "UPDATE hosts h SET lease_owner = NULL, lease_token = NULL, lease_until = NULL,"
-                " next_fetch_at = now() + make_interval(secs => t.wait)"
-                " FROM unnest(%s::text[], %s::bigint[], %s::float8[]) AS t(host, token, wait)"
-                " WHERE h.host = t.host AND h.lease_owner = %s AND h.lease_token = t.token",
-                ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], self.run_id),
-            )
-        )
+        params = self._states(mine)
+        for host in mine:
+            del self.held[host]
+        await self._conn.run(lambda conn: conn.execute(_RELEASE, params))
 
     async def release_all(self) -> None:
         await self.release(list(self.held))
@@ -187,32 +252,47 @@ class HostLeases:
             )
         )
 
-    async def claim(self, pages: int) -> int:
-        """Claim up to `pages` more pages of the fleet's max_pages; returns how many were granted."""
-        granted = await self._scalar(
-            "WITH old AS (SELECT claimed FROM budget WHERE id = 1 FOR UPDATE)"
-            " UPDATE budget b SET claimed = least(b.max_pages, b.claimed + %s) FROM old WHERE b.id = 1"
-            " RETURNING b.claimed - old.claimed",
-            (pages,),
-        )
-        return int(granted or 0)
+    async def claim(self, pages: int) -> tuple[int, int]:
+        """Claim up to `pages` more pages of the fleet's max_pages, after giving back what dead runs
+        claimed and did not fetch. Returns the pages granted, and the pages other runs claimed and
+        have not fetched yet (those may still come back, so a short grant need not be the end)."""
+
+        async def claim(conn: Conn) -> tuple[int, int]:
+            # This run's row first, then the budget's, as every writer of both locks them.
+            await conn.execute("SELECT 1 FROM runs WHERE id = %s FOR UPDATE", (self.run_id,))
+            await conn.execute(_RECLAIM, {"run": self.run_id, "secs": self.lease_seconds})
+            cur = await conn.execute(
+                "WITH old AS (SELECT claimed FROM budget WHERE id = 1 FOR UPDATE)"
+                " UPDATE budget b SET claimed = least(b.max_pages, b.claimed + %s) FROM old WHERE b.id = 1"
+                " RETURNING b.claimed - old.claimed",
+                (pages,),
+            )
+            row = await cur.fetchone()
+            granted = int(row[0]) if row is not None else 0
+            if granted:
+                await conn.execute("UPDATE runs SET claimed = claimed + %s WHERE id = %s", (granted, self.run_id))
+            cur = await conn.execute(_OUTSTANDING, {"run": self.run_id})
+            row = await cur.fetchone()
+            return granted, int(row[0]) if row is not None else 0
+
+        return await self._conn.transaction(claim)
 
     async def give_back(self, pages: int) -> None:
-        """Return claimed pages this run will not fetch."""
-        if pages > 0:
-            await self._conn.run(
-                lambda conn: conn.execute(
-                    "UPDATE budget SET claimed = greatest(0, claimed - %s) WHERE id = 1", (pages,)
-                )
+        """Return claimed pages this run will not fetch (never more than its row says it has left,
+        which is less when others reclaimed its claim while it looked dead)."""
+        if pages <= 0:
+            return
+        await self._conn.transaction(
+            lambda conn: conn.execute(
+                "WITH mine AS (SELECT least(%(pages)s, claimed - fetched) AS back FROM runs"
+                "  WHERE id = %(run)s AND claimed > fetched FOR UPDATE),"
+                " back AS (UPDATE runs SET claimed = claimed - mine.back FROM mine WHERE id = %(run)s"
+                "  RETURNING mine.back)"
+                " UPDATE budget SET claimed = greatest(0, claimed - (SELECT back FROM back))"
+                " WHERE id = 1 AND EXISTS (SELECT 1 FROM back)",
+                {"pages": pages, "run": self.run_id},
             )
-
-    async def _scalar(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
-        async def fetch(conn: Conn) -> Any:
-            cur = await conn.execute(sql, params)
-            row = await cur.fetchone()
-            return row[0] if row else None
-
-        return await self._conn.run(fetch)
+        )
 
 
 async def fence(conn: Conn, leases: HostLeases, batch: Batch) -> Batch:
@@ -221,7 +301,7 @@ async def fence(conn: Conn, leases: HostLeases, batch: Batch) -> Batch:
     ids = {s[3] for s in batch.states} | {p.url_id for p in batch.pages} | {e[0] for e in batch.errors if e[0]}
     ids |= {c[3] for c in batch.confirmed} | {c[0] for c in batch.changes} | set(batch.archived)
     ids |= {s.url_id for s in batch.sitemaps} | {u.parent_id for u in batch.new_urls if u.parent_id is not None}
-    ids |= {u.parent_id for u in batch.listed_urls if u.parent_id is not None}
+    ids |= {u.parent_id for u in batch.listed_urls if u.parent_id is not None} | set(batch.counted)
     host_of: dict[int, str] = {}
     if ids:
         cur = await conn.execute("SELECT id, host FROM urls WHERE id = ANY(%s)", (sorted(ids),))
@@ -229,11 +309,17 @@ async def fence(conn: Conn, leases: HostLeases, batch: Batch) -> Batch:
     # Locked in name order, so that two flushes never wait on each other crosswise.
     hosts = sorted(set(host_of.values()) | {skip[2] for skip in batch.host_skips})
     lost = await leases.renew_in(conn, hosts)
-    if not lost:
-        return batch
 
     def gone(url_id: int | None) -> bool:
         return url_id is not None and host_of.get(url_id) in lost
+
+    # The run's fetched pages commit with their rows, so claimed − fetched is exactly what a dead
+    # run leaves unused.
+    counted = sum(1 for url_id in batch.counted if not gone(url_id))
+    if counted:
+        await conn.execute("UPDATE runs SET fetched = fetched + %s WHERE id = %s", (counted, leases.run_id))
+    if not lost:
+        return batch
 
     return Batch(
         new_urls=[u for u in batch.new_urls if not gone(u.parent_id)],

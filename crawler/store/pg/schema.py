@@ -151,6 +151,16 @@ MIGRATIONS: tuple[str, ...] = (
         claimed   bigint NOT NULL
     );
     """,
+    # Politeness travels with a host's lease (what its next holder's HostSlot starts from), and
+    # each run's share of the page budget, so a dead run's unused claim can be given back.
+    """
+    ALTER TABLE hosts ADD crawl_delay double precision NOT NULL DEFAULT 0,
+                      ADD adaptive_delay double precision NOT NULL DEFAULT 0,
+                      ADD backoff_delay double precision NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD claimed bigint NOT NULL DEFAULT 0;
+    UPDATE runs SET fetched = 0 WHERE fetched IS NULL;
+    ALTER TABLE runs ALTER fetched SET DEFAULT 0, ALTER fetched SET NOT NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
