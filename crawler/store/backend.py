@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Protocol
 
 from crawler.store.batch import Batch
-from crawler.store.records import NewUrl, PageRecord, QueuedUrl, SitemapRecord
+from crawler.store.records import NewUrl, PageRecord, QueuedUrl, RobotsRecord, SitemapRecord
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")  # libpq takes both
 
@@ -22,6 +22,7 @@ class HostLeasing(Protocol):
 
     lease_seconds: float
     fencing: bool
+    held: dict[str, int]  # host → lease token, for the hosts this run holds now
     wait_of: Callable[[str], float]
 
     async def ensure_hosts(self) -> None: ...
@@ -94,6 +95,12 @@ class Backend(Protocol):
         """Pages fetched (done or failed) from host, in this run and earlier ones; sitemaps are no pages."""
         ...
 
+    async def stored_robots(self, origin: str) -> RobotsRecord | None:
+        """The last robots.txt fetch committed for origin (`scheme://host[:port]`), by this crawl's
+        earlier runs or, on a shared database, by any crawler; None when none was recorded (or
+        one was before the rows kept what rebuilds the rules)."""
+        ...
+
     async def sitemaps_settled(self) -> int:
         """Sitemap documents read or failed."""
         ...
@@ -148,9 +155,9 @@ class Backend(Protocol):
 
     def skip_queued_of_host(self, host: str, reason: str) -> None: ...
 
-    def add_robots(
-        self, origin: str, status: int | None, crawl_delay: float | None, sitemaps: Sequence[str], note: str | None
-    ) -> None: ...
+    def add_robots(self, record: RobotsRecord) -> None:
+        """One robots.txt fetch; the origin's row takes its place when the batch commits."""
+        ...
 
     async def flush(self) -> list[QueuedUrl]:
         """Commit the pending batch in one transaction; returns the newly queued URLs in id order."""
