@@ -18,7 +18,7 @@ from crawler.recrawl import GONE_STATUSES, conditional
 from crawler.robots.policy import RobotsAccess, RobotsPolicy
 from crawler.robots.rules import product_token
 from crawler.sitemaps.reader import SitemapReader
-from crawler.store import SITEMAP, Backend, NewUrl, PageRecord, body_hash, utc_now
+from crawler.store import SITEMAP, Backend, HostLeasing, NewUrl, PageRecord, body_hash, utc_now
 from crawler.urls import Scope, host_key
 
 fetch_log = logging.getLogger("crawler.fetch")
@@ -100,7 +100,7 @@ class Pipeline:
         self.tally.fetched += 1
         if lease.kind == SITEMAP and self._sitemaps is not None:
             return await self._read_sitemap(lease, gate, self._sitemaps)
-        redirects = _LeaseRedirects(self._scope, self._robots, lease.depth, gate)
+        redirects = _LeaseRedirects(self._scope, self._robots, lease.depth, gate, self._store.leases)
         previous = lease.previous
         try:
             result = await follow_redirects(
@@ -151,7 +151,7 @@ class Pipeline:
         """A sitemap's lease: the same fetch as a page's, up to the protocol's size, then read rather than parsed."""
         self.tally.sitemaps += 1
         # Its urls row's depth is its nesting level, not link hops: redirects are judged as from a seed.
-        redirects = _LeaseRedirects(self._scope, self._robots, 0, gate)
+        redirects = _LeaseRedirects(self._scope, self._robots, 0, gate, self._store.leases)
         async with sitemaps.turn(gate):
             try:
                 result = await follow_redirects(
@@ -265,7 +265,7 @@ class Pipeline:
         stopped = result.stopped_redirect
         if stopped is not None:
             target = stopped.target
-            if stopped.held:  # queued, to be fetched once its host's robots.txt answers
+            if stopped.held:  # queued: fetched once its host's robots.txt answers, or by its host's holder
                 new.append(NewUrl(target, host_key(target), lease.depth, lease.url_id, "queued", None))
             else:
                 new.append(NewUrl(target, host_key(target), lease.depth, lease.url_id, "skipped", stopped.reason))
@@ -284,18 +284,26 @@ def _validators(headers: list[tuple[str, str]]) -> tuple[str | None, str | None]
 
 
 class _LeaseRedirects:
-    """The redirect policy of one lease's fetch: scope first, then the target's robots.txt."""
+    """The redirect policy of one lease's fetch: scope first, then (among several crawlers) whether the
+    target's host is this crawler's, then the target's robots.txt."""
 
-    def __init__(self, scope: Scope, robots: RobotsPolicy | None, depth: int, gate: HostGate) -> None:
+    def __init__(
+        self, scope: Scope, robots: RobotsPolicy | None, depth: int, gate: HostGate, leases: HostLeasing | None
+    ) -> None:
+        """leases: the hosts this crawler holds on a shared database; None when it has every host (SQLite)."""
         self._scope = scope
         self._robots = robots
         self._depth = depth
         self._gate = gate
+        self._leases = leases
 
     async def decide(self, target: str) -> RedirectDecision:
         reason = self._scope.skip_reason(target, self._depth)
         if reason is not None:
             return RedirectDecision.skip(reason)
+        if self._leases is not None and host_key(target) not in self._leases.held:
+            # Before robots.txt too: fetching the target's would also be a request to a host not ours.
+            return RedirectDecision.hand_over()
         if self._robots is not None:
             verdict = await self._robots.verdict(target, self._gate)
             if verdict.access in (RobotsAccess.HOLD, RobotsAccess.GIVEN_UP):

@@ -228,3 +228,24 @@ def test_one_crawler_per_database(site_server: Serve, tmp_path: Path, capsys: py
     assert capsys.readouterr().err.splitlines() == [message] * 2
     assert list(tmp_path.glob("crawl.*.db")) == []  # --fresh moved nothing
     assert cli.main(["crawl", str(config), "--fresh", "-q"]) == 0
+
+
+async def test_a_resumed_crawl_uses_the_stored_robots_txt_within_robots_ttl(site_server: Serve, tmp_path: Path) -> None:
+    """Its rules (and its Crawl-delay) come from the robots row; past robots_ttl it is fetched again."""
+    site = chain_site().page("/private").robots("User-agent: *\nDisallow: /1/x\nCrawl-delay: 0.01\n")
+    server = site_server(site)
+    db = tmp_path / "c.db"
+    first, _ = await crawl_saying(make_config(db, [server.url + "/"], crawl={"max_pages": 2}))
+    assert first.outcome is Outcome.LIMIT
+    assert server.paths().count("/robots.txt") == 1
+
+    summary, _ = await crawl_saying(make_config(db, [server.url + "/"]))
+    assert summary.outcome is Outcome.FINISHED
+    assert server.paths().count("/robots.txt") == 1  # the resumed run rebuilt the rules from the row
+    assert rows(db, "SELECT url, reason FROM urls WHERE state = 'skipped'") == [(server.url + "/1/x", "robots")]
+    assert stored_paths(db, server.url) == {"/", "/1", "/2", "/3", "/4"}
+
+    # Past robots_ttl (here 0 s: nothing is trusted) the next run asks the site again.
+    new_seed = make_config(db, [server.url + "/", server.url + "/private"], politeness={"robots_ttl": 0.0})
+    await crawl_saying(new_seed)
+    assert server.paths().count("/robots.txt") == 2

@@ -4,6 +4,10 @@ Redirects are followed inside the one lease of the URL that started them, rather
 back into the frontier as new requests (as Scrapy and the 500-lines crawler do): that keeps
 one page row per URL with its final_url and the chain of hops, detects a loop within one
 fetch, and still gives each hop its own politeness turn at its own host, through the gate.
+
+The exception is a crawler among several on one database: a hop into a host it does not lease
+may be another crawler's to send to, so the policy stops there and the target is queued as a
+URL of its own, fetched by whoever holds its host, under that holder's politeness.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ class RedirectAction(Enum):
     FOLLOW = "follow"
     SKIP = "skip"  # the target is out of scope or disallowed: recorded as skipped
     HOLD = "hold"  # the target's robots.txt is unavailable: queued, to be fetched once it answers
+    HAND_OVER = "hand_over"  # the target's host is not this crawler's (it holds no lease on it): queued
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +47,14 @@ class RedirectDecision:
     def hold(cls) -> RedirectDecision:
         return _HOLD
 
+    @classmethod
+    def hand_over(cls) -> RedirectDecision:
+        return _HAND_OVER
+
 
 _FOLLOW = RedirectDecision(RedirectAction.FOLLOW)
 _HOLD = RedirectDecision(RedirectAction.HOLD)
+_HAND_OVER = RedirectDecision(RedirectAction.HAND_OVER)
 
 
 class RedirectPolicy(Protocol):
@@ -58,8 +68,9 @@ class StoppedRedirect:
     """A redirect the policy did not let the fetch follow."""
 
     target: str
-    reason: SkipReason | None  # why the target is skipped; None when it is held
-    held: bool = False  # queued rather than skipped: its robots.txt is unavailable for now
+    reason: SkipReason | None  # why the target is skipped; None when it is queued
+    held: bool = False  # queued rather than skipped: its robots.txt is unavailable, or its host is not ours
+    handed_over: bool = False  # queued because another crawler may hold its host (see the module's docstring)
 
 
 async def follow_redirects(
@@ -107,8 +118,9 @@ async def follow_redirects(
         if policy is not None:
             decision = await policy.decide(target)
             if decision.action is not RedirectAction.FOLLOW:
-                held = decision.action is RedirectAction.HOLD
-                result.stopped_redirect = StoppedRedirect(target, decision.reason, held=held)
+                handed_over = decision.action is RedirectAction.HAND_OVER
+                held = handed_over or decision.action is RedirectAction.HOLD
+                result.stopped_redirect = StoppedRedirect(target, decision.reason, held=held, handed_over=handed_over)
                 break
         seen.add(target)
         current = target

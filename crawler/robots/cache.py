@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -11,6 +12,12 @@ from crawler.robots.rules import RobotsResponse, RobotsRules
 
 # GET a robots.txt URL, following its redirects, under the calling worker's gate.
 RobotsFetch = Callable[[str], Awaitable[RobotsResponse]]
+# An origin's robots.txt answer recorded earlier (by a resumed crawl's earlier run, or by another
+# crawler on a shared database) and its age in seconds; None when none was recorded.
+RobotsLookup = Callable[[str], Awaitable[tuple[RobotsResponse, float] | None]]
+
+log = logging.getLogger(__name__)
+
 
 @dataclass(slots=True)
 class _Entry:
@@ -29,6 +36,9 @@ class RobotsCache:
     gate, and is cancelled with it);
     callers arriving meanwhile wait for its answer.  If the fetching caller is
     cancelled, one of the waiting callers fetches instead.
+
+    With a `lookup`, a missing origin is first looked up there: an answer recorded less than
+    its lifetime ago is kept for the rest of that lifetime and nothing is fetched.
     """
 
     def __init__(
@@ -38,8 +48,10 @@ class RobotsCache:
         ttl: float = 86400.0,
         retry_interval: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        lookup: RobotsLookup | None = None,
     ) -> None:
         self._user_agent = user_agent
+        self._lookup = lookup
         self._ttl = ttl  # RFC 9309 §2.4: at most 24 h; the config enforces it
         self._retry_interval = retry_interval
         self._clock = clock
@@ -95,6 +107,9 @@ class RobotsCache:
         self._inflight[origin] = done
         rules: RobotsRules | None = None
         try:
+            rules = await self._recorded(origin)
+            if rules is not None:
+                return rules
             try:
                 resp = await fetch(origin + "/robots.txt")
             except Exception as exc:
@@ -107,3 +122,23 @@ class RobotsCache:
         finally:
             del self._inflight[origin]
             done.set_result(rules)  # None (cancelled): a waiter takes over
+
+    async def _recorded(self, origin: str) -> RobotsRules | None:
+        """The rules of a recorded answer still within its lifetime, entered for what is left of it."""
+        if self._lookup is None:
+            return None
+        try:
+            found = await self._lookup(origin)
+        except Exception as exc:  # a lookup saves a fetch; failing one only costs that fetch
+            log.warning("%s/robots.txt: looking up its recorded answer failed (%s); fetching it", origin, exc)
+            return None
+        if found is None:
+            return None
+        resp, age = found
+        now = self._clock()
+        rules = RobotsRules.from_response(resp, self._user_agent, fetched_at=now - age)
+        left = (self._retry_interval if rules.unavailable else self._ttl) - age
+        if left <= 0:
+            return None
+        self._entries[origin] = _Entry(rules, now + left)
+        return rules

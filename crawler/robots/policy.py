@@ -15,6 +15,7 @@ from crawler.http.redirects import follow_redirects
 from crawler.politeness import Politeness
 from crawler.robots.cache import RobotsCache, RobotsFetch
 from crawler.robots.rules import MAX_ROBOTS_BYTES, RobotsResponse, RobotsRules
+from crawler.store.records import RobotsRecord, seconds_since
 from crawler.urls import host_key, origin
 
 log = logging.getLogger(__name__)
@@ -29,11 +30,20 @@ class RobotsGate(Gate, Protocol):
 
 
 class RobotsLog(Protocol):
-    """Where each robots.txt fetch is recorded (the store)."""
+    """Where each robots.txt fetch is recorded, and read back before fetching again (the store)."""
 
-    def add_robots(
-        self, origin: str, status: int | None, crawl_delay: float | None, sitemaps: Sequence[str], note: str | None
-    ) -> None: ...
+    def add_robots(self, record: RobotsRecord) -> None: ...
+
+    async def stored_robots(self, origin: str) -> RobotsRecord | None: ...
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What one robots.txt fetch got, for its record."""
+
+    made: bool = False
+    response: RobotsResponse | None = None
+    error_kind: ErrorKind | None = None
 
 
 class RobotsAccess(Enum):
@@ -58,7 +68,11 @@ class RobotsPolicy:
     """Whether the crawl may fetch a URL, going by its origin's robots.txt (RFC 9309).
 
     robots.txt is fetched through the fetcher under the asking worker's gate, which every
-    call passes explicitly; each fetch is recorded in the store once.
+    call passes explicitly; each fetch is recorded in the store once, with what rebuilds its
+    rules. Before fetching, the store's record is looked up: one still within robots_ttl (or,
+    unreachable, within robots_retry_interval) is used instead, so a resumed crawl, and every
+    crawler sharing a database, fetch an origin's robots.txt once per lifetime. The record also
+    carries the unreachable fetches in a row, so robots_max_attempts counts across them.
     """
 
     def __init__(
@@ -70,7 +84,8 @@ class RobotsPolicy:
         *,
         on_sitemaps: Callable[[str, Sequence[str]], None] | None = None,
     ) -> None:
-        """on_sitemaps(origin, urls) hears the Sitemap: lines of each robots.txt fetched (the sitemap reader)."""
+        """on_sitemaps(origin, urls) hears the Sitemap: lines of each robots.txt fetched, and once per run
+        those of one rebuilt from its record (the sitemap reader)."""
         self._config = config
         self._on_sitemaps = on_sitemaps
         self._fetcher = fetcher
@@ -82,9 +97,11 @@ class RobotsPolicy:
             ttl=config.robots_ttl,
             retry_interval=config.robots_retry_interval,
             clock=politeness.clock,
+            lookup=self._recorded,
         )
         self._misses: dict[str, int] = {}  # origin → unreachable robots.txt fetches in a row
         self._errors: dict[str, FetchError] = {}  # origin → why its robots.txt fetch last failed
+        self._announced: set[str] = set()  # origins whose Sitemap: lines on_sitemaps heard this run
 
     async def verdict(self, url: str, gate: RobotsGate) -> RobotsVerdict:
         """The verdict for a normalised URL (a lease's, or a redirect target), fetching robots.txt if need be."""
@@ -138,25 +155,66 @@ class RobotsPolicy:
                 gate.let_go()
                 await self.cache.wait(site)
                 continue
+            attempt = _Attempt()
             with self._politeness.fetching_robots(host):
-                rules = await self.cache.rules_for(site, self._fetch_under(gate))
-            # Only the fetching worker gets here, so each fetch is recorded and counted once.
-            self._store.add_robots(site, rules.status, rules.crawl_delay, rules.sitemaps, rules.describe())
-            if self._on_sitemaps is not None and rules.sitemaps:
+                rules = await self.cache.rules_for(site, self._fetch_under(gate, attempt))
+            if attempt.made:
+                self._fetched(site, rules, attempt)
+            if self._on_sitemaps is not None and rules.sitemaps and (attempt.made or site not in self._announced):
+                # Rules rebuilt from a record name their sitemaps here too: the reader learns
+                # which robots.txt named each (the urls rows already exist, so nothing is added twice).
+                self._announced.add(site)
                 self._on_sitemaps(site, rules.sitemaps)
-            if rules.unavailable:
-                self._misses[site] = self._misses.get(site, 0) + 1
-            else:
-                self._misses.pop(site, None)
-                self._errors.pop(site, None)
             break
         self._politeness.set_crawl_delay(host, rules.crawl_delay)
         return rules
 
-    def _fetch_under(self, gate: RobotsGate) -> RobotsFetch:
-        """A robots.txt fetch that takes its turns at gate."""
+    def _fetched(self, site: str, rules: RobotsRules, attempt: _Attempt) -> None:
+        """Count and record one fetch (only the fetching worker calls this, so once per fetch)."""
+        if rules.unavailable:
+            self._misses[site] = self._misses.get(site, 0) + 1
+        else:
+            self._misses.pop(site, None)
+            self._errors.pop(site, None)
+        resp = attempt.response
+        ok = resp is not None and resp.status is not None and 200 <= resp.status < 300
+        self._store.add_robots(
+            RobotsRecord(
+                site,
+                rules.status,
+                rules.crawl_delay,
+                rules.sitemaps,
+                rules.describe(),
+                body=resp.body if resp is not None and ok else b"",
+                error=resp.error if resp is not None else rules.error,
+                error_kind=attempt.error_kind.value if attempt.error_kind is not None else None,
+                misses=self._misses.get(site, 0),
+            )
+        )
+
+    async def _recorded(self, site: str) -> tuple[RobotsResponse, float] | None:
+        """The store's record of site's robots.txt as the answer it was, with its age (RobotsCache's lookup);
+        its unreachable fetches in a row count on here."""
+        record = await self._store.stored_robots(site)
+        if record is None:
+            return None
+        if record.misses:
+            self._misses[site] = max(self._misses.get(site, 0), record.misses)
+            kind = _error_kind(record.error_kind)
+            if site not in self._errors or kind is not None:
+                self._errors[site] = FetchError(kind or ErrorKind.OTHER, record.error or "no usable answer")
+        else:
+            self._misses.pop(site, None)
+            self._errors.pop(site, None)
+        too_many = record.error_kind == ErrorKind.TOO_MANY_REDIRECTS.value
+        resp = RobotsResponse(record.status, record.body, record.error, too_many_redirects=too_many)
+        return resp, seconds_since(record.fetched_at)
+
+    def _fetch_under(self, gate: RobotsGate, attempt: _Attempt) -> RobotsFetch:
+        """A robots.txt fetch that takes its turns at gate, and notes what it got in attempt."""
 
         async def fetch(robots_url: str) -> RobotsResponse:
+            attempt.made = True
             try:
                 # RFC 9309 §2.3.1.2 and §2.5: follow 5 redirects, read (at least) 500 KiB.
                 result = await follow_redirects(
@@ -170,7 +228,17 @@ class RobotsPolicy:
                 # A copy without the traceback, whose frames would outlive the fetch.
                 self._errors[origin(robots_url)] = FetchError(exc.kind, exc.message, attempts=exc.attempts)
                 too_many = exc.kind is ErrorKind.TOO_MANY_REDIRECTS
-                return RobotsResponse(exc.status, b"", exc.message, too_many_redirects=too_many)
-            return RobotsResponse(result.status, result.body, None)
+                attempt.error_kind = exc.kind
+                attempt.response = RobotsResponse(exc.status, b"", exc.message, too_many_redirects=too_many)
+            else:
+                attempt.response = RobotsResponse(result.status, result.body, None)
+            return attempt.response
 
         return fetch
+
+
+def _error_kind(value: str | None) -> ErrorKind | None:
+    try:
+        return ErrorKind(value) if value is not None else None
+    except ValueError:  # a kind this version does not know
+        return None

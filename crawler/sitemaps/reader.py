@@ -101,7 +101,9 @@ class SitemapReader:
             self._store.add_listed_urls(
                 [NewUrl(target, host_key(target), lease.depth, lease.url_id, state, stopped.reason, SITEMAP, "sitemap")]
             )
-            why = "held for its robots.txt" if stopped.held else f"not followed: {stopped.reason}"
+            why = f"not followed: {stopped.reason}"
+            if stopped.held:
+                why = "queued for its host's holder" if stopped.handed_over else "held for its robots.txt"
             self._record(lease, status, 0, f"redirect to {target} {why}")
             self._store.set_state(lease.url_id, "done")
             return None

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from crawler.politeness import HostState
 from crawler.store.batch import Batch
-from crawler.store.records import NewUrl, PageRecord, QueuedUrl, SitemapRecord
+from crawler.store.records import NewUrl, PageRecord, QueuedUrl, RobotsRecord, SitemapRecord
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")  # libpq takes both
 
@@ -26,6 +26,7 @@ class HostLeasing(Protocol):
     state_of: Callable[[str], HostState]  # a held host's politeness, handed over with it
     restore: Callable[[str, HostState], None]  # applies a taken host's handed-over politeness
     claim_left: int
+    held: dict[str, int]  # host → lease token, for the hosts this run holds now
 
     async def ensure_hosts(self) -> None: ...
 
@@ -97,6 +98,12 @@ class Backend(Protocol):
         """Pages fetched (done or failed) from host, in this run and earlier ones; sitemaps are no pages."""
         ...
 
+    async def stored_robots(self, origin: str) -> RobotsRecord | None:
+        """The last robots.txt fetch committed for origin (`scheme://host[:port]`), by this crawl's
+        earlier runs or, on a shared database, by any crawler; None when none was recorded (or
+        one was before the rows kept what rebuilds the rules)."""
+        ...
+
     async def sitemaps_settled(self) -> int:
         """Sitemap documents read or failed."""
         ...
@@ -151,9 +158,9 @@ class Backend(Protocol):
 
     def skip_queued_of_host(self, host: str, reason: str) -> None: ...
 
-    def add_robots(
-        self, origin: str, status: int | None, crawl_delay: float | None, sitemaps: Sequence[str], note: str | None
-    ) -> None: ...
+    def add_robots(self, record: RobotsRecord) -> None:
+        """One robots.txt fetch; the origin's row takes its place when the batch commits."""
+        ...
 
     async def flush(self) -> list[QueuedUrl]:
         """Commit the pending batch in one transaction; returns the newly queued URLs in id order."""

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from crawler.store.records import NewUrl, PageRecord, SitemapRecord, utc_now
+from crawler.store.records import NewUrl, PageRecord, RobotsRecord, SitemapRecord, utc_now
 
 
 @dataclass(slots=True)
@@ -18,7 +18,7 @@ class Batch:
     links: list[tuple[int, str, int]] = field(default_factory=list)  # (from_id, to_url, nofollow)
     errors: list[tuple[int | None, str, str, str, int, str]] = field(default_factory=list)
     states: list[tuple[str, str | None, str, int]] = field(default_factory=list)  # (state, reason, at, id)
-    robots: list[tuple[str, int | None, str, float | None, str, str | None]] = field(default_factory=list)
+    robots: list[tuple[Any, ...]] = field(default_factory=list)  # RobotsRecord.row()s
     host_skips: list[tuple[str, str, str]] = field(default_factory=list)  # (reason, at, host)
     # URLs a sitemap (or robots.txt) lists, apart: they carry kind, source and lastmod, which
     # links never do, so the links' insert stays as lean as it was.
@@ -91,10 +91,8 @@ class Batch:
     def skip_queued_of_host(self, host: str, reason: str) -> None:
         self.host_skips.append((reason, utc_now(), host))
 
-    def add_robots(
-        self, origin: str, status: int | None, crawl_delay: float | None, sitemaps: Sequence[str], note: str | None
-    ) -> None:
-        self.robots.append((origin, status, utc_now(), crawl_delay, json.dumps(list(sitemaps)), note))
+    def add_robots(self, record: RobotsRecord) -> None:
+        self.robots.append(record.row())
 
 
 class BatchedWrites:
@@ -137,7 +135,6 @@ class BatchedWrites:
         """Mark every still-queued URL of host as skipped (a per-host limit was reached)."""
         self.batch.skip_queued_of_host(host, reason)
 
-    def add_robots(
-        self, origin: str, status: int | None, crawl_delay: float | None, sitemaps: Sequence[str], note: str | None
-    ) -> None:
-        self.batch.add_robots(origin, status, crawl_delay, sitemaps, note)
+    def add_robots(self, record: RobotsRecord) -> None:
+        """One robots.txt fetch; the origin's row takes its place."""
+        self.batch.add_robots(record)

@@ -9,7 +9,15 @@ from operator import itemgetter
 
 from crawler.errors import SkipReason
 from crawler.store.batch import Batch
-from crawler.store.records import NewUrl, PageRecord, QueuedUrl, SitemapRecord, unique_new_urls, utc_now
+from crawler.store.records import (
+    ROBOTS_COLUMNS,
+    NewUrl,
+    PageRecord,
+    QueuedUrl,
+    SitemapRecord,
+    unique_new_urls,
+    utc_now,
+)
 
 # Links, new URLs and URL states go to SQLite as JSON arrays read back with json_each,
 # JSON_ROWS rows per statement, and executemany runs a batch's statements in one call: row by
@@ -117,9 +125,7 @@ class BatchCommit:
             _write_sitemaps(db, batch.sitemaps, run_id)
         if batch.robots:
             db.executemany(
-                "INSERT OR REPLACE INTO robots (origin, status, fetched_at, crawl_delay, sitemaps, note)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                batch.robots,
+                f"INSERT OR REPLACE INTO robots ({ROBOTS_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.robots
             )
         return queued
 

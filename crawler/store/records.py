@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from crawler.errors import SkipReason
@@ -26,6 +29,12 @@ def utc_now() -> str:
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
         _second[0] = (whole, text)
     return f"{text}.{int((now - whole) * 1000):03d}Z"
+
+
+def seconds_since(stamp: str) -> float:
+    """Seconds from a stored time (utc_now's format) to now on this machine's clock; never negative."""
+    then = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return max(0.0, time.time() - then.timestamp())
 
 
 def body_hash(body: bytes) -> str:
@@ -119,3 +128,59 @@ def unique_new_urls(urls: list[NewUrl]) -> dict[str, NewUrl]:
         if kept.reason == SkipReason.NOFOLLOW and item.state == "queued":
             unique[item.url] = item
     return unique
+
+
+@dataclass(frozen=True, slots=True)
+class RobotsRecord:
+    """One origin's robots.txt fetch, as the `robots` table keeps it: enough to rebuild its rules.
+
+    `body` is what was read (b"" for a non-2xx answer or none); `error_kind` and `error` say why a
+    fetch failed, `misses` how many fetches in a row found robots.txt unreachable (0 once one
+    answers). Another crawler, or a resumed one, rebuilds the rules from these rather than fetching.
+    """
+
+    origin: str
+    status: int | None
+    crawl_delay: float | None
+    sitemaps: tuple[str, ...]
+    note: str | None
+    body: bytes = b""
+    error: str | None = None
+    error_kind: str | None = None
+    misses: int = 0
+    fetched_at: str = ""  # utc_now() when recorded; set by the batch
+
+    def row(self) -> tuple[Any, ...]:
+        """The robots row's values in ROBOTS_COLUMNS order."""
+        return (
+            self.origin,
+            self.status,
+            self.fetched_at or utc_now(),
+            self.crawl_delay,
+            json.dumps(list(self.sitemaps)),
+            self.note,
+            self.body,
+            self.error,
+            self.error_kind,
+            self.misses,
+        )
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> RobotsRecord:
+        origin, status, fetched_at, crawl_delay, sitemaps, note, body, error, error_kind, misses = row
+        return cls(
+            origin,
+            status,
+            crawl_delay,
+            tuple(json.loads(sitemaps)),
+            note,
+            bytes(body),
+            error,
+            error_kind,
+            misses,
+            fetched_at,
+        )
+
+
+# The robots columns in RobotsRecord.row's order; a row whose body is NULL predates them and rebuilds nothing.
+ROBOTS_COLUMNS = "origin, status, fetched_at, crawl_delay, sitemaps, note, body, error, error_kind, misses"

@@ -201,6 +201,16 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (run_id, url_id)
     ) WITHOUT ROWID;
     """,
+    # 5: a robots row keeps what rebuilds its rules, so a resumed crawl (or, on PostgreSQL, another
+    # crawler) uses it within robots_ttl instead of fetching robots.txt again: the body read, why a
+    # fetch failed, and how many fetches in a row found it unreachable. Older rows keep a NULL body
+    # and rebuild nothing.
+    """
+    ALTER TABLE robots ADD COLUMN body BLOB;
+    ALTER TABLE robots ADD COLUMN error TEXT;
+    ALTER TABLE robots ADD COLUMN error_kind TEXT;
+    ALTER TABLE robots ADD COLUMN misses INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

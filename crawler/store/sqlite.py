@@ -17,7 +17,7 @@ from crawler.store.batch import Batch, BatchedWrites
 from crawler.store.connection import SqliteConnection
 from crawler.store.flush import BatchCommit, index_pending
 from crawler.store.migrations import migrate
-from crawler.store.records import URL_STATES, QueuedUrl, StoredVersion, utc_now
+from crawler.store.records import ROBOTS_COLUMNS, URL_STATES, QueuedUrl, RobotsRecord, StoredVersion, utc_now
 from crawler.store.schema import SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -189,6 +189,13 @@ class Store(BatchedWrites):
     async def pending_index(self) -> int:
         """Pages stored but not yet in the full-text index."""
         return int(await self.scalar("SELECT count(*) FROM search_pending"))
+
+    async def stored_robots(self, origin: str) -> RobotsRecord | None:
+        """The last robots.txt fetch recorded for origin (a resumed crawl may reuse it); None if none rebuilds."""
+        rows = await self.fetchall(
+            f"SELECT {ROBOTS_COLUMNS} FROM robots WHERE origin = ? AND body IS NOT NULL", (origin,)
+        )
+        return RobotsRecord.from_row(rows[0]) if rows else None
 
     async def get_meta(self, key: str) -> str | None:
         value = await self.scalar("SELECT value FROM meta WHERE key = ?", (key,))

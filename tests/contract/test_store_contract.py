@@ -14,12 +14,14 @@ from crawler.store import (
     Backend,
     NewUrl,
     PageRecord,
+    RobotsRecord,
     SitemapRecord,
     Store,
     StoredVersion,
     is_postgres_url,
     utc_now,
 )
+from crawler.store.records import seconds_since
 from tests.contract.conftest import sql
 from tests.crawlkit import closed_port
 from tests.test_frontier import Driver, politeness, queue_urls
@@ -137,7 +139,7 @@ async def test_a_page_its_links_errors_and_robots_commit_together(store: Backend
         NewUrl("http://a.test/hidden", HOST, 1, home, "skipped", "nofollow"),
     ])  # fmt: skip
     store.add_error(other, "http://a.test/other", "timeout", "timed out after 5 s", 2)
-    store.add_robots("http://a.test", 200, 1.5, ["http://a.test/sitemap.xml"], "allowed")
+    store.add_robots(RobotsRecord("http://a.test", 200, 1.5, ("http://a.test/sitemap.xml",), "allowed"))
     queued = await store.flush()
 
     assert [q.url for q in queued] == ["http://a.test/new"]
@@ -166,6 +168,40 @@ async def test_a_page_its_links_errors_and_robots_commit_together(store: Backend
     assert await store.state_counts() == {"queued": 1, "in_flight": 0, "done": 1, "failed": 1, "skipped": 1}
     assert await store.fetched_for_host(HOST) == 2
     assert await store.fetched_for_host("b.test:80") == 0
+
+
+async def test_a_robots_record_comes_back_once_committed_and_the_latest_wins(store: Backend) -> None:
+    """What rebuilds an origin's rules: another crawler on the database (or a resumed run) reads it."""
+    assert await store.stored_robots("http://a.test") is None
+    body = b"\xef\xbb\xbfUser-agent: *\nDisallow: /\x00\xff\n"  # bytes as read, not text
+    store.add_robots(RobotsRecord("http://a.test", 200, 2.0, ("http://a.test/s.xml",), "200, 1 rule for *", body))
+    store.add_robots(RobotsRecord("http://b.test:8080", None, None, (), "unreachable", b"", "refused", "connect", 2))
+    assert await store.stored_robots("http://a.test") is None  # not before the flush commits it
+    await store.flush()
+    a = await store.stored_robots("http://a.test")
+    b = await store.stored_robots("http://b.test:8080")
+    assert a is not None and b is not None
+    assert (a.status, a.crawl_delay, a.sitemaps, a.body, a.error, a.error_kind, a.misses) == (
+        200, 2.0, ("http://a.test/s.xml",), body, None, None, 0
+    )  # fmt: skip
+    assert (b.status, b.body, b.error, b.error_kind, b.misses) == (None, b"", "refused", "connect", 2)
+    assert seconds_since(a.fetched_at) < 60
+    # Two fetches of one origin in one batch, and a later one: the latest is what comes back.
+    store.add_robots(RobotsRecord("http://b.test:8080", 503, None, (), "503", b"", "HTTP 503", "http_status", 3))
+    store.add_robots(RobotsRecord("http://b.test:8080", 404, None, (), "404: allow all"))
+    await store.flush()
+    b = await store.stored_robots("http://b.test:8080")
+    assert b is not None and (b.status, b.misses, b.error_kind) == (404, 0, None)
+    assert await sql(store, "SELECT count(*) FROM robots") == [(2,)]
+
+
+async def test_a_robots_row_from_before_its_body_was_kept_rebuilds_nothing(store: Backend) -> None:
+    insert = "INSERT INTO robots (origin, status, fetched_at, crawl_delay, sitemaps, note) VALUES (?, ?, ?, ?, ?, ?)"
+    if is_postgres_url(store.location):
+        insert = insert.replace("?", "%s")
+    # As the schema's migration leaves a row written before it: no body.
+    await store._write(insert, ("http://a.test", 200, utc_now(), None, "[]", "200, 1 rule for *"))  # type: ignore[attr-defined]
+    assert await store.stored_robots("http://a.test") is None
 
 
 async def test_a_nofollow_target_followed_later_is_queued_with_a_fresh_id(store: Backend) -> None:

@@ -10,7 +10,15 @@ from crawler.errors import SkipReason
 from crawler.store.batch import Batch
 from crawler.store.flush import PAGE_COLUMNS
 from crawler.store.pg.connection import Conn
-from crawler.store.records import NewUrl, PageRecord, QueuedUrl, SitemapRecord, unique_new_urls, utc_now
+from crawler.store.records import (
+    ROBOTS_COLUMNS,
+    NewUrl,
+    PageRecord,
+    QueuedUrl,
+    SitemapRecord,
+    unique_new_urls,
+    utc_now,
+)
 
 # PostgreSQL text cannot hold NUL; a page may. Stored as U+FFFD, as an undecodable byte is.
 _NUL = str.maketrans({"\x00": "\ufffd"})
@@ -143,10 +151,11 @@ class PgBatchCommit:
             if batch.robots:
                 latest_robots = {r[0]: r for r in batch.robots}
                 await cur.executemany(
-                    "INSERT INTO robots (origin, status, fetched_at, crawl_delay, sitemaps, note)"
-                    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (origin) DO UPDATE SET status = excluded.status,"
+                    f"INSERT INTO robots ({ROBOTS_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (origin) DO UPDATE SET status = excluded.status,"
                     " fetched_at = excluded.fetched_at, crawl_delay = excluded.crawl_delay,"
-                    " sitemaps = excluded.sitemaps, note = excluded.note",
+                    " sitemaps = excluded.sitemaps, note = excluded.note, body = excluded.body,"
+                    " error = excluded.error, error_kind = excluded.error_kind, misses = excluded.misses",
                     list(latest_robots.values()),
                 )
         return queued

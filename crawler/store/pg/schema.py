@@ -161,6 +161,12 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE runs SET fetched = 0 WHERE fetched IS NULL;
     ALTER TABLE runs ALTER fetched SET DEFAULT 0, ALTER fetched SET NOT NULL;
     """,
+    # robots.txt shared by the fleet: a robots row keeps what rebuilds its rules (the body read,
+    # why a fetch failed, unreachable fetches in a row), so whoever holds the host next uses it
+    # within robots_ttl instead of fetching it again. Older rows keep a NULL body and rebuild nothing.
+    """
+    ALTER TABLE robots ADD body bytea, ADD error text, ADD error_kind text, ADD misses integer NOT NULL DEFAULT 0;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

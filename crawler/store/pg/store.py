@@ -15,7 +15,7 @@ from crawler.store.pg.connection import Conn, PgConnection
 from crawler.store.pg.flush import PgBatchCommit, index_pending
 from crawler.store.pg.leases import HostLeases, fence
 from crawler.store.pg.schema import MIGRATIONS, SCHEMA_VERSION, TEMP_TABLES
-from crawler.store.records import URL_STATES, QueuedUrl, StoredVersion, utc_now
+from crawler.store.records import ROBOTS_COLUMNS, URL_STATES, QueuedUrl, RobotsRecord, StoredVersion, utc_now
 
 IDLE_INDEX = 200  # pages indexed by a flush that finds its batch empty (the writer is idle)
 MIGRATION_LOCK = 0x6372776D  # the advisory lock migrations take turns on ('crwm')
@@ -154,6 +154,13 @@ class PgStore(BatchedWrites):
 
     async def pending_index(self) -> int:
         return int(await self.scalar("SELECT count(*) FROM pages WHERE search IS NULL AND noindex = 0"))
+
+    async def stored_robots(self, origin: str) -> RobotsRecord | None:
+        """The fleet's last robots.txt fetch for origin, committed by whichever crawler made it."""
+        rows = await self.fetchall(
+            f"SELECT {ROBOTS_COLUMNS} FROM robots WHERE origin = %s AND body IS NOT NULL", (origin,)
+        )
+        return RobotsRecord.from_row(rows[0]) if rows else None
 
     async def get_meta(self, key: str) -> str | None:
         value = await self.scalar("SELECT value FROM meta WHERE key = %s", (key,))
