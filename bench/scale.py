@@ -1,7 +1,7 @@
 """Scale benchmark: 1, 2, 4 and 8 crawler processes on one PostgreSQL crawl, each held to a fixed CPU share.
 
-    python bench/scale.py [--hosts 100] [--pages-per-host 100] [--procs 1,2,4,8] [--cpu 0.2]
-                          [--delay 0.02] [--per-host-concurrency 2] [--smoke]
+    python bench/scale.py [--hosts 100] [--pages-per-host 100] [--procs 1,2,4,8] [--cpu 0.1]
+                          [--delay 0.02] [--per-host-concurrency 2] [--smoke] [--pg-profile]
 
 A generated site of `--hosts` hosts (127.0.0.2 …) is served by nginx, which logs every request
 with its end time ($msec) and duration ($request_time). A throwaway PostgreSQL cluster
@@ -14,7 +14,8 @@ Printed per run: pages stored, wall time, pages/s, speed-up over one process, Po
 seconds per 1,000 pages (postmaster and backends, exited ones included through the
 postmaster's reaped-children times), the crawlers' CPU as a share of their cap, duplicates
 (page URLs nginx served more than once) and politeness violations (per host: more than
-per_host_concurrency requests in flight at once, or two starts closer than `delay`).
+per_host_concurrency requests in flight at once, or two starts closer than `delay`), and how busy
+the machine was: PostgreSQL's and nginx's cores, all cores' use, and the cores other processes took.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(REPO_ROOT))  # tests.support (the throwaway PostgreSQL), as bench/fairness.py does
 
+import pg_profile  # noqa: E402
 import psycopg  # noqa: E402
 import sitegen  # noqa: E402
 from servers import NginxServer, find_nginx, pick_port  # noqa: E402
@@ -119,6 +121,12 @@ class LoggingNginx(NginxServer):
         return super().config_text().replace("  access_log off;\n", log)
 
 
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has spent not idle since boot (all cores)."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+
+
 def postgres_cpu_seconds(server: PostgresServer) -> float:
     """CPU of the postmaster, its live children and every child it has reaped (exited backends)."""
     pid = server.postmaster_pid()
@@ -195,7 +203,14 @@ class Result:
     pg_cpu: float | None
     throttled: float
     log: LogCheck
+    nginx_cpu: float = 0.0
+    machine_busy: float = 0.0  # CPU seconds every process on the machine used during the run
     failed: str = ""
+
+    @property
+    def others(self) -> float:
+        """CPU seconds of processes that are not this run's (other work on a shared machine)."""
+        return max(0.0, self.machine_busy - self.crawler_cpu - (self.pg_cpu or 0.0) - self.nginx_cpu)
 
     @property
     def rate(self) -> float:
@@ -301,12 +316,27 @@ def one_run(
         config = workdir / "crawl.toml"
         config.write_text(config_text(site, args, storage))
         subprocess.run(["sync"], check=False)
+        if pg is not None and args.pg_profile:
+            pg_profile.prepare(url)
         pg_before = postgres_cpu_seconds(pg) if pg is not None else 0.0
-        wall, cpu, throttled, failure = run_crawlers(config, procs, caps, workdir)
+        nginx_before, machine_before = server.cpu_seconds(), busy_seconds()
+        postmaster = pg.postmaster_pid() if pg is not None and args.pg_profile else None
+        if postmaster is not None:
+            spent = pg_profile.baseline(postmaster)
+            with pg_profile.ProcessSampler(postmaster) as sampler:
+                wall, cpu, throttled, failure = run_crawlers(config, procs, caps, workdir)
+        else:
+            wall, cpu, throttled, failure = run_crawlers(config, procs, caps, workdir)
+        nginx_cpu, machine_busy = server.cpu_seconds() - nginx_before, busy_seconds() - machine_before
         pg_cpu = None
         if pg is not None:
             time.sleep(0.5)  # the backends of exited crawlers exit and are reaped
             pg_cpu = postgres_cpu_seconds(pg) - pg_before
+            if postmaster is not None:
+                spent_by_kind = sorted(sampler.by_kind(spent).items(), key=lambda kv: -kv[1])
+                kinds = ", ".join(f"{k} {v:.2f}" for k, v in spent_by_kind)
+                print(f"  {label}: PG CPU {pg_cpu:.2f} s; sampled by process kind (s): {kinds}")
+                print(pg_profile.statements(url))
             with psycopg.connect(url) as conn:
                 pages = int(conn.execute("SELECT count(*) FROM pages").fetchone()[0])  # type: ignore[index]
         else:
@@ -319,7 +349,9 @@ def one_run(
     log = check_log(workdir / "nginx" / "access.log", args.per_host_concurrency, args.delay, args.tolerance)
     if not failure and pages != site.expected_pages:
         failure = f"stored {pages} of {site.expected_pages} pages"
-    return Result(label, procs, pages, site.expected_pages, wall, cpu, pg_cpu, throttled, log, failure)
+    return Result(
+        label, procs, pages, site.expected_pages, wall, cpu, pg_cpu, throttled, log, nginx_cpu, machine_busy, failure
+    )
 
 
 # ---- report ------------------------------------------------------------------------------------
@@ -331,8 +363,8 @@ def table(results: list[Result], args: argparse.Namespace, cap_note: str) -> str
     head = (
         "| store | processes | pages stored | wall s | pages/s | speed-up | PG CPU s / 1,000 pages "
         "| crawler CPU s / 1,000 pages | crawler CPU % of cap | throttled s | duplicates | violations (overlap / gap) "
-        "| robots.txt fetches | closest gap ms |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| robots.txt fetches | closest gap ms | PG cores | nginx cores | machine CPU % | others' cores |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     rows = []
     for r in results:
@@ -341,11 +373,19 @@ def table(results: list[Result], args: argparse.Namespace, cap_note: str) -> str
         own = f"{r.crawler_cpu / r.pages * 1000:.2f}" if r.pages else "–"
         share = f"{100 * r.crawler_cpu / (r.procs * args.cpu * r.wall):.0f}" if r.wall else "–"
         gap = f"{r.log.closest_gap * 1000:.0f}" if r.log.closest_gap != float("inf") else "–"
+        pg_cores = f"{r.pg_cpu / r.wall:.2f}" if r.pg_cpu is not None and r.wall else "–"
+        cores = psutil.cpu_count() or 1
+        use = (
+            f"| {pg_cores} | {r.nginx_cpu / r.wall:.2f} | {100 * r.machine_busy / (cores * r.wall):.0f} "
+            f"| {r.others / r.wall:.2f} |"
+            if r.wall
+            else "| – | – | – | – |"
+        )
         rows.append(
             f"| {r.label.split()[0]} | {r.procs} | {r.pages:,}/{r.expected:,}{' FAILED' if r.failed else ''} "
             f"| {r.wall:.1f} | {r.rate:,.0f} | {speed} | {pg} | {own} | {share} | {r.throttled:.1f} "
             f"| {r.log.duplicates} | {r.log.overlap_violations} / {r.log.gap_violations} "
-            f"| {r.log.robots_fetches} | {gap} |"
+            f"| {r.log.robots_fetches} | {gap} {use}"
         )
     lines = [cap_note, "", head + "\n".join(rows)]
     if base and sqlite and sqlite.rate:
@@ -361,7 +401,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hosts", type=int, default=100)
     parser.add_argument("--pages-per-host", type=int, default=100)
     parser.add_argument("--procs", default="1,2,4,8", help="comma-separated process counts")
-    parser.add_argument("--cpu", type=float, default=0.2, help="CPU share of each crawler process (cgroup quota)")
+    parser.add_argument(
+        "--cpu", type=float, default=0.1,
+        help="CPU share of each crawler process (cgroup quota); 8 × 0.1 leaves PostgreSQL and nginx room on 2 cores",
+    )  # fmt: skip
     parser.add_argument("--delay", type=float, default=0.02, help="politeness.delay, seconds between starts per host")
     parser.add_argument("--per-host-concurrency", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=32, help="politeness.concurrency of each process")
@@ -374,6 +417,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="share of pages with a link to another host (sitegen's default when not given; 0: hosts never overlap)",
     )  # fmt: skip
     parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite comparison row")
+    parser.add_argument(
+        "--pg-profile", action="store_true",
+        help="load pg_stat_statements; print per run the statements and server processes PostgreSQL's time went to",
+    )  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="tiny: 10 hosts, 10 pages each, 1 and 2 processes")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (site, logs)")
     args = parser.parse_args(argv)
@@ -410,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(cap_note, flush=True)
     try:
-        pg = PostgresServer.start()
+        pg = PostgresServer.start(settings=pg_profile.SETTINGS if args.pg_profile else None)
     except PostgresUnavailable as exc:
         print(f"no PostgreSQL: {exc}", file=sys.stderr)
         caps.close()

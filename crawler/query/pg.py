@@ -20,6 +20,7 @@ from crawler.query.base import PHRASE_OR_WORD, Results, limit_sql
 from crawler.rows import SearchHit, SqlResult
 from crawler.store.pg.connection import CONNECT_TIMEOUT, shown, translate
 from crawler.store.pg.schema import SCHEMA_VERSION
+from crawler.store.pg.tsvector import query_terms
 
 try:
     import psycopg
@@ -71,7 +72,7 @@ class PgResults(Results):
 
     def search(self, query: str, *, limit: int | None = 20, syntax: bool = False) -> list[SearchHit]:
         """ts_rank_cd over pages.search, whose title weight A counts 1.0 against the text's 0.1;
-        syntax=True takes a tsquery (& | ! <-> :*) for to_tsquery."""
+        syntax=True takes a tsquery (& | ! <-> :*) for to_tsquery, whose words PostgreSQL's parser splits."""
         if syntax:
             expression, params = "to_tsquery('simple', ?)", [query.strip()]
         else:
@@ -206,22 +207,14 @@ CrawlerErrorType = StoreError | UsageError
 
 def tsquery(text: str) -> tuple[str, list[str]]:
     """Plain words → a tsquery expression and its parameters, as fts_query reads them for FTS5: every
-    word required, "quoted words" a phrase, word* a prefix. Words are split as the index splits them."""
-    parts: list[str] = []
-    params: list[str] = []
+    word required, "quoted words" a phrase, word* a prefix. Words are split as the crawler split
+    the pages (crawler/store/pg/tsvector.py), so the query's lexemes are the index's."""
+    phrases: list[tuple[str, bool]] = []
     for phrase, word in PHRASE_OR_WORD.findall(text):
         star = not phrase and len(word) > 1 and word.endswith("*")
-        body = phrase or word.removesuffix("*" if star else "")
-        if not body.strip():
-            continue
-        if star:
-            # A quoted lexeme with :* is a prefix; the parser still splits it as the index does.
-            parts.append("to_tsquery('simple', ?)")
-            params.append("'" + body.replace("\\", "\\\\").replace("'", "''") + "':*")
-        else:
-            parts.append("phraseto_tsquery('simple', ?)")
-            params.append(body)
-    return " && ".join(parts), params
+        phrases.append((phrase or word.removesuffix("*" if star else ""), star))
+    terms = query_terms(phrases)
+    return ("?::tsquery", [terms]) if terms else ("", [])
 
 
 def _placeholders(sql: str) -> str:

@@ -76,6 +76,7 @@ class PostgresServer:
     root: Path  # the temporary directory: data/, the socket and the log
     port: int = 0
     as_user: str | None = None  # run server commands as this user (we are root)
+    settings: dict[str, str] = field(default_factory=dict)  # extra `-c name=value` server settings
     _names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
@@ -96,8 +97,9 @@ class PostgresServer:
     # ---- lifecycle -----------------------------------------------------------------------------
 
     @classmethod
-    def start(cls, bindir: Path | None = None) -> PostgresServer:
-        """initdb a new cluster in a fresh temporary directory and start it on a free port."""
+    def start(cls, bindir: Path | None = None, settings: dict[str, str] | None = None) -> PostgresServer:
+        """initdb a new cluster in a fresh temporary directory and start it on a free port, with
+        any extra server settings (e.g. shared_preload_libraries for a bench's profile)."""
         bindir = bindir or find_bindir()
         as_user = None
         if os.geteuid() == 0:
@@ -110,7 +112,7 @@ class PostgresServer:
             as_user = SERVER_USER
         # Not under pytest's tmp_path: its parents are private to root, and the server's user must reach the socket.
         root = Path(tempfile.mkdtemp(prefix="crawler-pg-"))
-        server = cls(bindir, root, as_user=as_user)
+        server = cls(bindir, root, as_user=as_user, settings=dict(settings or {}))
         try:
             if as_user is not None:
                 os.chown(root, account.pw_uid, account.pw_gid)
@@ -151,6 +153,7 @@ class PostgresServer:
                     "-c fsync=off",
                     "-c synchronous_commit=off",
                     "-c full_page_writes=off",
+                    *(f"-c {name}={value}" for name, value in self.settings.items()),
                 ]
             )
             done = self._run(

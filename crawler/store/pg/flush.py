@@ -10,6 +10,7 @@ from crawler.errors import SkipReason
 from crawler.store.batch import Batch
 from crawler.store.flush import PAGE_COLUMNS
 from crawler.store.pg.connection import Conn
+from crawler.store.pg.tsvector import page_vector
 from crawler.store.records import (
     ROBOTS_COLUMNS,
     NewUrl,
@@ -23,18 +24,20 @@ from crawler.store.records import (
 # PostgreSQL text cannot hold NUL; a page may. Stored as U+FFFD, as an undecodable byte is.
 _NUL = str.maketrans({"\x00": "\ufffd"})
 
+# New URLs take their ids in discovery order (so a host's queue is read in that order) but are
+# inserted in URL order: flushes of several crawlers that find the same URLs then wait on each
+# other's uncommitted rows in one order only, and never deadlock.
+_NUMBERED = "SELECT nextval('urls_id_seq') AS id, o.* FROM (SELECT * FROM {} ORDER BY ord) o"
+_IN_URL_ORDER = 'ORDER BY url COLLATE "C"'
+# Known URLs are left out before ON CONFLICT probes them: a known row another crawler's open flush
+# has just updated (its state) would make the probe wait for that flush to end.
+_UNKNOWN = "NOT EXISTS (SELECT 1 FROM urls k WHERE k.url = n.url)"
 _PAGE_UPDATE = ", ".join(f"{name} = excluded.{name}" for name in PAGE_COLUMNS)
 _PAGE_LIST = ", ".join(PAGE_COLUMNS)
 _PAGE_TYPES = [
     "int8", "text", "text", "int4", "text", "text", "int4", "text", "float8", "text", "int8", "text", "text",
-    "int4", "text", "bytea", "int8", "text", "text", "text", "text", "text", "int4",
+    "int4", "text", "bytea", "int8", "text", "text", "text", "text", "text", "int4", "tsvector",
 ]  # fmt: skip
-# The tsvector of a page: its title weighs more, as FTS5's column weight does. 'simple' because
-# pages come in every language. A tsvector holds at most 1 MiB, so very long texts are cut.
-SEARCH_VECTOR = (
-    "setweight(to_tsvector('simple', coalesce(p.title, '')), 'A')"
-    " || to_tsvector('simple', left(coalesce(p.text, ''), 250000))"
-)
 
 
 def _text(text: str | None) -> str | None:
@@ -60,9 +63,25 @@ class PgBatchCommit:
         """Write every row of batch; returns the newly queued URLs, in id order."""
         now = utc_now()
         async with conn.cursor() as cur:
+            # The rows this crawler sends go first, into temporary tables: sending takes the client's
+            # time, and no row another crawler may wait for is locked yet. The statements after
+            # them run on the server alone, from the first row lock to the commit.
+            await self._stage(cur, batch, run_id)
             queued = await self._insert_urls(cur, batch.new_urls, now)
             if batch.listed_urls:
                 queued += await self._insert_listed_urls(cur, batch.listed_urls, now)
+                queued.sort(key=lambda r: r.id)
+            if queued:
+                # Every host with queued URLs has its hosts row, the unit leases take (leases.py);
+                # new ones only, in name order. An existing row is left unprobed: its holder's
+                # flush may have it renewed and uncommitted, and ON CONFLICT would wait for that
+                # flush while it waits for this one's URLs.
+                await cur.execute(
+                    "INSERT INTO hosts (host) SELECT t.h FROM unnest(%s::text[]) AS t(h)"
+                    ' WHERE NOT EXISTS (SELECT 1 FROM hosts WHERE host = t.h) ORDER BY t.h COLLATE "C"'
+                    " ON CONFLICT DO NOTHING",
+                    (sorted({row.host for row in queued}),),
+                )
             if batch.archived:
                 await cur.execute(
                     "INSERT INTO page_history (url_id, fetched_at, status, content_hash, body, run_id)"
@@ -72,65 +91,28 @@ class PgBatchCommit:
                 )
                 await cur.execute("DELETE FROM links WHERE from_id = ANY(%s)", (batch.archived,))
             if batch.pages:
-                # The last version of a page wins, as SQLite's upsert applied in order would have it.
-                pages = {p.url_id: p for p in batch.pages}.values()
-                await _copy(cur, "new_pages", f"url_id, {_PAGE_LIST}", _PAGE_TYPES, _page_rows(pages, run_id))
                 await cur.execute(
-                    f"INSERT INTO pages (url_id, {_PAGE_LIST}) SELECT url_id, {_PAGE_LIST} FROM new_pages"
-                    f" ON CONFLICT (url_id) DO UPDATE SET {_PAGE_UPDATE}, search = NULL"
+                    f"INSERT INTO pages (url_id, {_PAGE_LIST}, search) SELECT url_id, {_PAGE_LIST}, search"
+                    f" FROM new_pages ON CONFLICT (url_id) DO UPDATE SET {_PAGE_UPDATE}, search = excluded.search"
                 )
             if batch.links:
-                await _copy(cur, "new_links", "from_id, to_url, nofollow", ("int8", "text", "int4"), batch.links)
                 await cur.execute(
                     "INSERT INTO links (from_id, to_id, nofollow)"
                     " SELECT l.from_id, t.id, l.nofollow FROM new_links l JOIN urls t ON t.url = l.to_url"
                     " ON CONFLICT DO NOTHING"
                 )
-            if batch.errors:
-                run = int(run_id or 0)
-                await _copy(
-                    cur,
-                    "errors",
-                    "url_id, url, kind, message, attempts, at, run_id",
-                    ("int8", "text", "text", "text", "int4", "text", "int8"),
-                    ((e[0], e[1], e[2], _text(e[3]), e[4], e[5], run) for e in batch.errors),
-                )
             if batch.states:
-                latest = {change[3]: change for change in batch.states}
-                await _copy(
-                    cur,
-                    "new_states",
-                    "id, state, reason, at",
-                    ("int8", "text", "text", "text"),
-                    ((s[3], s[0], s[1], s[2]) for s in latest.values()),
-                )
                 await cur.execute(
                     "UPDATE urls SET state = s.state, reason = s.reason, updated_at = s.at"
                     " FROM new_states s WHERE urls.id = s.id"
                 )
             if batch.confirmed:
-                latest_seen = {c[3]: c for c in batch.confirmed}
-                await _copy(
-                    cur,
-                    "new_confirmed",
-                    "id, seen_at, etag, last_modified",
-                    ("int8", "text", "text", "text"),
-                    ((c[3], c[0], c[1], c[2]) for c in latest_seen.values()),
-                )
                 await cur.execute(
                     "UPDATE pages SET seen_at = c.seen_at, etag = coalesce(c.etag, pages.etag),"
                     " last_modified = coalesce(c.last_modified, pages.last_modified)"
                     " FROM new_confirmed c WHERE pages.url_id = c.id"
                 )
             if batch.changes:
-                latest_change = {c[0]: c for c in batch.changes}
-                await _copy(
-                    cur,
-                    "new_changes",
-                    "url_id, change, status, fetched_at",
-                    ("int8", "text", "int4", "text"),
-                    latest_change.values(),
-                )
                 await cur.execute(
                     "INSERT INTO changes (run_id, url_id, change, status, fetched_at)"
                     " SELECT %s, url_id, change, status, fetched_at FROM new_changes"
@@ -144,8 +126,6 @@ class PgBatchCommit:
                     " WHERE host = %s AND state = 'queued'",
                     batch.host_skips,
                 )
-            # No indexing here: the tsvector and its GIN entries would cost more than every other
-            # write of the batch; PgStore indexes in chunks of its own (see PgStore.flush).
             if batch.sitemaps:
                 await _write_sitemaps(cur, batch.sitemaps, run_id)
             if batch.robots:
@@ -159,6 +139,53 @@ class PgBatchCommit:
                     list(latest_robots.values()),
                 )
         return queued
+
+    async def _stage(self, cur: Any, batch: Batch, run_id: int | None) -> None:
+        """COPY the batch's pages, links, states, confirmations and changes into the temporary tables,
+        and its errors into theirs."""
+        if batch.pages:
+            # The last version of a page wins, as SQLite's upsert applied in order would have it.
+            pages = {p.url_id: p for p in batch.pages}.values()
+            # Each page comes with its search vector, made here (crawler/store/pg/tsvector.py).
+            await _copy(cur, "new_pages", f"url_id, {_PAGE_LIST}, search", _PAGE_TYPES, _page_rows(pages, run_id))
+        if batch.links:
+            await _copy(cur, "new_links", "from_id, to_url, nofollow", ("int8", "text", "int4"), batch.links)
+        if batch.states:
+            latest = {change[3]: change for change in batch.states}
+            await _copy(
+                cur,
+                "new_states",
+                "id, state, reason, at",
+                ("int8", "text", "text", "text"),
+                ((s[3], s[0], s[1], s[2]) for s in latest.values()),
+            )
+        if batch.confirmed:
+            latest_seen = {c[3]: c for c in batch.confirmed}
+            await _copy(
+                cur,
+                "new_confirmed",
+                "id, seen_at, etag, last_modified",
+                ("int8", "text", "text", "text"),
+                ((c[3], c[0], c[1], c[2]) for c in latest_seen.values()),
+            )
+        if batch.changes:
+            latest_change = {c[0]: c for c in batch.changes}
+            await _copy(
+                cur,
+                "new_changes",
+                "url_id, change, status, fetched_at",
+                ("int8", "text", "int4", "text"),
+                latest_change.values(),
+            )
+        if batch.errors:
+            run = int(run_id or 0)
+            await _copy(
+                cur,
+                "errors",
+                "url_id, url, kind, message, attempts, at, run_id",
+                ("int8", "text", "text", "text", "int4", "text", "int8"),
+                ((e[0], e[1], e[2], _text(e[3]), e[4], e[5], run) for e in batch.errors),
+            )
 
     async def _insert_urls(self, cur: Any, urls: list[NewUrl], now: str) -> list[QueuedUrl]:
         """ON CONFLICT DO NOTHING lets PostgreSQL decide what is new; RETURNING gives only the inserted rows."""
@@ -174,9 +201,9 @@ class PgBatchCommit:
             ((i, u.url, u.host, u.depth, u.parent_id, u.state, u.reason) for i, u in enumerate(unique.values())),
         )
         await cur.execute(
-            "INSERT INTO urls (url, host, depth, parent_id, state, reason, discovered_at)"
-            " SELECT url, host, depth, parent_id, state, reason, %s FROM new_urls ORDER BY ord"
-            " ON CONFLICT (url) DO NOTHING RETURNING id, url, host, depth, state",
+            "INSERT INTO urls (id, url, host, depth, parent_id, state, reason, discovered_at)"
+            f" SELECT id, url, host, depth, parent_id, state, reason, %s FROM ({_NUMBERED.format('new_urls')}) n"
+            f" WHERE {_UNKNOWN} {_IN_URL_ORDER} ON CONFLICT (url) DO NOTHING RETURNING id, url, host, depth, state",
             (now,),
         )
         rows = [QueuedUrl(r[0], r[1], r[2], r[3]) for r in await cur.fetchall() if r[4] == "queued"]
@@ -215,9 +242,10 @@ class PgBatchCommit:
             ),
         )
         await cur.execute(
-            "INSERT INTO urls (url, host, depth, parent_id, state, reason, kind, source, lastmod, discovered_at)"
-            " SELECT url, host, depth, parent_id, state, reason, kind, source, lastmod, %s FROM new_listed"
-            " ORDER BY ord ON CONFLICT (url) DO NOTHING RETURNING id, url, host, depth, state, kind",
+            "INSERT INTO urls (id, url, host, depth, parent_id, state, reason, kind, source, lastmod, discovered_at)"
+            " SELECT id, url, host, depth, parent_id, state, reason, kind, source, lastmod, %s"
+            f" FROM ({_NUMBERED.format('new_listed')}) n WHERE {_UNKNOWN} {_IN_URL_ORDER}"
+            " ON CONFLICT (url) DO NOTHING RETURNING id, url, host, depth, state, kind",
             (now,),
         )
         rows = [QueuedUrl(r[0], r[1], r[2], r[3], r[5]) for r in await cur.fetchall() if r[4] == "queued"]
@@ -238,7 +266,8 @@ class PgBatchCommit:
             return {}
         queued = [u.url for u in unique.values() if u.state == "queued"]
         await cur.execute(
-            "DELETE FROM urls WHERE url = ANY(%s) AND state = 'skipped' AND reason = %s RETURNING id, url",
+            "DELETE FROM urls WHERE id IN (SELECT id FROM urls WHERE url = ANY(%s) AND state = 'skipped'"
+            f" AND reason = %s {_IN_URL_ORDER} FOR UPDATE) RETURNING id, url",
             (queued, SkipReason.NOFOLLOW),
         )
         return {url: url_id for url_id, url in await cur.fetchall()}
@@ -252,25 +281,26 @@ class PgBatchCommit:
         if not self.nofollow_rows:
             self.nofollow_rows = any(u.reason == SkipReason.NOFOLLOW for u in unique.values())
         rows.sort(key=lambda r: r.id)
-        if rows:
-            # Every host with queued URLs has its hosts row, the unit leases take (leases.py);
-            # inserted in name order so that two flushes never wait on each other crosswise.
-            await cur.execute(
-                "INSERT INTO hosts (host) SELECT h FROM unnest(%s::text[]) AS h ORDER BY h ON CONFLICT DO NOTHING",
-                (sorted({row.host for row in rows}),),
-            )
         return rows
 
 
 async def index_pending(conn: Conn, limit: int) -> int:
-    """Fill pages.search for up to `limit` unindexed pages (inside the caller's transaction)."""
+    """Fill pages.search for up to `limit` pages stored without it (inside the caller's transaction);
+    the vectors are made here, as a flush makes them."""
     cur = await conn.execute(
-        "WITH todo AS (SELECT url_id FROM pages WHERE search IS NULL AND noindex = 0"
-        " ORDER BY url_id LIMIT %s FOR UPDATE SKIP LOCKED)"
-        f" UPDATE pages p SET search = {SEARCH_VECTOR} FROM todo WHERE p.url_id = todo.url_id",
+        "SELECT url_id, title, text FROM pages WHERE search IS NULL AND noindex = 0"
+        " ORDER BY url_id LIMIT %s FOR UPDATE SKIP LOCKED",
         (limit,),
     )
-    return int(cur.rowcount)
+    rows = await cur.fetchall()
+    if rows:
+        async with conn.cursor() as cur:
+            await _copy(
+                cur, "new_search", "url_id, search", ("int8", "tsvector"),
+                ((url_id, page_vector(title, text)) for url_id, title, text in rows),
+            )  # fmt: skip
+            await cur.execute("UPDATE pages p SET search = s.search FROM new_search s WHERE p.url_id = s.url_id")
+    return len(rows)
 
 
 async def _write_sitemaps(cur: Any, sitemaps: list[SitemapRecord], run_id: int | None) -> None:
@@ -309,4 +339,5 @@ def _page_rows(pages: Iterable[PageRecord], run_id: int | None) -> Iterable[tupl
             p.elapsed_ms, p.http_version, p.size, json.dumps(p.headers), json.dumps(p.redirects),
             int(p.noindex), _text(p.text), p.body, run_id,
             p.content_hash, p.etag, p.last_modified, p.canonical, p.fetched_at, int(p.gone),
+            None if p.noindex else page_vector(p.title, p.text),
         )  # fmt: skip

@@ -185,5 +185,6 @@ CREATE TEMP TABLE new_pages (LIKE pages) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE new_links (from_id bigint, to_url text, nofollow integer) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE new_states (id bigint, state text, reason text, at text) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE new_confirmed (id bigint, seen_at text, etag text, last_modified text) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE new_search (url_id bigint, search tsvector) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE new_changes (url_id bigint, change text, status integer, fetched_at text) ON COMMIT DELETE ROWS;
 """

@@ -19,9 +19,8 @@ from crawler.store.records import ROBOTS_COLUMNS, URL_STATES, QueuedUrl, RobotsR
 
 IDLE_INDEX = 200  # pages indexed by a flush that finds its batch empty (the writer is idle)
 MIGRATION_LOCK = 0x6372776D  # the advisory lock migrations take turns on ('crwm')
-FLUSH_LOCK = 0x63727766  # the advisory lock the flushes of several crawlers take turns on ('crwf')
 LEASE_SECONDS = 60.0  # storage.lease_seconds's default
-FLUSH_ATTEMPTS = 5  # a flush another crawler's flush deadlocked with is written again, this often at most
+FLUSH_ATTEMPTS = 5  # a flush that lost a deadlock to another crawler's is written again, this often at most
 _RETRYABLE = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
 
 
@@ -34,7 +33,7 @@ class PgStore(BatchedWrites):
         self.run_id: int | None = None
         self.pass_id: int | None = None
         self._commit = PgBatchCommit()
-        self._unindexed = True  # whether pages may wait for the search index
+        self._unindexed = True  # whether pages stored without a search vector may be left
         self.lease_seconds = LEASE_SECONDS  # how long a host lease and a run's heartbeat last
         # Host leases, once start_run made this run's row: several crawlers share the database.
         self.leases: HostLeases | None = None
@@ -282,9 +281,9 @@ class PgStore(BatchedWrites):
         """Commit the pending batch in one transaction; returns the newly queued URLs.
 
         The same guarantees as SQLite's (crawler/store/sqlite.py): a page, its links, what it
-        revealed and its done state commit together. Search is filled apart: a flush that finds
-        the batch empty (the writer is idle) indexes a chunk of waiting pages, and the writer's
-        index_backlog finishes the rest at the end of a run.
+        revealed, its search vector and its done state commit together. Pages stored without a
+        vector (by an older crawler) are indexed apart: a flush that finds the batch empty (the
+        writer is idle) indexes a chunk of them, and the writer's index_backlog the rest.
         """
         batch, self.batch = self.batch, Batch()
         if not len(batch):
@@ -295,10 +294,6 @@ class PgStore(BatchedWrites):
         leases = self.leases
 
         async def commit(conn: Conn) -> list[QueuedUrl]:
-            if leases is not None:
-                # Crawlers that find the same URLs insert them in their own orders; taking turns
-                # on the whole flush (the lock ends with the transaction) keeps them from deadlocking.
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (FLUSH_LOCK,))
             # Fenced: nothing is written for a host whose lease this run no longer holds.
             fenced = batch if leases is None or not leases.fencing else await fence(conn, leases, batch)
             return await self._commit.commit(conn, fenced, run_id)
@@ -308,11 +303,11 @@ class PgStore(BatchedWrites):
                 rows = await self._conn.transaction(commit)
                 break
             except StoreError as exc:
-                # Another crawler's flush won a deadlock: the whole transaction was rolled back, so
+                # Another crawler's flush won a deadlock (URLs and hosts go in one order, but rarer
+                # rows, e.g. robots and sitemaps, do not): the transaction was rolled back whole, so
                 # the same batch is written again.
                 if attempt == FLUSH_ATTEMPTS or getattr(exc.__cause__, "sqlstate", None) not in _RETRYABLE:
                     raise
-        self._unindexed = self._unindexed or bool(batch.pages)
         return rows
 
     async def index_pending(self, limit: int) -> int:
