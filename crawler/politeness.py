@@ -243,6 +243,17 @@ class Politeness:
             slot.fetching_robots = False
             self.on_change(host)
 
+    def restart_gap(self, host: str) -> None:
+        """Count the host's next gap from now, when the request that took its last turn has ended.
+
+        A host's first request opens its connection, so it reaches the server later than its turn
+        by the connect time while the next one, on the open connection, does not: counting from
+        the end keeps the gap the server sees at least the delay.
+        """
+        slot = self.slot(host)
+        slot.last_start = max(slot.last_start, self.clock())
+        self.on_change(host)
+
     # ---- turns ---------------------------------------------------------------------------
 
     async def wait_turn(self, host: str) -> None:

@@ -95,6 +95,22 @@ async def test_no_host_ever_exceeds_its_concurrency_or_delay(site_server: Serve,
     assert skipped == [("robots", 3)]
 
 
+async def test_the_first_page_waits_the_delay_after_robots_txt_has_ended(site_server: Serve, tmp_path: Path) -> None:
+    # robots.txt opens the host's connection, so it reaches the server late by the connect time;
+    # the page after it, on the open connection, would not. Counting from robots.txt's end keeps
+    # the gap the server sees at least the delay, however late the first request arrived.
+    delay, slow = 0.1, 0.3
+    site = Site().robots("User-agent: *\nAllow: /\n", latency=slow).page("/", links=["/a"]).page("/a")
+    server = site_server(site)
+    config = make_config(tmp_path / "c.db", [server.url + "/"], crawl=ALL_LOCAL, politeness={"delay": delay})
+    await crawl(config)
+
+    robots, first, *_ = by_start(server)
+    assert (robots.path, first.path) == ("/robots.txt", "/")
+    assert first.start - robots.end >= delay - TOL, f"only {first.start - robots.end:.3f}s after robots.txt ended"
+    assert_polite(server, delay=delay, concurrency=1)
+
+
 async def test_redirects_count_against_the_target_host_and_obey_its_robots(site_server: Serve, tmp_path: Path) -> None:
     delay, per_host = 0.05, 2
     target_site = Site(default_latency=0.3).robots("User-agent: *\nDisallow: /secret\n")
