@@ -81,6 +81,8 @@ def build_client(http: HttpConfig, *, max_connections: int | None) -> Client:
 class ReqwestTransport(httpx.AsyncBaseTransport):
     """httpx requests sent through one pyreqwest Client; the response body streams raw."""
 
+    honours_target = True  # sends httpx's `target` request extension after the URL's origin (_request_url)
+
     def __init__(self, client: Client, http: HttpConfig) -> None:
         self._client = client
         self._http = http
