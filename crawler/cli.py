@@ -20,6 +20,7 @@ from crawler.cli_status import add_command as add_status_command
 from crawler.config import Config, load_config
 from crawler.engine import Crawl, CrawlSummary, Outcome
 from crawler.errors import CrawlerError, NothingToResume, UsageError
+from crawler.http.eventloop import CrawlEventLoop
 from crawler.progress import ProgressDisplay, format_summary
 from crawler.query import open_results
 from crawler.recrawl import RecrawlRequest, parse_duration
@@ -147,8 +148,10 @@ def run_crawl(
             _install_signal_handlers(crawl.request_stop, display.message)
             return await crawl.run(require_resume=require_resume)
 
-        # asyncio's own loop: on the benchmarks uvloop was no faster and used more memory.
-        return asyncio.run(main())
+        # asyncio's own loop (on the benchmarks uvloop was no faster and used more memory),
+        # cheap to wake from pyreqwest's Tokio thread.
+        with asyncio.Runner(loop_factory=CrawlEventLoop) as runner:
+            return runner.run(main())
 
 
 def _install_signal_handlers(stop: Callable[[], None], say: Callable[[str], None]) -> None:

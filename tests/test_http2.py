@@ -58,6 +58,14 @@ async def site(scope: dict[str, Any], receive: Callable[..., Any], send: Callabl
             await send({"type": "http.response.body", "body": BIG[start : start + 65536], "more_body": True})
         await send({"type": "http.response.body", "body": b""})
         return
+    if path.startswith("/sized/"):  # that many bytes in pieces of 10,000, without Content-Length
+        size = int(path.removeprefix("/sized/"))
+        sized = bytes(i % 251 for i in range(size))
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        for start in range(0, size, 10_000):
+            await send({"type": "http.response.body", "body": sized[start : start + 10_000], "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
     if path == "/moved":
         await send({"type": "http.response.start", "status": 301, "headers": [(b"location", b"/a")]})
         await send({"type": "http.response.body", "body": b""})
@@ -170,6 +178,20 @@ async def test_a_server_that_speaks_only_http11_over_tls_gives_http11(
 
 def _fetcher(ca_file: Path | None, **http: Any) -> Fetcher:
     return Fetcher(HttpConfig(ca_bundle=ca_file, retries=0, **http), "crawler-test/0.1", concurrency=4)
+
+
+@pytest.mark.parametrize("server", ["h2_server", "h1_only_server"])
+async def test_bodies_either_side_of_what_pyreqwest_buffers_with_the_head_arrive_whole(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    base, ca_file = request.getfixturevalue(server)
+    fetcher = _fetcher(ca_file)
+    sizes = [0, 1, 65_535, 65_536, 65_537, 200_000]
+    try:
+        bodies = [(await fetcher.fetch(f"{base}/sized/{size}", _NoGate())).body for size in sizes]
+    finally:
+        await fetcher.aclose()
+    assert bodies == [bytes(i % 251 for i in range(size)) for size in sizes]
 
 
 @pytest.mark.parametrize("server", ["h2_server", "h1_only_server"])

@@ -1,4 +1,4 @@
-"""Plain-http requests sent as their origin's URL and httpx's `target` extension: what each side sees."""
+"""Requests sent as their origin's URL and httpx's `target` extension: what each side sees."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import httpx
 import pytest
 
 from crawler.config import HttpConfig
+from crawler.http.client import SchemeRouter
 from crawler.http.fetcher import Fetcher
+from crawler.http.transport import H1Transport
 from tests.support.localsite import SiteServer
 from tests.support.site import Site
 
@@ -29,6 +31,29 @@ def test_our_transport_gets_origin_and_target_and_others_the_whole_url() -> None
     assert str(other.url) == url and "target" not in other.extensions
 
 
+def test_https_goes_as_origin_and_target_too() -> None:
+    sent = fetcher().client.build_request("GET", "https://h.test/a/b.html?x=1")
+    assert (str(sent.url), sent.extensions["target"]) == ("https://h.test/", b"/a/b.html?x=1")
+
+
+async def test_an_https_transport_that_does_not_write_targets_gets_the_whole_url() -> None:
+    seen: list[tuple[str, bool]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append((str(request.url), "target" in request.extensions))
+        return httpx.Response(200)
+
+    router = SchemeRouter(plain=H1Transport(limits=httpx.Limits()), tls=lambda: httpx.MockTransport(answer))
+    f = fetcher(router)
+    try:
+        assert f.client.build_request("GET", "https://h.test/a?b=1").extensions["target"] == b"/a?b=1"
+        response = await f.client.open("https://h.test/a?b=1")
+        await response.aclose()
+    finally:
+        await f.aclose()
+    assert seen == [("https://h.test/a?b=1", False)]
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -37,7 +62,7 @@ def test_our_transport_gets_origin_and_target_and_others_the_whole_url() -> None
         "http://h.test/caf\u00e9",
         "http://u:p@h.test/private",  # userinfo, which httpx turns into credentials
         "http://h.test/a#frag",
-        "https://h.test/secure",
+        "https://h.test/a/../b",
     ],
 )
 def test_a_url_httpx_would_rewrite_goes_whole_as_httpx_builds_it(url: str) -> None:

@@ -67,7 +67,8 @@ class SchemeRouter(httpx.AsyncBaseTransport):
 
     def __init__(self, *, plain: httpx.AsyncBaseTransport, tls: Callable[[], httpx.AsyncBaseTransport]) -> None:
         self._plain = plain
-        # Only plain http requests are ever sent by origin and target (see CrawlClient).
+        # Requests go by origin and target (see CrawlClient) only if plain http's transport writes
+        # targets; an https transport that does not gets the whole URL back from _whole_url.
         self.honours_target: bool = getattr(plain, "honours_target", False)
         self._make_tls = tls
         self._tls: httpx.AsyncBaseTransport | None = None
@@ -77,12 +78,22 @@ class SchemeRouter(httpx.AsyncBaseTransport):
             return await self._plain.handle_async_request(request)
         if self._tls is None:
             self._tls = self._make_tls()
+        if not getattr(self._tls, "honours_target", False):
+            request = _whole_url(request)
         return await self._tls.handle_async_request(request)
 
     async def aclose(self) -> None:
         await self._plain.aclose()
         if self._tls is not None:
             await self._tls.aclose()
+
+
+def _whole_url(request: httpx.Request) -> httpx.Request:
+    """The request with its page's whole URL, for a transport that does not write httpx's `target` extension."""
+    target = request.extensions.pop("target", None)
+    if target is not None:
+        request.url = request.url.copy_with(raw_path=target)
+    return request
 
 
 class _SetCookiesOnly(httpx.Cookies):
@@ -103,12 +114,12 @@ class _SetCookiesOnly(httpx.Cookies):
 
 _BODILESS = frozenset({"GET", "HEAD"})
 
-# A plain-http URL whose path and query httpx would leave exactly as they are: no userinfo,
+# An http or https URL whose path and query httpx would leave exactly as they are: no userinfo,
 # fragment or dot segment, and only characters that need no escaping. Such a URL is sent as its
 # origin's URL (parsed once) and its target, the path and query, through httpx's `target`
 # request extension, instead of being parsed whole on every request.
 _SPLITTABLE = re.compile(
-    r"(http://[^/?#@\\\s]+)(/[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*(?:\?[A-Za-z0-9\-._~!$&'()*+,;=:@/%?]*)?)"
+    r"(https?://[^/?#@\\\s]+)(/[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*(?:\?[A-Za-z0-9\-._~!$&'()*+,;=:@/%?]*)?)"
 )
 _MAX_SPLIT_LENGTH = 8192  # far below httpx's own URL length limit, which a split URL would skip
 _ORIGINS_KEPT = 4096
@@ -144,7 +155,7 @@ class CrawlClient(httpx.AsyncClient):
         transport = kwargs.get("transport")
         super().__init__(event_hooks=hooks, **kwargs)
         self._jar = _SetCookiesOnly()
-        # Whether plain-http requests may go as origin + target: the transport must write the target.
+        # Whether requests may go as origin + target: the transport must write the target.
         self._splits = bool(getattr(transport, "honours_target", False))
         self._origins: dict[str, httpx.URL] = {}
 

@@ -16,7 +16,7 @@ import httpx
 from pyreqwest import exceptions as rq
 from pyreqwest.client import Client, ClientBuilder
 from pyreqwest.proxy import ProxyBuilder
-from pyreqwest.request import StreamRequest
+from pyreqwest.request import RequestBuilder, StreamRequest
 from pyreqwest.response import Response
 
 from crawler.config import HttpConfig
@@ -24,6 +24,10 @@ from crawler.http.proxies import ProxyError, connect_answer
 from crawler.http.rawhead import read_head, tls_context
 from crawler.http.reqwest_clients import HttpsClients, Pin
 from crawler.http.transport import MAX_HEAD_BYTES, ResponseError
+
+# What pyreqwest has already read of a body when the head is handed over: a body this size or
+# smaller is whole in memory then, so one read takes it all and the stream is closed at once.
+_BUFFERED = RequestBuilder.default_streamed_read_buffer_limit()
 
 _HTTP_VERSIONS = {"HTTP/2.0": b"HTTP/2", "HTTP/1.1": b"HTTP/1.1", "HTTP/1.0": b"HTTP/1.0", "HTTP/3.0": b"HTTP/3"}
 
@@ -101,6 +105,8 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
     """httpx requests sent through pyreqwest: the client HttpsClients chooses per URL (or one client
     for every request); the response body streams raw."""
 
+    honours_target = True  # sends httpx's `target` request extension after the URL's origin (_request_url)
+
     def __init__(self, clients: Client | HttpsClients[Client], http: HttpConfig) -> None:
         self._clients = clients if isinstance(clients, HttpsClients) else HttpsClients.single(clients)
         self._http = http
@@ -124,6 +130,18 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
             # hyper's own bound on a head is far looser than the one our HTTP/1.1 transport keeps.
             if sum(len(name) + len(value) + 4 for name, value in head) > MAX_HEAD_BYTES:
                 raise ResponseError(f"malformed response: status line and headers above {MAX_HEAD_BYTES:,} bytes")
+            # Each call into pyreqwest costs a GIL release and a coroutine: a body short of the
+            # buffer comes over in one read (a short read means the stream ended), not chunk by chunk.
+            try:
+                first = await response.body_reader.read(_BUFFERED)
+            except rq.PyreqwestError as exc:
+                raise await self._failure(exc, request) from exc
+            stream: httpx.AsyncByteStream
+            if first is None or len(first) < _BUFFERED:
+                await streamed.__aexit__(None, None, None)
+                stream = _Whole(b"" if first is None else bytes(first))
+            else:
+                stream = _Body(streamed, response, self, request, bytes(first))
         except _UnreadableLocation:
             await streamed.__aexit__(None, None, None)
             return await self._redirect_read_as_bytes(request)
@@ -133,7 +151,7 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
         return httpx.Response(
             status_code=response.status,
             headers=head,
-            stream=_Body(streamed, response, self, request),
+            stream=stream,
             request=request,
             extensions={"http_version": _HTTP_VERSIONS.get(response.version, response.version.encode("ascii"))},
         )
@@ -219,19 +237,37 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
         await self._clients.aclose()
 
 
+class _Whole(httpx.AsyncByteStream):
+    """A body read whole with its head, its pyreqwest stream already closed."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._data:
+            yield self._data
+
+
 class _Body(httpx.AsyncByteStream):
-    """A response body, chunk by chunk as pyreqwest reads it; closing it ends the stream."""
+    """A response body, its first read and then chunk by chunk as pyreqwest reads it; closing it ends the stream."""
 
-    __slots__ = ("_closed", "_request", "_response", "_streamed", "_transport")
+    __slots__ = ("_closed", "_first", "_request", "_response", "_streamed", "_transport")
 
-    def __init__(self, streamed: StreamRequest, response: Response, transport: ReqwestTransport, request: Any) -> None:
+    def __init__(
+        self, streamed: StreamRequest, response: Response, transport: ReqwestTransport, request: Any, first: bytes
+    ) -> None:
         self._streamed = streamed
         self._response = response
         self._transport = transport
         self._request = request
+        self._first = first
         self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        first, self._first = self._first, b""
+        yield first
         reader = self._response.body_reader
         while True:
             try:
