@@ -87,6 +87,9 @@ class StorageConfig:
     lease_seconds: float = _spec(
         60.0, lo=1.0, hi=3600.0, doc="PostgreSQL: seconds a dead crawler's hosts stay blocked; ≥ politeness.max_delay"
     )
+    max_hold_seconds: float = _spec(
+        60.0, lo=1.0, hi=86400.0, doc="PostgreSQL: seconds a crawler keeps a host before letting others take it"
+    )
 
     @property
     def target(self) -> Path | str:

@@ -150,6 +150,7 @@ class Crawl:
                 store,
                 store.leases,
                 self.politeness,
+                max_hold=cfg.storage.max_hold_seconds,
                 max_pages=cfg.crawl.max_pages,
                 max_pages_per_host=cfg.crawl.max_pages_per_host,
             )

@@ -389,9 +389,7 @@ class Frontier:
             if self._finished():
                 self.close()
                 return None
-            if self.awaiting_commit and not self._pol.saturated:
-                # A commit may queue URLs to lease; with every request slot taken it could not
-                # start one sooner, and committing at each idle look would make tiny batches.
+            if self.awaiting_commit and self._commit_may_help():
                 self.on_starving()
             self._start_scan()
             fut: asyncio.Future[None] = loop.create_future()
@@ -402,6 +400,12 @@ class Frontier:
             finally:
                 if not fut.done():
                     fut.cancel()
+
+    def _commit_may_help(self) -> bool:
+        """Whether committing now, not at the writer's next interval, could give an idle worker a URL:
+        a commit may queue URLs to lease, but with every request slot taken it could not start one
+        sooner, and committing at each idle look would make tiny batches."""
+        return not self._pol.saturated
 
     def _arm_timer(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._heap or (self.limit_reached() and not self.revisiting):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import random
 
 from crawler.frontier import Frontier
@@ -10,8 +11,13 @@ from crawler.politeness import HostState, Lease, Politeness, Sleep
 from crawler.store import Backend, HostLeasing, QueuedUrl
 
 MIN_POLL = 0.1  # seconds: the first wait of a crawler that found no host to take
-MAX_POLL = 5.0  # the longest wait between two looks while others hold the remaining work
+MAX_POLL = 2.0  # the longest wait between two looks while others hold the remaining work
 BUDGET_CLAIM = 64  # pages of the fleet's max_pages claimed at a time
+TICK = 0.05  # seconds between two looks at how late the event loop runs
+LAG_WEIGHT = 0.1  # weight of the newest lag in its moving average (about a second of ticks)
+BUSY_LAG = 0.01  # seconds: a moving-average lag above this says the process is short of CPU
+SHED_EVERY = 1.0  # seconds of being short of CPU between two hosts let go, and after a take
+MAX_HOLD = 60.0  # seconds a host is held before it is let go (storage.max_hold_seconds' default)
 
 
 def poll_wait(backoff: float, due_in: float, jitter: float) -> float:
@@ -25,6 +31,15 @@ class LeasedFrontier(Frontier):
     """A Frontier whose hosts are leases (crawler/store/pg/leases.py): a host comes into memory only
     when this process takes its lease, and leaves it (the lease released, with what is left of its
     delay) once idle, so no two processes ever send to one host.
+
+    Hosts are taken by demand, one at a time: only when a worker finds no held host able to start
+    a request (each is at its per-host capacity or waiting for its delay) while the process has
+    free capacity and CPU to spare. A process short of CPU (its event loop runs late, as a
+    throttled or overloaded one does) lets go of a host every SHED_EVERY seconds, so a fleet's
+    hosts end up spread over the processes by what each can serve, not by who started first.
+    A host held longer than `max_hold` is let go too, so a big host changes hands while others
+    wait. A host is let go at a convenient point: no new URL of it is handed out, and its lease
+    is released (with its politeness) once its URLs in flight are done and committed.
 
     A process that finds no host to take while URLs are queued or in flight elsewhere polls with
     back-off, no longer than until the earliest free host is due; once none are left anywhere it
@@ -42,12 +57,13 @@ class LeasedFrontier(Frontier):
         politeness: Politeness,
         *,
         sleep: Sleep = asyncio.sleep,
+        max_hold: float = MAX_HOLD,
+        pace_every: float = TICK,
         **limits: int,
     ) -> None:
         super().__init__(store, politeness, **limits)
-        # Hosts this process can keep busy (one request each at least): holding more would only
-        # keep them from crawlers with free capacity.
-        self._max_hosts = min(self._max_hosts, politeness.config.concurrency)
+        self._max_hold = max_hold
+        self._pace_every = pace_every  # 0: no ticks of its own, the caller calls pace()
         self._leases = leases
         leases.state_of = politeness.export_state
         leases.restore = self._restore
@@ -55,10 +71,15 @@ class LeasedFrontier(Frontier):
         self._poll = MIN_POLL
         self._budget_poll = MIN_POLL
         self._claims = 0  # claims started, so a heartbeat's view of the claim is not older than one
-        self._lost: set[str] = set()  # hosts whose lease was lost while URLs of theirs were out
+        # Hosts being let go: their lease was lost, or is given up once their URLs out are done.
+        self._leaving: set[str] = set()
         self._to_release: set[str] = set()
         self._releasing = False
         self._renewer: asyncio.Task[None] | None = None
+        self._pacer: asyncio.Task[None] | None = None
+        self._taken_at: dict[str, float] = {}  # held host -> when this process took it
+        self._lag = 0.0  # moving average of the event loop's lateness, seconds
+        self._last_change = float("-inf")  # when a host was last taken or shed for lack of CPU
         self._start_fetched = 0
         self._allowance = 0  # pages of max_pages this run claimed
         self._budget_spent = False
@@ -76,13 +97,16 @@ class LeasedFrontier(Frontier):
         if self.max_pages:
             await self._leases.open_budget(self.max_pages, fetched)
         self._renewer = asyncio.create_task(self._renew_loop(), name="lease-renewer")
+        if self._pace_every > 0:
+            self._pacer = asyncio.create_task(self._pace_loop(), name="lease-pacer")
         await super().load(fetched)
 
     async def settle(self) -> None:
         """At the end of the run: stop renewing and give back the pages claimed but not fetched."""
-        if self._renewer is not None:
-            self._renewer.cancel()
-            await asyncio.gather(self._renewer, return_exceptions=True)
+        for task in (self._renewer, self._pacer):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.max_pages:
             await self._leases.give_back(self._allowance - (self.fetched - self._start_fetched))
             self._allowance = self.fetched - self._start_fetched
@@ -95,18 +119,21 @@ class LeasedFrontier(Frontier):
         self._dormant_gen += 1
 
     async def _scan(self) -> None:
-        """Take up to the free host capacity in leases; with none to take, wait (backing off) or,
-        when no URL is queued or in flight anywhere, end dormancy so the crawl can finish."""
+        """Take one more host (the demand was checked by _start_scan); with none to take, wait
+        (backing off) or, when no URL is queued or in flight anywhere, end dormancy so the crawl
+        can finish."""
         self._scanning = True
         try:
             generation = self._dormant_gen
-            room = self._max_hosts - len(self._hosts)
-            taken = await self._leases.take(room) if room > 0 and not self._closed else []
+            taken = await self._leases.take(1) if not self._closed else []
+            now = self._clock()
             for host in taken:
                 if host not in self._hosts:
                     self._activate(host)
+                    self._taken_at[host] = now
             if taken:
                 self._poll = MIN_POLL
+                self._last_change = now
                 return
             due_in = await self._leases.work_due_in()
             if due_in is None:
@@ -126,10 +153,58 @@ class LeasedFrontier(Frontier):
         if self.limit_reached():
             self._dormant = False  # the fleet's max_pages is reached: no host is taken any more
             return
-        super()._start_scan()
+        if self.wants_host():
+            super()._start_scan()
+
+    def wants_host(self) -> bool:
+        """Whether another host would be used: none is held, or every held one is at its capacity
+        or waiting for its delay while this process has request slots and CPU to spare. A host
+        whose first window is still being read counts as coming, not as missing."""
+        if not self._hosts:
+            return True
+        if self._pol.saturated or self._lag > BUSY_LAG / 2 or self._refills_running or self._refills_wanted:
+            return False
+        heap = self._heap
+        while heap:  # stale entries first, as _try_lease skips them
+            hq = self._hosts.get(heap[0][2])
+            if hq is not None and hq.in_heap and hq.heap_seq == heap[0][1]:
+                return heap[0][0] > self._clock()
+            heapq.heappop(heap)
+        return True
+
+    def _commit_may_help(self) -> bool:
+        # Only a held host with nothing queued waits for a commit (the links of its pages); the
+        # others wait for their delay, and a process holding few hosts is seldom saturated.
+        if not super()._commit_may_help():
+            return False
+        return any(
+            not hq.queue and not hq.overflow and hq.unsettled and host not in self._leaving
+            for host, hq in self._hosts.items()
+        )
+
+    # ---- letting go of hosts ------------------------------------------------------------------
+
+    def _let_go(self, host: str) -> None:
+        """Hand out no more URLs of a held host, and release its lease once those out are done."""
+        hq = self._hosts.get(host)
+        if hq is None or host in self._leaving:
+            return
+        self._leaving.add(host)
+        self._evict_if_idle(host)
+
+    def _evict_if_idle(self, host: str) -> bool:
+        hq = self._hosts.get(host)
+        if hq is not None and host in self._leaving and not hq.refilling:
+            # Its window is only a copy of rows queued in the database, there for its next holder.
+            self._in_memory -= len(hq.queue)
+            hq.queue.clear()
+            self._set_overflow(hq, False)
+            hq.in_heap = False
+        return super()._evict_if_idle(host)
 
     def _evicted(self, host: str) -> None:
-        self._lost.discard(host)
+        self._leaving.discard(host)
+        self._taken_at.pop(host, None)
         self._to_release.add(host)
         if not self._releasing:
             self._releasing = True
@@ -145,29 +220,66 @@ class LeasedFrontier(Frontier):
             self._releasing = False
 
     def _schedule(self, host: str) -> None:
-        if host not in self._lost:
+        if host not in self._leaving:
             super()._schedule(host)
 
     def add(self, rows: list[QueuedUrl]) -> None:
-        lost = [row for row in rows if row.host in self._lost]
-        if lost:
+        leaving = [row for row in rows if row.host in self._leaving]
+        if leaving:
+            # Rows of a host being let go stay in the database for whoever takes it next.
             self._dormant = True
             self._dormant_gen += 1
-            rows = [row for row in rows if row.host not in self._lost]
+            rows = [row for row in rows if row.host not in self._leaving]
         super().add(rows)
 
     def _drop_lost(self) -> None:
         """Forget hosts whose lease this run lost: their flushes write nothing, so lease no more of them."""
         for host in self._leases.take_lost():
-            hq = self._hosts.get(host)
-            if hq is None:
+            self._let_go(host)
+
+    def pace(self, lag: float) -> None:
+        """One tick: fold in the loop's lateness; let go of a host when short of CPU for a while,
+        and of hosts held longer than max_hold."""
+        self._lag += LAG_WEIGHT * (lag - self._lag)
+        now = self._clock()
+        # Short of CPU while no host with work is free: others may be waiting for one of ours.
+        busy = self._lag > BUSY_LAG and now - self._last_change >= SHED_EVERY and not self._leases.free_hosts
+        expired: list[str] = []
+        oldest: str | None = None
+        kept = 0
+        for host, taken_at in self._taken_at.items():  # in the order taken: the oldest first
+            if host in self._leaving:
                 continue
-            self._lost.add(host)
-            self._in_memory -= len(hq.queue)
-            hq.queue.clear()
-            self._set_overflow(hq, False)
-            hq.in_heap = False
-            self._evict_if_idle(host)
+            if now - taken_at >= self._max_hold:
+                expired.append(host)  # let go after the loop: an eviction changes _taken_at
+            elif not busy:
+                break
+            elif oldest is None:
+                oldest, kept = host, 1
+            else:
+                kept = 2
+                break
+        for host in expired:
+            self._let_go(host)
+        if busy and oldest is not None and kept > 1:
+            # The longest held goes (it has served this process longest); the last one stays.
+            self._let_go(oldest)
+            self._last_change = now
+        if self._waiters:
+            self._start_scan()  # idle workers, and the CPU to spare may have come back
+
+    async def _pace_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while not self._closed:
+                due = loop.time() + self._pace_every
+                await asyncio.sleep(self._pace_every)
+                self.pace(max(0.0, loop.time() - due))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.error = exc
+            self.close()
 
     def complete(self, lease: Lease, *, fetched: bool) -> None:
         super().complete(lease, fetched=fetched)

@@ -26,6 +26,7 @@ class HostLeasing(Protocol):
     state_of: Callable[[str], HostState]  # a held host's politeness, handed over with it
     restore: Callable[[str, HostState], None]  # applies a taken host's handed-over politeness
     claim_left: int
+    free_hosts: bool  # whether a host nobody holds had URLs left, at the last renewal
     held: dict[str, int]  # host → lease token, for the hosts this run holds now
 
     async def ensure_hosts(self) -> None: ...

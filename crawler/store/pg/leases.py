@@ -69,6 +69,13 @@ SELECT (SELECT extract(epoch FROM h.next_fetch_at - now())::float8 FROM hosts h
  WHERE EXISTS (SELECT 1 FROM urls WHERE state = 'queued') OR EXISTS (SELECT 1 FROM urls WHERE state = 'in_flight')
 """
 
+# Whether a host nobody holds (or whose lease expired) has URLs left: taken by the first that looks.
+_ANY_FREE = """
+SELECT EXISTS (SELECT 1 FROM hosts h
+                WHERE (h.lease_owner IS NULL OR h.lease_until < now())
+                  AND EXISTS (SELECT 1 FROM urls u WHERE u.host = h.host AND u.state IN ('queued', 'in_flight')))
+"""
+
 # Gives back, exactly once, what dead runs claimed of the budget and did not fetch: a run is dead
 # when it ended (its own give-back may not have happened) or its heartbeat is older than a lease,
 # and it holds no unexpired lease. A second reclaimer waits for the first's row locks, and READ
@@ -110,6 +117,7 @@ class HostLeases:
         self.state_of: Callable[[str], HostState] = lambda host: HostState(0.0)
         self.restore: Callable[[str, HostState], None] = lambda host, state: None
         self.claim_left = 0  # pages this run claimed and has not fetched, as its row said at the last heartbeat
+        self.free_hosts = True  # whether some host nobody holds had URLs left, at the last renewal
 
     # ---- taking -----------------------------------------------------------------------------
 
@@ -176,7 +184,8 @@ class HostLeases:
 
     async def renew(self) -> set[str]:
         """Renew every held host and beat the run's heartbeat; returns the hosts lost meanwhile.
-        `claim_left` is then what the run's row holds of its claim (less, if others reclaimed it)."""
+        `claim_left` is then what the run's row holds of its claim (less, if others reclaimed it),
+        and `free_hosts` whether a host nobody holds has URLs left."""
 
         async def renew(conn: Conn) -> set[str]:
             cur = await conn.execute(
@@ -184,6 +193,9 @@ class HostLeases:
             )
             row = await cur.fetchone()
             self.claim_left = int(row[0]) if row is not None else 0
+            cur = await conn.execute(_ANY_FREE)
+            row = await cur.fetchone()
+            self.free_hosts = bool(row[0]) if row is not None else False
             return await self.renew_in(conn, list(self.held))
 
         return await self._conn.transaction(renew)
