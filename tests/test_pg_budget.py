@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import pytest
 
 from crawler.engine import Outcome
 from crawler.store import NewUrl
-from crawler.store.pg.leases import HostLeases
 from crawler.store.pg.store import PgStore
 from tests.crawlkit import crawl, make_config
 from tests.support.localsite import SiteServer
+from tests.support.pg_stores import leases, rows, shared_stores
 from tests.support.site import Site, build_site
 
 Serve = Callable[[Site], SiteServer]
@@ -26,24 +25,10 @@ DEADLINE = 120.0  # only so that a broken build fails instead of hanging
 @pytest.fixture
 async def stores(pg_url: str) -> AsyncIterator[tuple[PgStore, PgStore, PgStore]]:
     """Three crawlers' stores on one database, each with its run; the first seeds 20 URLs per host."""
-    opened = [await PgStore.open(pg_url, lease_seconds=30) for _ in range(3)]
-    opened[0].add_urls([NewUrl(f"http://{h}/{n}", h, 0) for h in HOSTS for n in range(20)])
-    await opened[0].flush()
-    for store in opened:
-        await store.start_run("{}")
-        await leases(store).open_budget(100, 0)
-    yield opened[0], opened[1], opened[2]
-    for store in opened:
-        await store.close()
-
-
-def leases(store: PgStore) -> HostLeases:
-    assert store.leases is not None
-    return store.leases
-
-
-async def rows(store: PgStore, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
-    return [tuple(row) for row in await store.fetchall(sql, params)]
+    async with shared_stores(pg_url, 3, [NewUrl(f"http://{h}/{n}", h, 0) for h in HOSTS for n in range(20)]) as opened:
+        for store in opened:
+            await leases(store).open_budget(100, 0)
+        yield opened[0], opened[1], opened[2]
 
 
 async def fetch(store: PgStore, host: str, n: int) -> None:

@@ -14,8 +14,8 @@ from crawler.config import ConfigError, config_from_dict
 from crawler.leased_frontier import BUSY_LAG, MAX_HOLD, SHED_EVERY, LeasedFrontier
 from crawler.politeness import Lease, Politeness
 from crawler.store import NewUrl
-from crawler.store.pg.leases import HostLeases
 from crawler.store.pg.store import PgStore
+from tests.support.pg_stores import leases, shared_stores
 from tests.support.postgres import pg_server, pg_server_url, pg_url  # noqa: F401  (fixtures)
 
 HOSTS = [f"h{i}.test:80" for i in range(5)]
@@ -32,20 +32,9 @@ class Clock:
 
 @pytest.fixture
 async def stores(pg_url: str) -> AsyncIterator[tuple[PgStore, PgStore]]:  # noqa: F811
-    a = await PgStore.open(pg_url, lease_seconds=30)
-    b = await PgStore.open(pg_url, lease_seconds=30)
-    a.add_urls([NewUrl(f"http://h{i}.test/{n}", HOSTS[i], 0) for i in range(len(HOSTS)) for n in range(3)])
-    await a.flush()
-    await a.start_run("{}")
-    await b.start_run("{}")
-    yield a, b
-    await a.close()
-    await b.close()
-
-
-def leases(store: PgStore) -> HostLeases:
-    assert store.leases is not None
-    return store.leases
+    seeds = [NewUrl(f"http://h{i}.test/{n}", HOSTS[i], 0) for i in range(len(HOSTS)) for n in range(3)]
+    async with shared_stores(pg_url, 2, seeds) as (a, b):
+        yield a, b
 
 
 def frontier(store: PgStore, clock: Clock, *, max_hold: float = 3600.0) -> LeasedFrontier:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
@@ -15,8 +14,8 @@ from crawler.config import config_from_dict
 from crawler.leased_frontier import MAX_POLL, MIN_POLL, LeasedFrontier, poll_wait
 from crawler.politeness import MIN_BACKOFF, Politeness
 from crawler.store import NewUrl
-from crawler.store.pg.leases import HostLeases
 from crawler.store.pg.store import PgStore
+from tests.support.pg_stores import leases, rows, shared_stores
 
 HOSTS = [f"h{i}.test:80" for i in range(4)]  # host keys, as the politeness and urls.host have them
 DELAY = 0.1
@@ -47,24 +46,9 @@ def politeness(clock: Clock) -> Politeness:
 
 @pytest.fixture
 async def stores(pg_url: str) -> AsyncIterator[tuple[PgStore, PgStore]]:
-    a = await PgStore.open(pg_url, lease_seconds=30)
-    b = await PgStore.open(pg_url, lease_seconds=30)
-    a.add_urls([NewUrl(f"http://h{i}.test/{n}", HOSTS[i], 0) for i in range(len(HOSTS)) for n in range(2)])
-    await a.flush()
-    await a.start_run("{}")
-    await b.start_run("{}")
-    yield a, b
-    await a.close()
-    await b.close()
-
-
-def leases(store: PgStore) -> HostLeases:
-    assert store.leases is not None
-    return store.leases
-
-
-async def rows(store: PgStore, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
-    return [tuple(row) for row in await store.fetchall(sql, params)]
+    seeds = [NewUrl(f"http://h{i}.test/{n}", HOSTS[i], 0) for i in range(len(HOSTS)) for n in range(2)]
+    async with shared_stores(pg_url, 2, seeds) as (a, b):
+        yield a, b
 
 
 async def due_in(store: PgStore, host: str) -> float:

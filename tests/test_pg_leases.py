@@ -13,8 +13,8 @@ from crawler.config import config_from_dict
 from crawler.errors import ConfigError
 from crawler.politeness import HostState
 from crawler.store import NewUrl, PageRecord, utc_now
-from crawler.store.pg.leases import HostLeases
 from crawler.store.pg.store import PgStore
+from tests.support.pg_stores import leases, rows, shared_stores
 
 HOSTS = [f"h{i}.test" for i in range(12)]
 
@@ -28,24 +28,8 @@ def page(url_id: int, url: str) -> PageRecord:
 @pytest.fixture
 async def stores(pg_url: str) -> AsyncIterator[tuple[PgStore, PgStore]]:
     """Two crawlers' stores on one database, each with its run; the first seeds two URLs per host."""
-    a = await PgStore.open(pg_url, lease_seconds=30)
-    b = await PgStore.open(pg_url, lease_seconds=30)
-    a.add_urls([NewUrl(f"http://{h}/{n}", h, 0) for h in HOSTS for n in range(2)])
-    await a.flush()
-    await a.start_run("{}")
-    await b.start_run("{}")
-    yield a, b
-    await a.close()
-    await b.close()
-
-
-def leases(store: PgStore) -> HostLeases:
-    assert store.leases is not None
-    return store.leases
-
-
-async def rows(store: PgStore, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
-    return [tuple(row) for row in await store.fetchall(sql, params)]
+    async with shared_stores(pg_url, 2, [NewUrl(f"http://{h}/{n}", h, 0) for h in HOSTS for n in range(2)]) as (a, b):
+        yield a, b
 
 
 async def ids_of(store: PgStore, host: str) -> list[int]:
