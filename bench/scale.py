@@ -1,6 +1,6 @@
 """Scale benchmark: 1, 2, 4 and 8 crawler processes on one PostgreSQL crawl, each held to a fixed CPU share.
 
-    python bench/scale.py [--hosts 100] [--pages-per-host 100] [--procs 1,2,4,8] [--cpu 0.1]
+    python bench/scale.py [--hosts 100] [--pages-per-host 150] [--procs 1,2,4,8] [--cpu 0.1]
                           [--delay 0.02] [--per-host-concurrency 2] [--smoke] [--pg-profile]
 
 A generated site of `--hosts` hosts (127.0.0.2 …) is served by nginx, which logs every request
@@ -571,7 +571,7 @@ def steady_table(results: list[Result], args: argparse.Namespace) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--hosts", type=int, default=100)
-    parser.add_argument("--pages-per-host", type=int, default=100)
+    parser.add_argument("--pages-per-host", type=int, default=150)
     parser.add_argument("--procs", default="1,2,4,8", help="comma-separated process counts")
     parser.add_argument(
         "--cpu", type=float, default=0.1,
