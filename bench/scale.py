@@ -1,6 +1,6 @@
 """Scale benchmark: 1, 2, 4 and 8 crawler processes on one PostgreSQL crawl, each held to a fixed CPU share.
 
-    python bench/scale.py [--hosts 100] [--pages-per-host 100] [--procs 1,2,4,8] [--cpu 0.1]
+    python bench/scale.py [--hosts 100] [--pages-per-host 150] [--procs 1,2,4,8] [--cpu 0.1]
                           [--delay 0.02] [--per-host-concurrency 2] [--smoke] [--pg-profile]
 
 A generated site of `--hosts` hosts (127.0.0.2 …) is served by nginx, which logs every request
@@ -21,6 +21,7 @@ the machine was: PostgreSQL's and nginx's cores, all cores' use, and the cores o
 from __future__ import annotations
 
 import argparse
+import bisect
 import collections
 import contextlib
 import json
@@ -31,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -52,7 +53,8 @@ CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
 CFS_PERIOD_US = 100_000
 USER_AGENT = "crawler-bench/0.1 (+https://example.org/bench)"
 RUN_TIMEOUT = 600.0  # seconds one run may take before it is killed and reported as failed
-LOG_FORMAT = '$msec $request_time $server_addr $status "$request_uri"'
+LOG_FORMAT = '$msec $request_time $server_addr $status "$request_uri" "$http_user_agent"'
+SAMPLE_EVERY = 0.2  # seconds between two samples of each crawler's CPU time
 
 
 # ---- CPU caps --------------------------------------------------------------------------------
@@ -153,22 +155,44 @@ class LogCheck:
     overlap_violations: int  # requests that started with per_host_concurrency others in flight to the host
     gap_violations: int  # starts closer than delay − tolerance to the previous start on the host
     closest_gap: float
+    page_ends: tuple[float, ...] = ()  # end times ($msec) of page requests (robots.txt apart), sorted
+    first_start: dict[int, float] = field(default_factory=dict)  # crawler index -> its first request's start
+    last_end: dict[int, float] = field(default_factory=dict)  # crawler index -> its last request's end
+
+    def pages_between(self, start: float, end: float) -> int:
+        """Page requests that ended within [start, end]."""
+        return bisect.bisect_right(self.page_ends, end) - bisect.bisect_left(self.page_ends, start)
+
+
+def crawler_index(user_agent: str) -> int | None:
+    """Which crawler made a request: each one's user agent ends in ` p<index>` (config_text)."""
+    tail = user_agent.rsplit(" ", 1)[-1]
+    return int(tail[1:]) if tail[:1] == "p" and tail[1:].isdigit() else None
 
 
 def check_log(path: Path, per_host: int, delay: float, tolerance: float) -> LogCheck:
     by_host: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
     counts: collections.Counter[tuple[str, str]] = collections.Counter()
+    first: dict[int, float] = {}
+    last: dict[int, float] = {}
+    page_ends: list[float] = []
     robots = requests = 0
     for line in path.read_text().splitlines() if path.exists() else ():
-        msec, took, host, _status, uri = line.split(" ", 4)
+        head, uri, _, agent, _ = line.split('"', 4)
+        msec, took, host, _status = head.split()
         end = float(msec)
-        by_host[host].append((end - float(took), end))
+        start = end - float(took)
+        by_host[host].append((start, end))
         requests += 1
-        uri = uri.strip('"')
+        who = crawler_index(agent)
+        if who is not None:
+            first[who] = min(first.get(who, start), start)
+            last[who] = max(last.get(who, end), end)
         if uri == "/robots.txt":
             robots += 1
         else:
             counts[host, uri] += 1
+            page_ends.append(end)
     duplicates = sum(n - 1 for n in counts.values() if n > 1)
     overlap = gaps = 0
     closest = float("inf")
@@ -186,10 +210,64 @@ def check_log(path: Path, per_host: int, delay: float, tolerance: float) -> LogC
                 if start - previous < delay - tolerance:
                     gaps += 1
             previous = start
-    return LogCheck(requests, duplicates, robots, overlap, gaps, closest)
+    page_ends.sort()
+    return LogCheck(requests, duplicates, robots, overlap, gaps, closest, tuple(page_ends), first, last)
 
 
 # ---- one run -----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Timeline:
+    """One crawler process seen from outside: when it was started and when it exited (epoch
+    seconds, as nginx's $msec), and its CPU time (with its parse worker's) sampled as it ran."""
+
+    spawned: float
+    exited: float = 0.0
+    samples: list[tuple[float, float]] = field(default_factory=list)  # (epoch seconds, CPU seconds so far)
+
+    def cpu_at(self, when: float) -> float:
+        """CPU seconds used by `when`, interpolated between the samples around it."""
+        points = [(self.spawned, 0.0), *self.samples]
+        at = bisect.bisect_right(points, (when, float("inf")))
+        if at == 0:
+            return 0.0
+        if at == len(points):
+            return points[-1][1]
+        (t0, c0), (t1, c1) = points[at - 1], points[at]
+        return c0 + (c1 - c0) * (when - t0) / (t1 - t0) if t1 > t0 else c1
+
+
+def tree_cpu(proc: psutil.Process) -> float | None:
+    """CPU seconds of a process, its live children and those it reaped; None once it is gone."""
+    try:
+        t = proc.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                c = child.cpu_times()
+                total += c.user + c.system
+    except psutil.NoSuchProcess:
+        return None
+    return float(total)
+
+
+@dataclass(frozen=True, slots=True)
+class Steady:
+    """The run while every crawler fetched: from the last one's first request to the first one's last."""
+
+    start: float
+    end: float
+    pages: int  # page requests that ended in the window
+    crawler_cpu: float  # the crawlers' CPU seconds in the window
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+    @property
+    def rate(self) -> float:
+        return self.pages / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass(slots=True)
@@ -206,6 +284,7 @@ class Result:
     nginx_cpu: float = 0.0
     machine_busy: float = 0.0  # CPU seconds every process on the machine used during the run
     failed: str = ""
+    timelines: list[Timeline] = field(default_factory=list)
 
     @property
     def others(self) -> float:
@@ -216,14 +295,49 @@ class Result:
     def rate(self) -> float:
         return self.pages / self.wall if self.wall > 0 else 0.0
 
+    def steady(self) -> Steady | None:
+        """The window in which every crawler was fetching; None when there was none."""
+        first, last = self.log.first_start, self.log.last_end
+        if len(self.timelines) != self.procs or any(i not in first for i in range(self.procs)):
+            return None
+        start = max(first[i] for i in range(self.procs))
+        end = min(last[i] for i in range(self.procs))
+        if end <= start:
+            return None
+        cpu = sum(t.cpu_at(end) - t.cpu_at(start) for t in self.timelines)
+        return Steady(start, end, self.log.pages_between(start, end), cpu)
 
-def config_text(site: Site, args: argparse.Namespace, storage: str) -> str:
+    def start_ups(self) -> list[float]:
+        """Seconds from each crawler's start to its first request."""
+        first = self.log.first_start
+        return [first[i] - t.spawned for i, t in enumerate(self.timelines) if i in first]
+
+    def start_up_cpu(self) -> list[float]:
+        """CPU seconds each crawler used before its first request (imports, parse worker, schema check)."""
+        first = self.log.first_start
+        return [t.cpu_at(first[i]) for i, t in enumerate(self.timelines) if i in first]
+
+    def drain(self) -> float:
+        """Seconds from the first crawler's last request to the last request of all: the end of the
+        crawl, when fewer hosts than crawlers have work left."""
+        ends = self.log.last_end.values()
+        return max(ends) - min(ends) if ends else 0.0
+
+    def exit_tail(self) -> float:
+        """Seconds from the last request nginx served to the last crawler's exit."""
+        ends = self.log.last_end.values()
+        return max(t.exited for t in self.timelines) - max(ends) if ends and self.timelines else 0.0
+
+
+def config_text(site: Site, args: argparse.Namespace, storage: str, index: int) -> str:
+    """The crawl's config for crawler `index`: all alike but the user agent's tail, which tells
+    nginx's log which crawler made a request."""
     return (
         "[crawl]\n"
         f"seeds = {json.dumps(site.seeds)}\n"
         "allowed_hosts = []\nmax_pages = 0\nmax_depth = 100\n"
         "[politeness]\n"
-        f"user_agent = {json.dumps(USER_AGENT)}\n"
+        f"user_agent = {json.dumps(f'{USER_AGENT} p{index}')}\n"
         f"concurrency = {args.concurrency}\n"
         f"per_host_concurrency = {args.per_host_concurrency}\n"
         f"delay = {args.delay}\n"
@@ -233,21 +347,27 @@ def config_text(site: Site, args: argparse.Namespace, storage: str) -> str:
     )
 
 
-def child_env() -> dict[str, str]:
+def child_env(tree: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), env.get("PYTHONPATH", "")]))
     return env
 
 
-def run_crawlers(config: Path, procs: int, caps: CpuCaps, workdir: Path) -> tuple[float, float, float, str]:
-    """Start `procs` crawlers on one config, each in its own cgroup; wall, CPU, throttled seconds, failure."""
+def run_crawlers(
+    configs: list[Path], caps: CpuCaps, workdir: Path, tree: Path
+) -> tuple[float, float, float, str, list[Timeline]]:
+    """Start one crawler per config, each in its own cgroup, the code from `tree`; wall, CPU and
+    throttled seconds, a failure, and each crawler's timeline."""
+    procs = len(configs)
     groups = [caps.make() for _ in range(procs)] if caps.works else []
     children: list[subprocess.Popen[bytes]] = []
+    watched: list[psutil.Process | None] = []
+    timelines: list[Timeline] = []
     failure = ""
     cpu = 0.0
     try:
         started = time.monotonic()
-        for i in range(procs):
+        for i, config in enumerate(configs):
             join = str(groups[i] / "cgroup.procs") if groups else None
 
             def enter_cgroup(target: str | None = join) -> None:
@@ -256,34 +376,53 @@ def run_crawlers(config: Path, procs: int, caps: CpuCaps, workdir: Path) -> tupl
 
             err = open(workdir / f"crawler-{i}.err", "wb")  # noqa: SIM115 - handed to the child
             with err:
+                timelines.append(Timeline(time.time()))
                 children.append(
                     subprocess.Popen(
                         [sys.executable, "-m", "crawler", "crawl", str(config), "-q"],
                         stdin=subprocess.DEVNULL,
                         stdout=subprocess.DEVNULL,
                         stderr=err,
-                        env=child_env(),
+                        env=child_env(tree),
                         cwd=workdir,
                         preexec_fn=enter_cgroup,
                     )
                 )
+            try:
+                watched.append(psutil.Process(children[-1].pid))
+            except psutil.NoSuchProcess:
+                watched.append(None)
         deadline = started + RUN_TIMEOUT
-        pending = {child.pid: child for child in children}
+        pending = {child.pid: i for i, child in enumerate(children)}
+        next_sample = 0.0
         while pending:
-            pid, status, usage = os.wait4(-1, 0)
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
+            if pid == 0:
+                if time.monotonic() >= next_sample:
+                    next_sample = time.monotonic() + SAMPLE_EVERY
+                    for i in pending.values():
+                        process = watched[i]
+                        spent = tree_cpu(process) if process is not None else None
+                        if spent is not None:
+                            timelines[i].samples.append((time.time(), spent))
+                if time.monotonic() > deadline:
+                    failure = failure or "timed out"
+                    for i in pending.values():
+                        children[i].kill()
+                time.sleep(0.01)
+                continue
             if pid not in pending:
                 continue
-            cpu += usage.ru_utime + usage.ru_stime
+            index = pending.pop(pid)
+            spent = usage.ru_utime + usage.ru_stime
+            cpu += spent
+            timelines[index].exited = time.time()
+            timelines[index].samples.append((timelines[index].exited, spent))
             code = os.waitstatus_to_exitcode(status)
-            pending.pop(pid).returncode = code
+            children[index].returncode = code
             if code != 0 and not failure:
-                index = next(i for i, c in enumerate(children) if c.pid == pid)
                 stderr = (workdir / f"crawler-{index}.err").read_text(errors="replace")
                 failure = f"crawler {index} exited {code}: {stderr[-400:]}"
-            if time.monotonic() > deadline:
-                failure = failure or "timed out"
-                for child in pending.values():
-                    child.kill()
         wall = time.monotonic() - started
         throttled = sum(caps.throttled_seconds(g) for g in groups)
     finally:
@@ -293,7 +432,7 @@ def run_crawlers(config: Path, procs: int, caps: CpuCaps, workdir: Path) -> tupl
                 child.wait()
         for group in groups:
             caps.remove(group)
-    return wall, cpu, throttled, failure
+    return wall, cpu, throttled, failure, timelines
 
 
 def one_run(
@@ -313,8 +452,9 @@ def one_run(
         else:
             db = workdir / "crawl.db"
             storage = f"path = {json.dumps(str(db))}\n"
-        config = workdir / "crawl.toml"
-        config.write_text(config_text(site, args, storage))
+        configs = [workdir / f"crawl-{i}.toml" for i in range(procs)]
+        for i, config in enumerate(configs):
+            config.write_text(config_text(site, args, storage, i))
         subprocess.run(["sync"], check=False)
         if pg is not None and args.pg_profile:
             pg_profile.prepare(url)
@@ -324,9 +464,9 @@ def one_run(
         if postmaster is not None:
             spent = pg_profile.baseline(postmaster)
             with pg_profile.ProcessSampler(postmaster) as sampler:
-                wall, cpu, throttled, failure = run_crawlers(config, procs, caps, workdir)
+                wall, cpu, throttled, failure, timelines = run_crawlers(configs, caps, workdir, args.tree)
         else:
-            wall, cpu, throttled, failure = run_crawlers(config, procs, caps, workdir)
+            wall, cpu, throttled, failure, timelines = run_crawlers(configs, caps, workdir, args.tree)
         nginx_cpu, machine_busy = server.cpu_seconds() - nginx_before, busy_seconds() - machine_before
         pg_cpu = None
         if pg is not None:
@@ -350,8 +490,9 @@ def one_run(
     if not failure and pages != site.expected_pages:
         failure = f"stored {pages} of {site.expected_pages} pages"
     return Result(
-        label, procs, pages, site.expected_pages, wall, cpu, pg_cpu, throttled, log, nginx_cpu, machine_busy, failure
-    )
+        label, procs, pages, site.expected_pages, wall, cpu, pg_cpu, throttled, log, nginx_cpu, machine_busy, failure,
+        timelines,
+    )  # fmt: skip
 
 
 # ---- report ------------------------------------------------------------------------------------
@@ -387,19 +528,50 @@ def table(results: list[Result], args: argparse.Namespace, cap_note: str) -> str
             f"| {r.log.duplicates} | {r.log.overlap_violations} / {r.log.gap_violations} "
             f"| {r.log.robots_fetches} | {gap} {use}"
         )
-    lines = [cap_note, "", head + "\n".join(rows)]
+    lines = [cap_note, "", "Wall clock (first start to last exit):", "", head + "\n".join(rows)]
     if base and sqlite and sqlite.rate:
         lines.append(f"\nPostgreSQL, 1 process ÷ SQLite, 1 process: {base.rate / sqlite.rate:.2f}× (goal ≥ 0.8×)")
+    lines += ["", "Start-up, steady state (every crawler fetching) and end:", "", steady_table(results, args)]
     for r in results:
         if r.failed:
             lines.append(f"\n{r.label}: FAILED: {r.failed.strip()}")
     return "\n".join(lines)
 
 
+def steady_table(results: list[Result], args: argparse.Namespace) -> str:
+    """Start-up, the steady state (every crawler fetching) and the end, per run."""
+    base = next((r.steady() for r in results if r.label == "postgresql 1"), None)
+    head = (
+        "| store | processes | start-up s (median / max) | start-up CPU s per process | steady s (% of wall) "
+        "| pages in steady | steady pages/s | steady speed-up | steady crawler CPU s / 1,000 pages "
+        "| steady crawler CPU % of cap | drain s | exit s |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    rows = []
+    for r in results:
+        ups, up_cpu, steady = sorted(r.start_ups()), r.start_up_cpu(), r.steady()
+        up = f"{ups[len(ups) // 2]:.1f} / {ups[-1]:.1f}" if ups else "–"
+        up_c = f"{sum(up_cpu) / len(up_cpu):.2f}" if up_cpu else "–"
+        if steady is None or not steady.pages:
+            cells = "| – | – | – | – | – | – |"
+        else:
+            pg = base and base.rate and r.label.startswith("postgresql")
+            speed = f"{steady.rate / base.rate:.2f}×" if pg and base else "–"
+            share = 100 * steady.crawler_cpu / (r.procs * args.cpu * steady.seconds)
+            cells = (
+                f"| {steady.seconds:.1f} ({100 * steady.seconds / r.wall:.0f}) | {steady.pages:,} | {steady.rate:,.0f} "
+                f"| {speed} | {steady.crawler_cpu / steady.pages * 1000:.2f} | {share:.0f} |"
+            )
+        rows.append(
+            f"| {r.label.split()[0]} | {r.procs} | {up} | {up_c} {cells} {r.drain():.1f} | {r.exit_tail():.1f} |"
+        )
+    return head + "\n".join(rows)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--hosts", type=int, default=100)
-    parser.add_argument("--pages-per-host", type=int, default=100)
+    parser.add_argument("--pages-per-host", type=int, default=150)
     parser.add_argument("--procs", default="1,2,4,8", help="comma-separated process counts")
     parser.add_argument(
         "--cpu", type=float, default=0.1,
@@ -423,6 +595,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="tiny: 10 hosts, 10 pages each, 1 and 2 processes")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (site, logs)")
+    parser.add_argument(
+        "--tree", type=Path, default=REPO_ROOT,
+        help="the source tree whose `crawler` the crawlers run (e.g. an older commit's `git archive`): before/after",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.smoke:
         args.hosts, args.pages_per_host, args.procs = 10, 10, "1,2"

@@ -407,6 +407,11 @@ class Frontier:
         sooner, and committing at each idle look would make tiny batches."""
         return not self._pol.saturated
 
+    def commit_can_wait(self, waited: float) -> bool:
+        """Whether the writer, `waited` seconds after its last commit, may let the batch grow rather
+        than commit at its interval (a hook: on a shared database each commit has a fixed cost)."""
+        return False
+
     def _arm_timer(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._heap or (self.limit_reached() and not self.revisiting):
             return

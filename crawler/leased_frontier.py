@@ -13,11 +13,15 @@ from crawler.store import Backend, HostLeasing, QueuedUrl
 MIN_POLL = 0.1  # seconds: the first wait of a crawler that found no host to take
 MAX_POLL = 2.0  # the longest wait between two looks while others hold the remaining work
 BUDGET_CLAIM = 64  # pages of the fleet's max_pages claimed at a time
-TICK = 0.05  # seconds between two looks at how late the event loop runs
-LAG_WEIGHT = 0.1  # weight of the newest lag in its moving average (about a second of ticks)
+TICK = 0.1  # seconds between two looks at how late the event loop runs
+LAG_WEIGHT = 0.2  # weight of the newest lag in its moving average (about a second of ticks)
 BUSY_LAG = 0.01  # seconds: a moving-average lag above this says the process is short of CPU
 SHED_EVERY = 1.0  # seconds of being short of CPU between two hosts let go, and after a take
 MAX_HOLD = 60.0  # seconds a host is held before it is let go (storage.max_hold_seconds' default)
+# Each commit costs the same fixed work (the fence, renewals, one statement per table), so a
+# process fetching slowly commits a batch of about this many completions rather than every interval.
+COMMIT_BATCH = 32
+MAX_COMMIT_WAIT = 1.0  # seconds the batch may wait for COMMIT_BATCH; also how late its links may come
 
 
 def poll_wait(backoff: float, due_in: float, jitter: float) -> float:
@@ -180,6 +184,14 @@ class LeasedFrontier(Frontier):
         return any(
             not hq.queue and not hq.overflow and hq.unsettled and host not in self._leaving
             for host, hq in self._hosts.items()
+        )
+
+    def commit_can_wait(self, waited: float) -> bool:
+        if waited >= MAX_COMMIT_WAIT or self.awaiting_commit >= COMMIT_BATCH:
+            return False
+        # A host being let go with nothing out is released only once its completions commit.
+        return not any(
+            hq.unsettled and not hq.leased for host in self._leaving if (hq := self._hosts.get(host)) is not None
         )
 
     # ---- letting go of hosts ------------------------------------------------------------------

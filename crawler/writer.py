@@ -18,7 +18,8 @@ INDEX_BULK = 500  # pages per indexing transaction for a backlog left at the end
 
 
 class BatchWriter:
-    """Flushes store.batch in one transaction every FLUSH_INTERVAL, or sooner when asked or full.
+    """Flushes store.batch in one transaction every FLUSH_INTERVAL, or sooner when asked or full;
+    later when the frontier says the batch can wait (Frontier.commit_can_wait).
 
     A flush also tells the frontier which completions it committed and which URLs it queued.
     """
@@ -43,11 +44,17 @@ class BatchWriter:
 
     async def run(self) -> None:
         """Flush until stop(); a failed flush ends it (and the crawl) with its exception."""
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         while self._running:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wanted.wait(), timeout=FLUSH_INTERVAL)
+            asked = self._wanted.is_set()
             self._wanted.clear()
+            if not asked and self._frontier.commit_can_wait(loop.time() - last):
+                continue
             await self.flush()
+            last = loop.time()
             async with self._committed:
                 self._committed.notify_all()
 
