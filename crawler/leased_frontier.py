@@ -50,7 +50,8 @@ class LeasedFrontier(Frontier):
     finishes. Polling with no host of its own to work on while others hold every host with work,
     it records that it is hungry; a holder of several hosts with URLs queued learns it at its next
     renewal or commit and lets go of one, which the hungry process takes: at the end of a crawl,
-    the last hosts are each fetched by a process of their own, not on a share of one's CPU. A host's politeness travels with its lease (Politeness.export_state/import_state).
+    the last hosts are each fetched by a process of their own, not on a share of one's CPU.
+    A host's politeness travels with its lease (Politeness.export_state/import_state).
 
     `max_pages` counts across the fleet: pages are claimed from the database's budget row
     BUDGET_CLAIM at a time. A short grant ends this run's share only when no other run holds
