@@ -22,7 +22,6 @@ from crawler.engine import Crawl, CrawlSummary, Outcome
 from crawler.errors import CrawlerError, NothingToResume, UsageError
 from crawler.http.eventloop import CrawlEventLoop
 from crawler.progress import ProgressDisplay, format_summary
-from crawler.query import open_results
 from crawler.recrawl import RecrawlRequest, parse_duration
 from crawler.store import writer_lock
 
@@ -194,6 +193,7 @@ def move_aside(path: Path, *, now: datetime | None = None) -> Path | None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     # Imported here: its HTTP server modules are of no use to the other commands' start-up.
     from crawler.demo import DemoServer, demo_config, discard_database, next_steps
+    from crawler.query import open_results
 
     db: Path = args.db
     discard_database(db)

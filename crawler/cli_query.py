@@ -9,16 +9,20 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crawler.config import load_config
 from crawler.errors import UsageError
-from crawler.export import EXPORT_FORMATS, export, export_file
-from crawler.filters import PageFilter
-from crawler.formats import FORMATS, write_rows
-from crawler.query import ChangeRow, ErrorRow, LinkRow, Page, Results, SearchHit, Stats, open_results
+from crawler.formats import EXPORT_FORMATS, FORMATS, write_rows
 from crawler.recrawl import CHANGES
 from crawler.store.backend import is_postgres_url
+
+if TYPE_CHECKING:
+    from crawler.filters import PageFilter
+    from crawler.query import Results, Stats
+
+# The query and export modules are imported by the commands that use them, so that `crawler crawl`
+# (which imports this module for its parsers) starts without them.
 
 DEFAULT_CONFIG = "config.toml"
 DEFAULT_LIMIT = 100
@@ -131,10 +135,14 @@ def db_path_from(args: argparse.Namespace) -> Path | str:
 
 
 def _open(args: argparse.Namespace) -> Results:
+    from crawler.query import open_results
+
     return open_results(db_path_from(args))
 
 
 def _filter(args: argparse.Namespace) -> PageFilter:
+    from crawler.filters import PageFilter
+
     return PageFilter.build(
         status=args.status,
         host=args.host,
@@ -182,6 +190,8 @@ def _more(limit: int) -> int | None:
 
 
 def _cmd_pages(args: argparse.Namespace) -> int:
+    from crawler.query import Page
+
     with _open(args) as results:
         rows = results.iter_pages(_filter(args), limit=_more(args.limit))
         _print_rows(args, _fields(Page), rows, PAGE_TABLE)
@@ -189,12 +199,16 @@ def _cmd_pages(args: argparse.Namespace) -> int:
 
 
 def _cmd_errors(args: argparse.Namespace) -> int:
+    from crawler.query import ErrorRow
+
     with _open(args) as results:
         _print_rows(args, _fields(ErrorRow), results.errors(kind=args.kind, limit=_more(args.limit)), ERROR_TABLE)
     return 0
 
 
 def _cmd_changes(args: argparse.Namespace) -> int:
+    from crawler.query import ChangeRow
+
     with _open(args) as results:
         rows = results.changes(run=args.run, change=args.change, limit=_more(args.limit))
         _print_rows(args, _fields(ChangeRow), rows)
@@ -202,6 +216,8 @@ def _cmd_changes(args: argparse.Namespace) -> int:
 
 
 def _cmd_links(args: argparse.Namespace) -> int:
+    from crawler.query import LinkRow
+
     with _open(args) as results:
         rows = results.links(args.url, direction=args.direction, limit=_more(args.limit))
         _print_rows(args, _fields(LinkRow), rows)
@@ -209,6 +225,8 @@ def _cmd_links(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    from crawler.query import SearchHit
+
     with _open(args) as results:
         hits = results.search(" ".join(args.words), limit=_more(args.limit), syntax=args.fts)
         _print_rows(args, _fields(SearchHit), hits)
@@ -230,6 +248,8 @@ def _cmd_sql(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from crawler.export import export, export_file
+
     where = _filter(args)
     with _open(args) as results:
         if args.output == "-":

@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from crawler.cli_query import db_flags, db_path_from
 from crawler.formats import write_table
-from crawler.status import CrawlStatus, open_status
 
 if TYPE_CHECKING:  # rich is slow to import: loaded only for the live display on a terminal
     from rich.console import Console
+
+    # Imported by the command, not by every other command's start-up (this module registers its parser).
+    from crawler.status import CrawlStatus
 
 STATUS_FORMATS = ("table", "jsonl")
 REFRESH_SECONDS = 1.0
@@ -33,6 +35,8 @@ def add_command(sub: Any) -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from crawler.status import open_status
+
     with open_status(db_path_from(args)) as source:
         if args.format == "jsonl":
             print(json.dumps(status_record(source.snapshot()), ensure_ascii=False))

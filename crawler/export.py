@@ -21,7 +21,6 @@ from crawler.query import Results, StoredPage
 if TYPE_CHECKING:  # warcio is slow to import: only a WARC export loads it, not every crawl
     from warcio.statusandheaders import StatusAndHeaders
 
-EXPORT_FORMATS = ("jsonl", "csv", "warc")
 # Every stored column but the body (the WARC export carries bodies).
 EXPORT_COLUMNS = (
     "url", "final_url", "status", "content_type", "title", "depth", "fetched_at", "elapsed_ms",

@@ -10,6 +10,8 @@ from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
 FORMATS = ("table", "jsonl", "csv")
+# What `crawler export` writes (crawler/export.py); here so that the CLI lists them without importing it.
+EXPORT_FORMATS = ("jsonl", "csv", "warc")
 _NUMBER = re.compile(r"-?[\d,]+(\.\d+)?")
 MAX_CELL = 70  # table cells longer than this are cut with "…"
 

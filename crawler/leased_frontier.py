@@ -11,7 +11,7 @@ from crawler.politeness import HostState, Lease, Politeness, Sleep
 from crawler.store import Backend, HostLeasing, QueuedUrl
 
 MIN_POLL = 0.1  # seconds: the first wait of a crawler that found no host to take
-MAX_POLL = 2.0  # the longest wait between two looks while others hold the remaining work
+MAX_POLL = 0.5  # the longest wait between two looks while others hold the remaining work
 BUDGET_CLAIM = 64  # pages of the fleet's max_pages claimed at a time
 TICK = 0.1  # seconds between two looks at how late the event loop runs
 LAG_WEIGHT = 0.2  # weight of the newest lag in its moving average (about a second of ticks)
@@ -47,7 +47,11 @@ class LeasedFrontier(Frontier):
 
     A process that finds no host to take while URLs are queued or in flight elsewhere polls with
     back-off, no longer than until the earliest free host is due; once none are left anywhere it
-    finishes. A host's politeness travels with its lease (Politeness.export_state/import_state).
+    finishes. Polling with no host of its own to work on while others hold every host with work,
+    it records that it is hungry; a holder of several hosts with URLs queued learns it at its next
+    renewal or commit and lets go of one, which the hungry process takes: at the end of a crawl,
+    the last hosts are each fetched by a process of their own, not on a share of one's CPU.
+    A host's politeness travels with its lease (Politeness.export_state/import_state).
 
     `max_pages` counts across the fleet: pages are claimed from the database's budget row
     BUDGET_CLAIM at a time. A short grant ends this run's share only when no other run holds
@@ -139,7 +143,7 @@ class LeasedFrontier(Frontier):
                 self._poll = MIN_POLL
                 self._last_change = now
                 return
-            due_in = await self._leases.work_due_in()
+            due_in = await self._leases.work_due_in(idle=not self._hosts_with_work())
             if due_in is None:
                 if generation == self._dormant_gen:
                     self._dormant = False
@@ -250,8 +254,8 @@ class LeasedFrontier(Frontier):
             self._let_go(host)
 
     def pace(self, lag: float) -> None:
-        """One tick: fold in the loop's lateness; let go of a host when short of CPU for a while,
-        and of hosts held longer than max_hold."""
+        """One tick: fold in the loop's lateness; let go of a host when short of CPU for a while
+        or when another run is hungry, and of hosts held longer than max_hold."""
         self._lag += LAG_WEIGHT * (lag - self._lag)
         now = self._clock()
         # Short of CPU while no host with work is free: others may be waiting for one of ours.
@@ -277,8 +281,29 @@ class LeasedFrontier(Frontier):
             # The longest held goes (it has served this process longest); the last one stays.
             self._let_go(oldest)
             self._last_change = now
+        elif self._leases.hungry and now - self._last_change >= SHED_EVERY:
+            self._feed_the_hungry(now)
         if self._waiters:
             self._start_scan()  # idle workers, and the CPU to spare may have come back
+
+    def _hosts_with_work(self) -> list[tuple[bool, int, str]]:
+        """The held hosts with URLs queued, not being let go: (more in the database, in the window, host)."""
+        return [
+            (hq.overflow, len(hq.queue), host)
+            for host, hq in self._hosts.items()
+            if host not in self._leaving and (hq.queue or hq.overflow)
+        ]
+
+    def _feed_the_hungry(self, now: float) -> None:
+        """Another run has no host to work on and found none to take, while this one holds several
+        with URLs queued: the one with the most goes (its politeness with it), so it is fetched by
+        a process of its own rather than on a share of this one's CPU. One per SHED_EVERY, and one
+        per sign of hunger. A hungry run holds no host with work, so hosts never go back and forth."""
+        self._leases.hungry = False
+        with_work = self._hosts_with_work()
+        if len(with_work) > 1:
+            self._let_go(max(with_work)[2])
+            self._last_change = now
 
     async def _pace_loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -170,8 +170,8 @@ async def test_a_renewal_writes_the_changed_back_off_and_the_next_holder_starts_
 def test_the_poll_wait_is_the_back_off_capped_at_the_earliest_due_host() -> None:
     assert poll_wait(MAX_POLL, float("inf"), 1.0) == MAX_POLL
     assert poll_wait(MAX_POLL, float("inf"), 0.5) == MAX_POLL / 2
-    assert poll_wait(MAX_POLL, 1.25, 1.0) == 1.25  # a host released with a wait, or a pause, ends then
-    assert poll_wait(0.4, 1.25, 1.0) == 0.4  # the back-off is shorter still
+    assert poll_wait(MAX_POLL, MAX_POLL * 0.75, 1.0) == MAX_POLL * 0.75  # a release with a wait, a pause: ends then
+    assert poll_wait(MAX_POLL / 4, MAX_POLL * 0.75, 1.0) == MAX_POLL / 4  # the back-off is shorter still
     assert poll_wait(MAX_POLL, -3.0, 1.0) == MIN_POLL / 2  # due now, but taken by another: look again soon
 
 
@@ -181,7 +181,12 @@ async def test_an_idle_crawler_looks_again_when_a_released_host_is_due(stores: t
     a_pol = politeness(Clock(0.0))
     LeasedFrontier(a, leases(a), a_pol)
     await leases(a).release(["h1.test:80"])  # free, with no wait
-    await rows(a, "UPDATE hosts SET next_fetch_at = now() + interval '2 seconds' WHERE host = 'h1.test:80' RETURNING 1")
+    due = MAX_POLL * 0.8  # within the back-off's reach
+    await rows(
+        a,
+        "UPDATE hosts SET next_fetch_at = now() + make_interval(secs => %s) WHERE host = 'h1.test:80' RETURNING 1",
+        (due,),
+    )
     waits: list[float] = []
     frontier: LeasedFrontier
 
@@ -194,10 +199,10 @@ async def test_an_idle_crawler_looks_again_when_a_released_host_is_due(stores: t
     await frontier.load(0)
     assert await frontier.next() is None  # closed after eight looks, none of which found h1.test due
     await frontier.settle()
-    assert all(0 < wait <= 2.0 for wait in waits)
-    # The back-off grew past the due time (to MAX_POLL, jittered ≥ MAX_POLL / 2) and was capped at
+    assert all(0 < wait <= due for wait in waits)
+    # The back-off grew to the due time (to MAX_POLL, jittered ≥ MAX_POLL / 2) and was capped at
     # it: the last looks wait for the host to be due, neither longer nor much shorter.
-    assert waits[-1] > 0.5
+    assert waits[-1] >= MAX_POLL / 2 - 0.05
 
     # With every host held, the back-off alone sets the wait.
     await rows(

@@ -17,6 +17,7 @@ from crawler.store.pg.connection import Conn, PgConnection
 from crawler.store.records import utc_now
 
 MAX_TAKE = 16  # hosts taken per lease transaction
+HUNGRY_FOR = 2.0  # seconds a run's hunger holds: a few of its polls (LeasedFrontier's MAX_POLL)
 
 _TAKE = """
 WITH free AS (
@@ -69,11 +70,20 @@ SELECT (SELECT extract(epoch FROM h.next_fetch_at - now())::float8 FROM hosts h
  WHERE EXISTS (SELECT 1 FROM urls WHERE state = 'queued') OR EXISTS (SELECT 1 FROM urls WHERE state = 'in_flight')
 """
 
-# Whether a host nobody holds (or whose lease expired) has URLs left: taken by the first that looks.
-_ANY_FREE = """
+# Whether another run, still running, found no host to take at one of its last polls (a poller
+# writes hungry_at at least every MAX_POLL; a take clears it).
+_HUNGRY = """
+EXISTS (SELECT 1 FROM runs r WHERE r.id <> %(run)s AND r.outcome = 'running'
+           AND r.hungry_at > now() - make_interval(secs => %(hungry_for)s))
+"""
+
+# Whether a host nobody holds (or whose lease expired) has URLs left (taken by the first that
+# looks), and whether another run is hungry.
+_ANY_FREE = f"""
 SELECT EXISTS (SELECT 1 FROM hosts h
                 WHERE (h.lease_owner IS NULL OR h.lease_until < now())
-                  AND EXISTS (SELECT 1 FROM urls u WHERE u.host = h.host AND u.state IN ('queued', 'in_flight')))
+                  AND EXISTS (SELECT 1 FROM urls u WHERE u.host = h.host AND u.state IN ('queued', 'in_flight'))),
+       {_HUNGRY}
 """
 
 # Gives back, exactly once, what dead runs claimed of the budget and did not fetch: a run is dead
@@ -118,6 +128,9 @@ class HostLeases:
         self.restore: Callable[[str, HostState], None] = lambda host, state: None
         self.claim_left = 0  # pages this run claimed and has not fetched, as its row said at the last heartbeat
         self.free_hosts = True  # whether some host nobody holds had URLs left, at the last renewal
+        # Whether another run found no host to take lately, at the last renewal or flush; the
+        # frontier sets it back once it let a host go for it.
+        self.hungry = False
 
     # ---- taking -----------------------------------------------------------------------------
 
@@ -145,6 +158,9 @@ class HostLeases:
                     "UPDATE urls SET state = 'queued', updated_at = %s WHERE host = ANY(%s) AND state = 'in_flight'",
                     (utc_now(), [row[0] for row in taken]),
                 )
+                await conn.execute(
+                    "UPDATE runs SET hungry_at = NULL WHERE id = %s AND hungry_at IS NOT NULL", (self.run_id,)
+                )
             return taken
 
         taken = await self._conn.transaction(take)
@@ -154,15 +170,19 @@ class HostLeases:
             self.restore(host, HostState(float(wait), crawl_delay, adaptive_delay, backoff_delay))
         return [row[0] for row in taken]
 
-    async def work_due_in(self) -> float | None:
+    async def work_due_in(self, *, idle: bool = False) -> float | None:
         """None when no URL is queued or in flight anywhere; else seconds until the earliest host
-        nobody holds that has URLs left is due (≤ 0: due now; inf: every such host is held)."""
+        nobody holds that has URLs left is due (≤ 0: due now; inf: every such host is held, and
+        an `idle` run, one with no host of its own to work on, records that it is hungry, for the
+        holders of several to let one go)."""
 
         async def look(conn: Conn) -> float | None:
             cur = await conn.execute(_WORK_DUE_IN)
             row = await cur.fetchone()
             if row is None:
                 return None
+            if row[0] is None and idle:
+                await conn.execute("UPDATE runs SET hungry_at = now() WHERE id = %s", (self.run_id,))
             return float("inf") if row[0] is None else float(row[0])
 
         return await self._conn.run(look)
@@ -185,7 +205,8 @@ class HostLeases:
     async def renew(self) -> set[str]:
         """Renew every held host and beat the run's heartbeat; returns the hosts lost meanwhile.
         `claim_left` is then what the run's row holds of its claim (less, if others reclaimed it),
-        and `free_hosts` whether a host nobody holds has URLs left."""
+        `free_hosts` whether a host nobody holds has URLs left, and `hungry` whether another run
+        found no host to take lately."""
 
         async def renew(conn: Conn) -> set[str]:
             cur = await conn.execute(
@@ -193,9 +214,10 @@ class HostLeases:
             )
             row = await cur.fetchone()
             self.claim_left = int(row[0]) if row is not None else 0
-            cur = await conn.execute(_ANY_FREE)
+            cur = await conn.execute(_ANY_FREE, {"run": self.run_id, "hungry_for": HUNGRY_FOR})
             row = await cur.fetchone()
             self.free_hosts = bool(row[0]) if row is not None else False
+            self.hungry = bool(row[1]) if row is not None else False
             return await self.renew_in(conn, list(self.held))
 
         return await self._conn.transaction(renew)
@@ -329,7 +351,13 @@ async def fence(conn: Conn, leases: HostLeases, batch: Batch) -> Batch:
     # run leaves unused.
     counted = sum(1 for url_id in batch.counted if not gone(url_id))
     if counted:
-        await conn.execute("UPDATE runs SET fetched = fetched + %s WHERE id = %s", (counted, leases.run_id))
+        # The same statement tells whether another run is hungry, so holders learn it at every commit.
+        cur = await conn.execute(
+            f"UPDATE runs SET fetched = fetched + %(counted)s WHERE id = %(run)s RETURNING {_HUNGRY}",
+            {"counted": counted, "run": leases.run_id, "hungry_for": HUNGRY_FOR},
+        )
+        row = await cur.fetchone()
+        leases.hungry = bool(row[0]) if row is not None else False
     if not lost:
         return batch
 

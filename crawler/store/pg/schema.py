@@ -167,6 +167,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE robots ADD body bytea, ADD error text, ADD error_kind text, ADD misses integer NOT NULL DEFAULT 0;
     """,
+    # A run that found no host to take while others hold every host with work says so, and when:
+    # holders of several such hosts then let one go for it (crawler/leased_frontier.py).
+    """
+    ALTER TABLE runs ADD hungry_at timestamptz;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

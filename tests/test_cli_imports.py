@@ -1,0 +1,33 @@
+"""`crawler crawl` starts without the query, export and status modules: the CLI imports each command's
+modules when that command runs, while every command's parser (and so `crawler --help`) stays whole."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LATER = ("crawler.export", "crawler.query", "crawler.filters", "crawler.status", "crawler.demo")
+
+
+def test_the_cli_module_loads_no_query_export_or_status_module() -> None:
+    code = (
+        "import json, sys, crawler.cli;"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({LATER!r}))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == []
+
+
+def test_every_command_is_still_listed_with_its_choices() -> None:
+    from crawler.cli import _parser
+    from crawler.formats import EXPORT_FORMATS
+
+    text = _parser().format_help()
+    for command in ("crawl", "resume", "recrawl", "demo", "query", "export", "status"):
+        assert command in text
+    export_parser = _parser()._subparsers._group_actions[0].choices["export"]  # type: ignore[union-attr]
+    formats = next(a for a in export_parser._actions if "--format" in a.option_strings)
+    assert tuple(formats.choices) == EXPORT_FORMATS == ("jsonl", "csv", "warc")
