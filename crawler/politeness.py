@@ -13,6 +13,14 @@ and redirects is going on:
   robots.txt, a 429 back-off, a slow answer) already applies to the next start.  It is
   the largest of `delay`, the capped Crawl-delay, the adaptive delay and the 429 back-off.
 
+A start is when the request is *sent*, not when its turn was taken: a request that must open
+a connection first (or whose event loop is busy) is written later than its turn, and a
+request taking the next turn on an open connection would reach the server right after it,
+or before.  So a turn stays *unsent* until the transport reports the request written (the
+`on_sent` request extension, see HostGate.request); `last_start` then moves to the send
+time, and while a host has a turn unsent no other turn or lease of it starts.  A request
+that fails or ends before it is written ends its turn too, when the gate is left.
+
 The frontier reserves a turn at lease time (Mercator's ready-time heap), so no other lease
 of that host is handed out before the worker has used it.  The reservation is a
 placeholder, not a licence: the worker's first request starts on it only if it is still
@@ -22,8 +30,8 @@ that sat unused while others took turns, or while robots.txt raised the delay, t
 cannot put two starts closer than the delay, and a lease that never makes a request
 (robots.txt said no) gives its turn back unused.
 
-Turns are taken just before a request is handed to the HTTP client; a server sees the
-starts shifted by the client's send lag, which grows on a loaded machine.
+With a transport that does not report sends, a turn counts as sent when it is taken, and
+a server sees the starts shifted by the client's send lag, which grows on a loaded machine.
 
 The adaptive delay follows Scrapy's AutoThrottle rule (see `Politeness.observe`).
 """
@@ -48,6 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+OnSent = Callable[[], None]  # reports a request written to its connection
 Sleep = Callable[[float], Awaitable[None]]
 
 MIN_BACKOFF = 0.5  # seconds: the first 429 back-off when the host's delay is smaller
@@ -68,11 +77,15 @@ class HostSlot:
     adaptive_delay: float = 0.0
     backoff_delay: float = 0.0  # grows with repeated 429s, shrinks on success
     in_flight: int = 0  # units of capacity held (leases, and redirects into this host)
-    last_start: float = float("-inf")  # monotonic time of the latest turn taken or reserved
+    last_start: float = float("-inf")  # monotonic time of the latest turn taken or reserved, or of its send
     turns: int = 0  # counts turns, so a reservation knows whether it is still the latest
+    unsent: int = 0  # turns taken whose request is not written yet: no other turn starts meanwhile
+    # Someone found the host held by an unsent turn: the send must wake them and re-key the host.
+    turned_away: bool = False
     paused_until: float = float("-inf")  # monotonic time a Retry-After or robots.txt hold ends
     fetching_robots: bool = False  # no new leases while robots.txt is being fetched
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)  # waiting for capacity
+    sent_waiters: list[asyncio.Future[None]] = field(default_factory=list)  # waiting for the unsent turn
 
     @property
     def delay(self) -> float:
@@ -83,7 +96,16 @@ class HostSlot:
         return self.last_start + self.delay
 
     @property
+    def due(self) -> float:
+        """When the next turn may start by the delay and any pause, leaving an unsent turn aside."""
+        return max(self.next_start, self.paused_until)
+
+    @property
     def ready_at(self) -> float:
+        """When the next turn may start: never while a turn is unsent (the send re-keys the host)."""
+        if self.unsent:
+            self.turned_away = True
+            return float("inf")
         return max(self.next_start, self.paused_until)
 
     @property
@@ -141,7 +163,7 @@ class Politeness:
     def export_state(self, host: str) -> HostState:
         """The host's politeness as the next holder continues from it."""
         slot = self.slot(host)
-        wait = max(0.0, slot.ready_at - self.clock())
+        wait = max(0.0, slot.due - self.clock())
         return HostState(wait, slot.crawl_delay, slot.adaptive_delay, slot.backoff_delay)
 
     def import_state(self, host: str, state: HostState) -> None:
@@ -178,11 +200,12 @@ class Politeness:
         if slot.turns != reservation.turn:
             return False
         now = self.clock()
-        if now < max(reservation.previous + slot.delay, slot.paused_until):
+        if slot.unsent or now < max(reservation.previous + slot.delay, slot.paused_until):
             slot.turns -= 1
             slot.last_start = reservation.previous
             return False
         slot.last_start = now
+        slot.unsent += 1
         return True
 
     def give_back(self, host: str, reservation: Reservation) -> None:
@@ -243,34 +266,58 @@ class Politeness:
             slot.fetching_robots = False
             self.on_change(host)
 
-    def restart_gap(self, host: str) -> None:
-        """Count the host's next gap from now, when the request that took its last turn has ended.
-
-        A host's first request opens its connection, so it reaches the server later than its turn
-        by the connect time while the next one, on the open connection, does not: counting from
-        the end keeps the gap the server sees at least the delay.
-        """
-        slot = self.slot(host)
-        slot.last_start = max(slot.last_start, self.clock())
-        self.on_change(host)
-
     # ---- turns ---------------------------------------------------------------------------
 
     async def wait_turn(self, host: str) -> None:
-        """Wait until a request to host may start, then take that start time.
+        """Wait until a request to host may start, then take that start time (the turn is unsent
+        until `sent`).
 
         The ready time is recomputed after every sleep: the delay may have grown, a pause
         may have begun, or another request may have taken the turn meanwhile.
         """
         slot = self.slot(host)
         while True:
+            if slot.unsent:
+                await self._until_sent(slot)
+                continue
             now = self.clock()
-            wait = slot.ready_at - now
+            wait = slot.due - now
             if wait <= 0:
                 slot.turns += 1
                 slot.last_start = now
+                slot.unsent += 1
                 return
             await self._sleep(wait)
+
+    async def _until_sent(self, slot: HostSlot) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        slot.sent_waiters.append(fut)
+        slot.turned_away = True
+        try:
+            await fut
+        finally:
+            slot.sent_waiters.remove(fut)
+
+    def sent(self, host: str, *, ends_turn: bool = True) -> None:
+        """The request on host's unsent turn is written (or ended unwritten): its start is now.
+
+        ends_turn=False: the same request written once more (a second connection), which only
+        moves the start.
+        """
+        slot = self.slots[host]
+        now = self.clock()
+        if now > slot.last_start:
+            slot.last_start = now
+        if not ends_turn:
+            return
+        slot.unsent -= 1
+        assert slot.unsent >= 0, f"{host}: a turn sent twice"
+        if slot.unsent == 0 and slot.turned_away:
+            slot.turned_away = False
+            for fut in slot.sent_waiters:  # all of them: each checks the host again
+                if not fut.done():
+                    fut.set_result(None)
+            self.on_change(host)
 
     # ---- feedback from robots.txt and responses --------------------------------------------
 
@@ -368,10 +415,16 @@ class HostGate:
         self.host = lease.host
         self._held = True  # the lease's unit of capacity on self.host
         self._reservation = lease.reservation
+        self._turn_host: str | None = None  # the host of the request under way, while it is
+        self._unsent = False  # whether that request's turn still waits for its send
 
     @asynccontextmanager
-    async def request(self, url: str) -> AsyncIterator[None]:
-        """Around one HTTP request: host capacity, the global semaphore, then the host's turn."""
+    async def request(self, url: str) -> AsyncIterator[OnSent]:
+        """Around one HTTP request: host capacity, the global semaphore, then the host's turn.
+
+        Yields the callback that reports the request written (the transport calls it through
+        the `on_sent` request extension); a request that ends without it ends its turn on leaving.
+        """
         pol = self._politeness
         host = _host_of(url)
         if host != self.host or not self._held:
@@ -387,7 +440,22 @@ class HostGate:
         async with pol.semaphore:
             if reservation is None or not pol.start_reserved(host, reservation):
                 await pol.wait_turn(host)
-            yield
+            self._turn_host = host
+            self._unsent = True
+            try:
+                yield self._sent
+            finally:
+                if self._unsent:
+                    self._unsent = False
+                    pol.sent(host)
+                self._turn_host = None
+
+    def _sent(self) -> None:
+        host = self._turn_host
+        if host is None:  # reported after the request ended: its turn is over already
+            return
+        ends_turn, self._unsent = self._unsent, False
+        self._politeness.sent(host, ends_turn=ends_turn)
 
     def _give_back(self) -> None:
         reservation, self._reservation = self._reservation, None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import ssl
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import httpcore
@@ -20,6 +20,7 @@ from crawler.http.decoding import PIECE, decode, inflaters
 from crawler.http.errors import translate_httpx_error
 from crawler.http.fetcher import Fetcher, parse_retry_after
 from crawler.http.redirects import RedirectDecision, StoppedRedirect, follow_redirects
+from crawler.http.transport import ON_SENT
 from tests.support.faults import bomb_body
 
 
@@ -309,6 +310,64 @@ async def test_sends_an_honest_user_agent() -> None:
     await fetcher.fetch("http://a.test/", RecordingGate())
     await fetcher.aclose()
     assert route.calls.last.request.headers["user-agent"] == "crawler-test/0.1"
+
+
+class SendingGate:
+    """A gate whose requests report their send into events."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    @asynccontextmanager
+    async def request(self, url: str) -> AsyncIterator[Callable[[], None]]:
+        yield lambda: self.events.append("sent")
+
+
+class ReportingTransport(httpx.AsyncBaseTransport):
+    """Answers 200, reporting the send as our transports do."""
+
+    reports_sent = True
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.events.append("written")
+        request.extensions[ON_SENT]()
+        return httpx.Response(200, stream=httpx.ByteStream(b"ok"))
+
+
+def recording_transport(events: list[str]) -> httpx.MockTransport:
+    def answer(request: httpx.Request) -> httpx.Response:
+        events.append("written")
+        return httpx.Response(200, stream=httpx.ByteStream(b"ok"))
+
+    return httpx.MockTransport(answer)
+
+
+@pytest.mark.parametrize("through", ["itself", "a router"])
+async def test_a_transport_that_does_not_report_sends_counts_its_request_sent_before_the_write(through: str) -> None:
+    events: list[str] = []
+    plain = recording_transport(events)
+    transport = plain if through == "itself" else SchemeRouter(plain=plain, tls=lambda: plain)
+    fetcher = Fetcher(HttpConfig(), "crawler-test/0.1", concurrency=1, transport=transport)
+    try:
+        await fetcher.fetch("http://a.test/", SendingGate(events))
+        await fetcher.fetch("https://a.test/", SendingGate(events))
+    finally:
+        await fetcher.aclose()
+    assert events == ["sent", "written"] * 2
+
+
+async def test_a_transport_that_reports_sends_says_when_it_wrote() -> None:
+    events: list[str] = []
+    transport = ReportingTransport(events)
+    fetcher = Fetcher(HttpConfig(), "crawler-test/0.1", concurrency=1, transport=transport)
+    try:
+        await fetcher.fetch("http://a.test/", SendingGate(events))
+    finally:
+        await fetcher.aclose()
+    assert events == ["written", "sent"]
 
 
 def test_retry_after_parses_seconds_and_http_dates() -> None:

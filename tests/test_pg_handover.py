@@ -63,6 +63,7 @@ async def starts(pol: Politeness, clock: Clock, host: str, n: int) -> list[float
     times = []
     for _ in range(n):
         await pol.wait_turn(host)
+        pol.sent(host)
         times.append(clock.now)
     return times
 
@@ -77,6 +78,7 @@ async def test_a_429_pause_and_back_off_set_by_one_holder_bind_the_next(stores: 
     assert sorted(await leases(a).take(16)) == HOSTS
 
     await pol_a.wait_turn("h1.test:80")  # a request, answered 429 with Retry-After: 1
+    pol_a.sent("h1.test:80")
     pol_a.retry_after("http://h1.test/0", 1.0, 429)
     widened = pol_a.slot("h1.test:80").delay
     assert widened == MIN_BACKOFF > DELAY
@@ -134,6 +136,7 @@ async def test_a_dead_holders_pause_and_back_off_bind_whoever_takes_its_expired_
     LeasedFrontier(b, leases(b), pol_b)
     await leases(a).take(16)
     await pol_a.wait_turn("h2.test:80")
+    pol_a.sent("h2.test:80")
     pol_a.retry_after("http://h2.test/0", 30.0, 429)  # then a renews once, and dies
     await leases(a).renew()
     assert 29.0 < await due_in(a, "h2.test:80") <= 30.0

@@ -13,8 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from crawler.http.resolver import DnsCache
+from crawler.http.transport import H1Transport
 from crawler.politeness import MIN_BACKOFF
 from tests.crawlkit import crawl, make_config, rows, stored_paths
 from tests.support.faults import retry_after
@@ -95,20 +98,62 @@ async def test_no_host_ever_exceeds_its_concurrency_or_delay(site_server: Serve,
     assert skipped == [("robots", 3)]
 
 
-async def test_the_first_page_waits_the_delay_after_robots_txt_has_ended(site_server: Serve, tmp_path: Path) -> None:
+# ---- gaps count from the send: connections that open late ----------------------------------
+
+LATE = 0.3  # seconds each new connection of slow_connections() takes before its request is written
+SLOW_HOST = "slow.test"
+
+
+def slow_connections() -> H1Transport:
+    """Our plain-http transport, whose every new connection looks SLOW_HOST up anew and waits
+    LATE for the answer (127.0.0.1): a connect or TLS handshake of the real internet, or an event
+    loop busy elsewhere, between a request's turn and its write."""
+
+    async def resolve(host: str) -> list[str]:
+        await asyncio.sleep(LATE)
+        return ["127.0.0.1"]
+
+    limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
+    return H1Transport(limits=limits, dns=DnsCache(resolve, ttl=0.0))
+
+
+async def test_the_first_page_waits_the_delay_after_robots_txt_reached_the_server(
+    site_server: Serve, tmp_path: Path
+) -> None:
     # robots.txt opens the host's connection, so it reaches the server late by the connect time;
-    # the page after it, on the open connection, would not. Counting from robots.txt's end keeps
-    # the gap the server sees at least the delay, however late the first request arrived.
-    delay, slow = 0.1, 0.3
-    site = Site().robots("User-agent: *\nAllow: /\n", latency=slow).page("/", links=["/a"]).page("/a")
-    server = site_server(site)
-    config = make_config(tmp_path / "c.db", [server.url + "/"], crawl=ALL_LOCAL, politeness={"delay": delay})
-    await crawl(config)
+    # the page after it, on the open connection, would not: the gap counts from robots.txt's send.
+    delay = 0.1
+    server = site_server(Site().robots("User-agent: *\nAllow: /\n").page("/", links=["/a"]).page("/a"))
+    seed = f"http://{SLOW_HOST}:{server.port}/"
+    config = make_config(tmp_path / "c.db", [seed], crawl={"allowed_hosts": [SLOW_HOST]}, politeness={"delay": delay})
+    await crawl(config, transport=slow_connections())
 
     robots, first, *_ = by_start(server)
     assert (robots.path, first.path) == ("/robots.txt", "/")
-    assert first.start - robots.end >= delay - TOL, f"only {first.start - robots.end:.3f}s after robots.txt ended"
     assert_polite(server, delay=delay, concurrency=1)
+
+
+async def test_a_turn_waits_for_the_request_before_it_to_be_sent(site_server: Serve, tmp_path: Path) -> None:
+    # /slow holds the host's first connection when /a takes its turn, so /a opens a second one,
+    # LATE; meanwhile /b, /c, /d take their turns delay apart on the first. Counted from the
+    # turns, /d would reach the server together with /a.
+    delay, per_host = 0.1, 2
+    pages = ["/slow", "/a", "/b", "/c", "/d", "/e"]
+    site = Site().robots("User-agent: *\nAllow: /\n").page("/", links=pages)
+    for path in pages:
+        site.page(path, latency=1.5 * delay if path == "/slow" else 0.0)
+    server = site_server(site)
+    seed = f"http://{SLOW_HOST}:{server.port}/"
+    config = make_config(
+        tmp_path / "c.db",
+        [seed],
+        crawl={"allowed_hosts": [SLOW_HOST]},
+        politeness={"delay": delay, "per_host_concurrency": per_host},
+    )
+    await crawl(config, transport=slow_connections())
+
+    assert sorted(server.paths()) == sorted(["/robots.txt", "/", *pages])
+    assert_polite(server, delay=delay, concurrency=per_host)
 
 
 async def test_redirects_count_against_the_target_host_and_obey_its_robots(site_server: Serve, tmp_path: Path) -> None:

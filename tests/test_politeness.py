@@ -37,6 +37,12 @@ def politeness(t: FakeTime, **keys: object) -> Politeness:
     return Politeness(PolitenessConfig(**settings), clock=t, sleep=t.sleep)  # type: ignore[arg-type]
 
 
+async def start(pol: Politeness, host: str = HOST) -> None:
+    """A request's turn, taken and sent at once."""
+    await pol.wait_turn(host)
+    pol.sent(host)
+
+
 def lease_of(pol: Politeness, t: FakeTime, url: str = URL, host: str = HOST) -> Lease:
     reservation = pol.try_reserve(host, t.now)
     assert reservation is not None
@@ -58,7 +64,7 @@ async def test_a_new_host_is_ready_at_once_and_its_delay_counts_from_the_first_s
     first = lease_of(pol, t)  # a host never asked is ready now, whatever the clock reads
     async with HostGate(pol, first).request(URL):
         assert t.now == boot  # the reserved turn is used at once
-    await pol.wait_turn(HOST)
+    await start(pol)
     assert (t.now, t.slept) == (boot + 1.0, [1.0])
 
 
@@ -70,7 +76,7 @@ async def test_a_pause_near_zero_holds_the_first_request_for_exactly_its_length(
     pol.release(HOST)
     pol.retry_after(URL, 2.0, 503)
     assert pol.try_reserve(HOST, boot + 1.9) is None
-    await pol.wait_turn(HOST)
+    await start(pol)
     assert t.now == boot + 2.0
 
 
@@ -96,14 +102,14 @@ async def test_turns_are_delay_apart_and_a_grown_delay_applies_to_the_next_start
     t = FakeTime()
     pol = politeness(t)
     starts = []
-    await pol.wait_turn(HOST)
+    await start(pol)
     starts.append(t.now)
-    await pol.wait_turn(HOST)
+    await start(pol)
     starts.append(t.now)
     # The delay grows after a start was taken (Crawl-delay learnt, say): the next start
     # counts the new delay from that start, not the old one.
     pol.set_crawl_delay(HOST, 5.0)
-    await pol.wait_turn(HOST)
+    await start(pol)
     starts.append(t.now)
     assert [b - a for a, b in itertools.pairwise(starts)] == [1.0, 5.0]
 
@@ -111,13 +117,13 @@ async def test_turns_are_delay_apart_and_a_grown_delay_applies_to_the_next_start
 async def test_a_delay_that_grows_while_waiting_is_honoured() -> None:
     t = FakeTime()
     pol = politeness(t)
-    await pol.wait_turn(HOST)
+    await start(pol)
     first = t.now
 
     async def grow_meanwhile() -> None:
         pol.set_crawl_delay(HOST, 3.0)
 
-    await asyncio.gather(pol.wait_turn(HOST), grow_meanwhile())
+    await asyncio.gather(start(pol), grow_meanwhile())
     assert t.now - first == 3.0  # woke at +1, saw the longer delay, slept again
     assert t.slept == [1.0, 2.0]
 
@@ -173,6 +179,95 @@ async def test_an_unused_reservation_is_kept_when_a_later_turn_exists() -> None:
     lease_of(pol, t)
     gate.release()
     assert pol.slot(HOST).ready_at == t.now + 1.0
+
+
+# ---- a start is when the request is sent --------------------------------------------------
+
+
+async def test_a_turn_not_yet_sent_holds_the_next_until_its_send_and_the_gap_counts_from_it() -> None:
+    t = FakeTime()
+    pol = politeness(t)
+    changed: list[str] = []
+    pol.on_change = changed.append
+    sent = asyncio.Event()
+    second_start: list[float] = []
+
+    async def first() -> None:
+        async with HostGate(pol, lease_of(pol, t)).request(URL) as on_sent:
+            await sent.wait()  # a connection opening, say
+            on_sent()
+            on_sent()  # the same request written again moves its start, and ends nothing twice
+
+    async def second() -> None:
+        await pol.wait_turn(HOST)
+        second_start.append(t.now)
+        pol.sent(HOST)
+
+    tasks = [asyncio.create_task(first()), asyncio.create_task(second())]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    t.now += 3.0  # far past the delay: the second still waits, with no sleep of its own
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert second_start == [] and t.slept == []
+    assert pol.slot(HOST).ready_at == float("inf")
+    assert pol.try_reserve(HOST, t.now) is None  # no lease either
+    assert changed == []
+    sent.set()
+    await asyncio.gather(*tasks)
+    sent_at = 1003.0
+    assert changed == [HOST]  # the frontier re-keys the host
+    assert second_start == [sent_at + 1.0]
+    assert pol.slot(HOST).unsent == 0
+
+
+async def test_a_request_that_fails_before_its_send_ends_its_turn() -> None:
+    t = FakeTime()
+    pol = politeness(t)
+    with pytest.raises(ConnectionRefusedError):
+        async with HostGate(pol, lease_of(pol, t)).request(URL):
+            t.now += 0.5
+            raise ConnectionRefusedError  # the connect failed: nothing was written
+    slot = pol.slot(HOST)
+    assert (slot.unsent, slot.ready_at) == (0, t.now + 1.0)  # counted from the failure
+    await start(pol)
+    assert t.now == 1001.5
+
+
+async def test_a_request_cancelled_before_its_send_ends_its_turn() -> None:
+    t = FakeTime()
+    pol = politeness(t)
+    started = asyncio.Event()
+
+    async def request() -> None:
+        async with HostGate(pol, lease_of(pol, t)).request(URL):
+            started.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(request())
+    await started.wait()
+    assert pol.slot(HOST).unsent == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert pol.slot(HOST).unsent == 0
+    assert pol.try_reserve(HOST, t.now + 1.0) is not None
+
+
+async def test_a_wait_for_an_unsent_turn_can_be_cancelled() -> None:
+    t = FakeTime()
+    pol = politeness(t)
+    await pol.wait_turn(HOST)  # unsent
+    waiter = asyncio.create_task(pol.wait_turn(HOST))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert pol.slot(HOST).sent_waiters == []
+    pol.sent(HOST)
+    await start(pol)
+    assert t.now == 1001.0
 
 
 # ---- capacity across hosts ---------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 from crawler.errors import ErrorKind
 from crawler.http.errors import translate_httpx_error
 from crawler.http.resolver import DnsCache
-from crawler.http.transport import MAX_HEAD_BYTES, H1Transport, ResponseError
+from crawler.http.transport import MAX_HEAD_BYTES, ON_SENT, H1Transport, ResponseError
 from tests.crawlkit import closed_port
 from tests.support.faults import empty_reply, raw_bytes, reset_mid_body
 from tests.support.localsite import SiteServer
@@ -170,6 +170,23 @@ async def test_a_kept_alive_connection_the_server_dropped_is_replaced_once() -> 
     assert (first.content, second.content) == (b"ok", b"ok")
     assert answered == [1, 2]  # the second answer came on a second connection
     assert connections == 2
+
+
+async def test_a_request_s_send_is_reported_once_its_head_is_written(site_server: Serve) -> None:
+    # Politeness counts a host's gap from this report (the ON_SENT request extension).
+    server = site_server(Site().page("/p", body=b"ok"))
+    reported: list[int] = []
+    async with make_client() as client:
+        assert getattr(client._transport, "reports_sent", False)
+        request = client.build_request("GET", server.url_for("/p"))
+        request.extensions[ON_SENT] = lambda: reported.append(0)
+        response = await client.send(request)
+        refused = client.build_request("GET", f"http://127.0.0.1:{closed_port()}/")
+        refused.extensions[ON_SENT] = lambda: reported.append(-1)
+        with pytest.raises(httpx.ConnectError):
+            await client.send(refused)
+    assert response.content == b"ok"
+    assert reported == [0]  # once; never for a request that was not written
 
 
 async def test_a_read_timeout_is_httpx_s_not_a_bare_timeout_error(site_server: Serve) -> None:

@@ -18,7 +18,7 @@ from crawler.http.proxies import ProxyRules
 from crawler.http.reqwest import ReqwestTransport, build_client
 from crawler.http.reqwest_clients import HttpsClients, Pin, PinnedClients
 from crawler.http.resolver import DnsCache
-from crawler.http.transport import HAPPY_EYEBALLS_DELAY, H1Transport
+from crawler.http.transport import HAPPY_EYEBALLS_DELAY, ON_SENT, H1Transport
 
 
 def build_transport(
@@ -70,22 +70,36 @@ class SchemeRouter(httpx.AsyncBaseTransport):
         # Requests go by origin and target (see CrawlClient) only if plain http's transport writes
         # targets; an https transport that does not gets the whole URL back from _whole_url.
         self.honours_target: bool = getattr(plain, "honours_target", False)
+        self._plain_reports: bool = getattr(plain, "reports_sent", False)
         self._make_tls = tls
         self._tls: httpx.AsyncBaseTransport | None = None
 
+    # Sends are reported: by the transport that carries the request, or here, as it is handed over.
+    reports_sent = True
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.scheme != "https":
+            if not self._plain_reports:
+                _report_sent(request)
             return await self._plain.handle_async_request(request)
         if self._tls is None:
             self._tls = self._make_tls()
         if not getattr(self._tls, "honours_target", False):
             request = _whole_url(request)
+        if not getattr(self._tls, "reports_sent", False):
+            _report_sent(request)
         return await self._tls.handle_async_request(request)
 
     async def aclose(self) -> None:
         await self._plain.aclose()
         if self._tls is not None:
             await self._tls.aclose()
+
+
+def _report_sent(request: httpx.Request) -> None:
+    on_sent = request.extensions.pop(ON_SENT, None)
+    if on_sent is not None:
+        on_sent()
 
 
 def _whole_url(request: httpx.Request) -> httpx.Request:
@@ -157,13 +171,20 @@ class CrawlClient(httpx.AsyncClient):
         self._jar = _SetCookiesOnly()
         # Whether requests may go as origin + target: the transport must write the target.
         self._splits = bool(getattr(transport, "honours_target", False))
+        # Whether the transport calls a request's ON_SENT extension once the request is written.
+        self.reports_sent = bool(getattr(transport, "reports_sent", False))
         self._origins: dict[str, httpx.URL] = {}
 
-    async def open(self, url: str, headers: list[tuple[str, str]] | None = None) -> httpx.Response:
+    async def open(
+        self, url: str, headers: list[tuple[str, str]] | None = None, on_sent: Callable[[], None] | None = None
+    ) -> httpx.Response:
         """GET url with the body left to stream; a redirect comes back as it is, its body closed unread.
 
-        headers: (name, value) pairs sent on top of the client's."""
+        headers: (name, value) pairs sent on top of the client's; on_sent: called once the request
+        is written (when the transport reports_sent)."""
         request = self.build_request("GET", url, headers=headers) if headers else self.build_request("GET", url)
+        if on_sent is not None:
+            request.extensions[ON_SENT] = on_sent
         try:
             return await self.send(request, stream=True, follow_redirects=False)
         except _RedirectSeen as seen:

@@ -33,9 +33,12 @@ THROTTLE_STATUSES = frozenset({429, 503})
 
 
 class Gate(Protocol):
-    """What the fetcher needs from politeness: a turn for each request, and feedback."""
+    """What the fetcher needs from politeness: a turn for each request, and feedback.
 
-    def request(self, url: str) -> AbstractAsyncContextManager[None]: ...
+    request's context may give a callback to call once the request is written (None: no need).
+    """
+
+    def request(self, url: str) -> AbstractAsyncContextManager[Callable[[], None] | None]: ...
 
 
 class Feedback(Protocol):
@@ -184,11 +187,14 @@ class Fetcher:
     async def _fetch_once(
         self, url: str, gate: Gate, truncate_at: int | None, max_body: int | None, headers: Headers | None
     ) -> FetchResult:
-        async with gate.request(url):
+        async with gate.request(url) as on_sent:
+            if on_sent is not None and not self.client.reports_sent:
+                on_sent()  # the transport will not say when it writes: count from the turn
+                on_sent = None
             started = time.monotonic()
             try:
                 async with asyncio.timeout(self.http.total_timeout):
-                    response = await self.client.open(url, headers)
+                    response = await self.client.open(url, headers, on_sent)
                     try:
                         unread = response.status_code in UNREAD_STATUSES
                         body = b"" if unread else await self._read_body(response, truncate_at, max_body)

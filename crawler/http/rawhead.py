@@ -15,7 +15,7 @@ import httpx
 
 from crawler.http.proxies import ProxyError, basic_credentials
 from crawler.http.resolver import DnsCache, open_socket
-from crawler.http.transport import HAPPY_EYEBALLS_DELAY, MAX_HEAD_BYTES
+from crawler.http.transport import HAPPY_EYEBALLS_DELAY, MAX_HEAD_BYTES, ON_SENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,9 @@ async def read_head(
                 reader, writer = await _tunnel(proxy, host, port, context)
             try:
                 writer.write(_request_head(request, target))
+                on_sent = request.extensions.get(ON_SENT)
+                if on_sent is not None:  # the host's next gap counts from this second send
+                    on_sent()
                 await writer.drain()
                 while True:
                     head = await _read_head(reader)

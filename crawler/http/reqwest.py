@@ -23,7 +23,7 @@ from crawler.config import HttpConfig
 from crawler.http.proxies import ProxyError, connect_answer
 from crawler.http.rawhead import read_head, tls_context
 from crawler.http.reqwest_clients import HttpsClients, Pin
-from crawler.http.transport import MAX_HEAD_BYTES, ResponseError
+from crawler.http.transport import MAX_HEAD_BYTES, ON_SENT, ResponseError
 
 # What pyreqwest has already read of a body when the head is handed over: a body this size or
 # smaller is whole in memory then, so one read takes it all and the stream is closed at once.
@@ -106,6 +106,7 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
     for every request); the response body streams raw."""
 
     honours_target = True  # sends httpx's `target` request extension after the URL's origin (_request_url)
+    reports_sent = True  # calls the ON_SENT request extension as the request goes to pyreqwest
 
     def __init__(self, clients: Client | HttpsClients[Client], http: HttpConfig) -> None:
         self._clients = clients if isinstance(clients, HttpsClients) else HttpsClients.single(clients)
@@ -121,6 +122,10 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
         if body:
             builder = builder.body_bytes(body)
         streamed = builder.build_streamed()
+        on_sent = request.extensions.get(ON_SENT)
+        if on_sent is not None:
+            # pyreqwest writes on its own thread, which a busy event loop does not hold up.
+            on_sent()
         try:
             response: Response = await streamed.__aenter__()
         except rq.PyreqwestError as exc:

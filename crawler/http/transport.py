@@ -34,6 +34,10 @@ _RETRY_ON_STALE = frozenset({"GET", "HEAD", "OPTIONS"})
 HAPPY_EYEBALLS_DELAY = 0.25
 
 _HTTP_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
+
+# A request extension of ours: a callable a transport with `reports_sent` calls, without arguments,
+# once the request is written (politeness counts a host's gap from then; crawler/politeness.py).
+ON_SENT = "on_sent"
 _Origin = tuple[str, int, bool]  # host, port, whether it is a proxy (requests in absolute form)
 
 
@@ -296,6 +300,7 @@ class H1Transport(httpx.AsyncBaseTransport):
     """
 
     honours_target = True  # writes httpx's `target` request extension as the request target
+    reports_sent = True  # calls the ON_SENT request extension once the request head is written
 
     def __init__(
         self,
@@ -335,9 +340,12 @@ class H1Transport(httpx.AsyncBaseTransport):
             target = b"http://" + url.netloc + path  # absolute form, without any userinfo
             head = _request_head(request, len(body), target, self._proxy_authorization(proxy))
         head_only = request.method == "HEAD"
+        on_sent = request.extensions.get(ON_SENT)
         conn = await self._checkout(origin, timeouts.get("connect"), timeouts.get("pool"))
         while True:
             conn.send(head, body, head_only)
+            if on_sent is not None:
+                on_sent()
             try:
                 while not conn.head_done:
                     await conn.wait(read_timeout)

@@ -159,7 +159,6 @@ class RobotsPolicy:
             with self._politeness.fetching_robots(host):
                 rules = await self.cache.rules_for(site, self._fetch_under(gate, attempt))
             if attempt.made:
-                self._politeness.restart_gap(host)
                 self._fetched(site, rules, attempt)
             if self._on_sitemaps is not None and rules.sitemaps and (attempt.made or site not in self._announced):
                 # Rules rebuilt from a record name their sitemaps here too: the reader learns
