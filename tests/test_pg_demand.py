@@ -4,7 +4,6 @@ short of CPU (never the last), and every host held longer than max_hold let go o
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,10 +11,10 @@ import pytest
 
 from crawler.config import ConfigError, config_from_dict
 from crawler.leased_frontier import BUSY_LAG, MAX_HOLD, SHED_EVERY, LeasedFrontier
-from crawler.politeness import Lease, Politeness
+from crawler.politeness import Politeness
 from crawler.store import NewUrl
 from crawler.store.pg.store import PgStore
-from tests.support.pg_stores import leases, shared_stores
+from tests.support.pg_stores import finish, leases, owners, shared_stores, until_free
 from tests.support.postgres import pg_server, pg_server_url, pg_url  # noqa: F401  (fixtures)
 
 HOSTS = [f"h{i}.test:80" for i in range(5)]
@@ -45,29 +44,6 @@ def frontier(store: PgStore, clock: Clock, *, max_hold: float = 3600.0) -> Lease
     return LeasedFrontier(
         store, leases(store), Politeness(config.politeness, clock=clock), max_hold=max_hold, pace_every=0
     )
-
-
-async def owners(store: PgStore) -> dict[str, int | None]:
-    found = await store.fetchall("SELECT host, lease_owner FROM hosts ORDER BY host")
-    return {row[0]: row[1] for row in found}
-
-
-async def until_free(store: PgStore, host: str) -> None:
-    """Wait for the frontier's release task to commit, by polling the database as a crawler does."""
-    for _ in range(400):
-        if (await owners(store))[host] is None:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{host} was never released")
-
-
-async def finish(f: LeasedFrontier, store: PgStore, *done: Lease) -> None:
-    """The workers are done with `done`, and the writer commits them."""
-    for lease in done:
-        store.set_state(lease.url_id, "done")
-        f.complete(lease, fetched=True)
-    completions = f.take_completions()
-    f.committed(completions, await store.flush())
 
 
 async def close(f: LeasedFrontier) -> None:

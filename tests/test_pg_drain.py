@@ -5,17 +5,16 @@ to take; a holder of one host with work never lets it go, and a run with work of
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 
 from crawler.config import config_from_dict
 from crawler.leased_frontier import SHED_EVERY, LeasedFrontier
-from crawler.politeness import Lease, Politeness
+from crawler.politeness import Politeness
 from crawler.store import NewUrl
 from crawler.store.pg.store import PgStore
-from tests.support.pg_stores import leases, rows, shared_stores
+from tests.support.pg_stores import finish, leases, owners, rows, shared_stores, until_free
 from tests.support.postgres import pg_server, pg_server_url, pg_url  # noqa: F401  (fixtures)
 
 HOSTS = [f"h{i}.test:80" for i in range(5)]
@@ -44,30 +43,8 @@ def frontier(store: PgStore, clock: Clock) -> LeasedFrontier:
     return LeasedFrontier(store, leases(store), Politeness(config.politeness, clock=clock), pace_every=0)
 
 
-async def owners(store: PgStore) -> dict[str, int | None]:
-    return {row[0]: row[1] for row in await rows(store, "SELECT host, lease_owner FROM hosts ORDER BY host")}
-
-
 async def hungry_runs(store: PgStore) -> list[int]:
     return [row[0] for row in await rows(store, "SELECT id FROM runs WHERE hungry_at IS NOT NULL ORDER BY id")]
-
-
-async def until_free(store: PgStore, host: str) -> None:
-    """Wait for the frontier's release task to commit, by polling the database as a crawler does."""
-    for _ in range(400):
-        if (await owners(store))[host] is None:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{host} was never released")
-
-
-async def finish(f: LeasedFrontier, store: PgStore, *done: Lease) -> None:
-    """The workers are done with `done`, and the writer commits them."""
-    for lease in done:
-        store.set_state(lease.url_id, "done")
-        f.complete(lease, fetched=True)
-    completions = f.take_completions()
-    f.committed(completions, await store.flush())
 
 
 async def test_a_holder_of_several_hosts_lets_one_go_for_a_hungry_run_which_takes_it(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from crawler.leased_frontier import LeasedFrontier
+from crawler.politeness import Lease
 from crawler.store import NewUrl
 from crawler.store.pg.leases import HostLeases
 from crawler.store.pg.store import PgStore
@@ -33,3 +36,26 @@ def leases(store: PgStore) -> HostLeases:
 
 async def rows(store: PgStore, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
     return [tuple(row) for row in await store.fetchall(sql, params)]
+
+
+async def owners(store: PgStore) -> dict[str, int | None]:
+    """Each host's lease owner (a run id), or None for a free host."""
+    return {row[0]: row[1] for row in await rows(store, "SELECT host, lease_owner FROM hosts ORDER BY host")}
+
+
+async def until_free(store: PgStore, host: str) -> None:
+    """Wait for a frontier's release task to commit, by polling the database as a crawler does."""
+    for _ in range(400):
+        if (await owners(store))[host] is None:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{host} was never released")
+
+
+async def finish(frontier: LeasedFrontier, store: PgStore, *done: Lease) -> None:
+    """The workers are done with `done`, and the writer commits them."""
+    for lease in done:
+        store.set_state(lease.url_id, "done")
+        frontier.complete(lease, fetched=True)
+    completions = frontier.take_completions()
+    frontier.committed(completions, await store.flush())
