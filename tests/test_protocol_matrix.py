@@ -254,6 +254,24 @@ async def test_dropped_keepalive_connection_does_not_fail_the_next_request(targe
         assert dropped_unanswered[path] == dropped_before + 1
 
 
+@pytest.mark.parametrize("target", ["raw-http", "raw-https"], indirect=True)
+async def test_several_dropped_keepalive_connections_do_not_fail_a_get_without_retries(target: Target) -> None:
+    """Three kept-alive connections that each drop their next request: a GET, with no retries of the
+    fetcher's own, still gets its answer (the transport sends a safe request again when its connection
+    turns out dropped before any answer)."""
+    http = HttpConfig(retries=0, total_timeout=5.0, ca_bundle=target.ca_bundle)
+    fetcher = Fetcher(http, "crawler-matrix/0.1", concurrency=4)
+    try:
+        openers = await asyncio.gather(*(get(fetcher, target.url("/drop-next")) for _ in range(3)))
+        assert [r.status for r in openers] == [200, 200, 200]
+        dropped_before = dropped_unanswered.get("/drop-next", 0)
+        answer = await get(fetcher, target.url("/page"))
+    finally:
+        await fetcher.aclose()
+    assert (answer.status, answer.body) == (200, PAGE)
+    assert dropped_unanswered["/drop-next"] > dropped_before  # it did meet a dropped connection first
+
+
 ENCODED_CASES = [
     ("nginx-http", "/gzip"),
     ("nginx-https", "/gzip"),

@@ -55,6 +55,15 @@ _TLS_REASONS = (
 )
 
 
+_RETRY_ON_STALE = frozenset({"GET", "HEAD", "OPTIONS"})
+_STALE_TRIES = 4  # sends of a safe request while its kept-alive connections turn out dropped
+
+
+def _stale(exc: rq.PyreqwestError) -> bool:
+    """Whether the request met a kept-alive connection the server had closed, before any answer."""
+    return isinstance(exc, rq.ConnectError) and "closed before message completed" in _reason(exc).lower()
+
+
 class TLSError(httpx.ConnectError):
     """A TLS handshake that failed (untrusted certificate, not TLS at all, no common protocol)."""
 
@@ -117,19 +126,26 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
         # hyper writes Host (or :authority) from the URL itself; httpx's would be a second one.
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw if k.lower() != b"host"]
         client = self._clients.ready(request.url) or await self._clients.client_for(request.url)
-        builder = client.request(request.method, _request_url(request)).headers(headers)
         body = await request.aread()
-        if body:
-            builder = builder.body_bytes(body)
-        streamed = builder.build_streamed()
         on_sent = request.extensions.get(ON_SENT)
-        if on_sent is not None:
-            # pyreqwest writes on its own thread, which a busy event loop does not hold up.
-            on_sent()
-        try:
-            response: Response = await streamed.__aenter__()
-        except rq.PyreqwestError as exc:
-            raise await self._failure(exc, request) from exc
+        # A safe method whose kept-alive connection the server had dropped goes again, as on plain
+        # http; hyper lets go of the dead connection, though the next one it hands out may be dead too.
+        stale_tries = _STALE_TRIES if request.method in _RETRY_ON_STALE else 1
+        for attempt in range(stale_tries):
+            builder = client.request(request.method, _request_url(request)).headers(headers)
+            if body:
+                builder = builder.body_bytes(body)
+            streamed = builder.build_streamed()
+            if on_sent is not None:
+                # pyreqwest writes on its own thread, which a busy event loop does not hold up.
+                on_sent()
+            try:
+                response: Response = await streamed.__aenter__()
+                break
+            except rq.PyreqwestError as exc:
+                if attempt + 1 < stale_tries and _stale(exc):
+                    continue
+                raise await self._failure(exc, request) from exc
         try:
             head = _headers(response)
             # hyper's own bound on a head is far looser than the one our HTTP/1.1 transport keeps.
