@@ -259,21 +259,6 @@ class HostLeases:
     async def release_all(self) -> None:
         await self.release(list(self.held))
 
-    # ---- runs -------------------------------------------------------------------------------
-
-    async def mark_dead_runs(self) -> int:
-        """Runs still 'running' whose heartbeat stopped more than a lease ago were killed."""
-
-        async def mark(conn: Conn) -> int:
-            cur = await conn.execute(
-                "UPDATE runs SET outcome = 'killed' WHERE outcome = 'running' AND id <> %s"
-                " AND (heartbeat_at IS NULL OR heartbeat_at < now() - make_interval(secs => %s))",
-                (self.run_id, self.lease_seconds),
-            )
-            return int(cur.rowcount)
-
-        return await self._conn.run(mark)
-
     # ---- the fleet's page budget (max_pages) --------------------------------------------------
 
     async def open_budget(self, max_pages: int, fetched: int) -> None:
