@@ -16,11 +16,11 @@ import respx
 from crawler.config import HttpConfig
 from crawler.errors import ErrorKind, FetchError, SkipReason
 from crawler.http.client import SchemeRouter
+from crawler.http.conventions import ON_SENT
 from crawler.http.decoding import PIECE, decode, inflaters
 from crawler.http.errors import translate_httpx_error
 from crawler.http.fetcher import Fetcher, parse_retry_after
 from crawler.http.redirects import RedirectDecision, StoppedRedirect, follow_redirects
-from crawler.http.transport import ON_SENT
 from tests.support.faults import bomb_body
 
 

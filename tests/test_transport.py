@@ -13,9 +13,10 @@ import httpx
 import pytest
 
 from crawler.errors import ErrorKind
+from crawler.http.conventions import MAX_HEAD_BYTES, ON_SENT, ResponseError
 from crawler.http.errors import translate_httpx_error
 from crawler.http.resolver import DnsCache
-from crawler.http.transport import MAX_HEAD_BYTES, ON_SENT, H1Transport, ResponseError
+from crawler.http.transport import H1Transport
 from tests.crawlkit import closed_port
 from tests.support.faults import empty_reply, raw_bytes, reset_mid_body
 from tests.support.localsite import SiteServer

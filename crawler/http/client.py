@@ -14,11 +14,12 @@ import httpx
 from pyreqwest.client import Client
 
 from crawler.config import HttpConfig
+from crawler.http.conventions import HAPPY_EYEBALLS_DELAY, ON_SENT
 from crawler.http.proxies import ProxyRules
 from crawler.http.reqwest import ReqwestTransport, build_client
 from crawler.http.reqwest_clients import HttpsClients, Pin, PinnedClients
 from crawler.http.resolver import DnsCache
-from crawler.http.transport import HAPPY_EYEBALLS_DELAY, ON_SENT, H1Transport
+from crawler.http.transport import H1Transport
 
 
 def build_transport(

@@ -7,8 +7,8 @@ import ssl
 import httpx
 
 from crawler.errors import ErrorKind, FetchError
+from crawler.http.conventions import ResponseError
 from crawler.http.reqwest import TLSError
-from crawler.http.transport import ResponseError
 
 
 class Retryable(FetchError):

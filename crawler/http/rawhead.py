@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import httpx
 
+from crawler.http.conventions import HAPPY_EYEBALLS_DELAY, MAX_HEAD_BYTES, ON_SENT
 from crawler.http.proxies import ProxyError, basic_credentials
 from crawler.http.resolver import DnsCache, open_socket
-from crawler.http.transport import HAPPY_EYEBALLS_DELAY, MAX_HEAD_BYTES, ON_SENT
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,10 +20,10 @@ from pyreqwest.request import RequestBuilder, StreamRequest
 from pyreqwest.response import Response
 
 from crawler.config import HttpConfig
+from crawler.http.conventions import MAX_HEAD_BYTES, ON_SENT, RETRY_ON_STALE, ResponseError
 from crawler.http.proxies import ProxyError, connect_answer
 from crawler.http.rawhead import read_head, tls_context
 from crawler.http.reqwest_clients import HttpsClients, Pin
-from crawler.http.transport import MAX_HEAD_BYTES, ON_SENT, ResponseError
 
 # What pyreqwest has already read of a body when the head is handed over: a body this size or
 # smaller is whole in memory then, so one read takes it all and the stream is closed at once.
@@ -55,7 +55,6 @@ _TLS_REASONS = (
 )
 
 
-_RETRY_ON_STALE = frozenset({"GET", "HEAD", "OPTIONS"})
 _STALE_TRIES = 4  # sends of a safe request while its kept-alive connections turn out dropped
 
 
@@ -130,7 +129,7 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
         on_sent = request.extensions.get(ON_SENT)
         # A safe method whose kept-alive connection the server had dropped goes again, as on plain
         # http; hyper lets go of the dead connection, though the next one it hands out may be dead too.
-        stale_tries = _STALE_TRIES if request.method in _RETRY_ON_STALE else 1
+        stale_tries = _STALE_TRIES if request.method in RETRY_ON_STALE else 1
         for attempt in range(stale_tries):
             builder = client.request(request.method, _request_url(request)).headers(headers)
             if body:

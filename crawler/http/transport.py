@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 import httptools
 import httpx
 
+from crawler.http.conventions import HAPPY_EYEBALLS_DELAY, MAX_HEAD_BYTES, ON_SENT, RETRY_ON_STALE, ResponseError
 from crawler.http.proxies import ProxyError, ProxyRules, basic_credentials
 from crawler.http.resolver import DnsCache, open_socket
 
@@ -25,24 +26,9 @@ from crawler.http.resolver import DnsCache, open_socket
 # reader catches up, so a fast server cannot fill memory faster than the crawl reads.
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
-# A status line and headers longer than this are refused (nginx and aiohttp allow ~8 KB a line).
-MAX_HEAD_BYTES = 64 * 1024
-# Methods safe to send again when a reused keep-alive connection turns out to be closed.
-_RETRY_ON_STALE = frozenset({"GET", "HEAD", "OPTIONS"})
-
-# RFC 8305's recommended wait before racing the next address.
-HAPPY_EYEBALLS_DELAY = 0.25
-
 _HTTP_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
 
-# A request extension of ours: a callable a transport with `reports_sent` calls, without arguments,
-# once the request is written (politeness counts a host's gap from then; crawler/politeness.py).
-ON_SENT = "on_sent"
 _Origin = tuple[str, int, bool]  # host, port, whether it is a proxy (requests in absolute form)
-
-
-class ResponseError(httpx.RemoteProtocolError):
-    """A response that is malformed, cut short or missing; its text is the whole message for an error row."""
 
 
 class _HeadTooBig(Exception):
@@ -355,7 +341,7 @@ class H1Transport(httpx.AsyncBaseTransport):
                 # timeout racing the request): a safe method goes again on a new connection, as
                 # browsers do; any other could have had an effect, so it fails.
                 self._drop(conn)
-                if request.method not in _RETRY_ON_STALE:
+                if request.method not in RETRY_ON_STALE:
                     raise ResponseError(
                         "connection broken: the server closed the kept-alive connection without a response"
                     ) from None
