@@ -402,9 +402,8 @@ class Frontier:
                     fut.cancel()
 
     def _commit_may_help(self) -> bool:
-        """Whether committing now, not at the writer's next interval, could give an idle worker a URL:
-        a commit may queue URLs to lease, but with every request slot taken it could not start one
-        sooner, and committing at each idle look would make tiny batches."""
+        """Whether committing now could give an idle worker a URL sooner: not with every request slot
+        taken, and committing at each idle look would make tiny batches."""
         return not self._pol.saturated
 
     def commit_can_wait(self, waited: float) -> bool:
