@@ -21,6 +21,13 @@ or before.  So a turn stays *unsent* until the transport reports the request wri
 time, and while a host has a turn unsent no other turn or lease of it starts.  A request
 that fails or ends before it is written ends its turn too, when the gate is left.
 
+A request may be written twice: on a new connection when its kept-alive one turned out
+dropped, or over rawhead's connection to read a Location pyreqwest cannot hand over.  The
+server sees both writes, and other requests may have taken turns since the first, so the
+second takes a turn of its own: the transport awaits the `before_resend` extension
+(HostGate.before_resend, which waits like any request and takes a new unsent turn) before
+writing again, and the `on_sent` after the write ends that turn.
+
 The frontier reserves a turn at lease time (Mercator's ready-time heap), so no other lease
 of that host is handed out before the worker has used it.  The reservation is a
 placeholder, not a licence: the worker's first request starts on it only if it is still
@@ -56,7 +63,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-OnSent = Callable[[], None]  # reports a request written to its connection
 Sleep = Callable[[float], Awaitable[None]]
 
 MIN_BACKOFF = 0.5  # seconds: the first 429 back-off when the host's delay is smaller
@@ -301,8 +307,8 @@ class Politeness:
     def sent(self, host: str, *, ends_turn: bool = True) -> None:
         """The request on host's unsent turn is written (or ended unwritten): its start is now.
 
-        ends_turn=False: the same request written once more (a second connection), which only
-        moves the start.
+        ends_turn=False: the same request written once more without a turn of its own (a transport
+        that does not await `before_resend`), which only moves the start.
         """
         slot = self.slots[host]
         now = self.clock()
@@ -419,11 +425,11 @@ class HostGate:
         self._unsent = False  # whether that request's turn still waits for its send
 
     @asynccontextmanager
-    async def request(self, url: str) -> AsyncIterator[OnSent]:
+    async def request(self, url: str) -> AsyncIterator[HostGate]:
         """Around one HTTP request: host capacity, the global semaphore, then the host's turn.
 
-        Yields the callback that reports the request written (the transport calls it through
-        the `on_sent` request extension); a request that ends without it ends its turn on leaving.
+        Yields the gate, whose `sent` and `before_resend` the transport calls through the `on_sent`
+        and `before_resend` request extensions; a request that ends unsent ends its turn on leaving.
         """
         pol = self._politeness
         host = _host_of(url)
@@ -443,19 +449,29 @@ class HostGate:
             self._turn_host = host
             self._unsent = True
             try:
-                yield self._sent
+                yield self
             finally:
                 if self._unsent:
                     self._unsent = False
                     pol.sent(host)
                 self._turn_host = None
 
-    def _sent(self) -> None:
+    def sent(self) -> None:
+        """The request under way is written: its turn ends (a write reported twice only moves the start)."""
         host = self._turn_host
         if host is None:  # reported after the request ended: its turn is over already
             return
         ends_turn, self._unsent = self._unsent, False
         self._politeness.sent(host, ends_turn=ends_turn)
+
+    async def before_resend(self) -> None:
+        """The request under way is about to be written once more: wait for, and take, a new turn of
+        its host, so the second write is as far from any other request as a new request would be."""
+        host = self._turn_host
+        if host is None or self._unsent:  # over, or its first write never reported: that turn still holds
+            return
+        await self._politeness.wait_turn(host)
+        self._unsent = True
 
     def _give_back(self) -> None:
         reservation, self._reservation = self._reservation, None

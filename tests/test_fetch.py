@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import ssl
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpcore
@@ -319,8 +319,14 @@ class SendingGate:
         self.events = events
 
     @asynccontextmanager
-    async def request(self, url: str) -> AsyncIterator[Callable[[], None]]:
-        yield lambda: self.events.append("sent")
+    async def request(self, url: str) -> AsyncIterator[SendingGate]:
+        yield self
+
+    def sent(self) -> None:
+        self.events.append("sent")
+
+    async def before_resend(self) -> None:
+        self.events.append("turn again")
 
 
 class ReportingTransport(httpx.AsyncBaseTransport):

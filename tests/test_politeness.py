@@ -193,10 +193,10 @@ async def test_a_turn_not_yet_sent_holds_the_next_until_its_send_and_the_gap_cou
     second_start: list[float] = []
 
     async def first() -> None:
-        async with HostGate(pol, lease_of(pol, t)).request(URL) as on_sent:
+        async with HostGate(pol, lease_of(pol, t)).request(URL) as reports:
             await sent.wait()  # a connection opening, say
-            on_sent()
-            on_sent()  # the same request written again moves its start, and ends nothing twice
+            reports.sent()
+            reports.sent()  # the same request reported written again moves its start, and ends nothing twice
 
     async def second() -> None:
         await pol.wait_turn(HOST)
@@ -219,6 +219,44 @@ async def test_a_turn_not_yet_sent_holds_the_next_until_its_send_and_the_gap_cou
     assert changed == [HOST]  # the frontier re-keys the host
     assert second_start == [sent_at + 1.0]
     assert pol.slot(HOST).unsent == 0
+
+
+async def test_a_request_written_again_takes_a_turn_of_its_own() -> None:
+    # Its first write ended its turn, and another request took the next; the second write (a new
+    # connection after a dropped one) waits the delay after that one, and holds the host till written.
+    t = FakeTime()
+    pol = politeness(t)
+    gate = HostGate(pol, lease_of(pol, t))
+    async with gate.request(URL) as reports:
+        reports.sent()
+        await reports.before_resend()  # nothing else was waiting: the delay after the first write
+        assert (t.now, pol.slot(HOST).unsent) == (1001.0, 1)
+        await reports.before_resend()  # not written since: that turn still holds
+        assert (t.now, pol.slot(HOST).unsent) == (1001.0, 1)
+        reports.sent()
+        await start(pol)  # another request, a delay later
+        assert t.now == 1002.0
+        await reports.before_resend()
+        assert t.now == 1003.0
+        t.now += 0.5  # a connection opening
+        reports.sent()
+    slot = pol.slot(HOST)
+    assert (slot.unsent, slot.last_start) == (0, 1003.5)
+    gate.release()
+
+
+async def test_a_request_that_fails_before_its_second_write_ends_that_turn() -> None:
+    t = FakeTime()
+    pol = politeness(t)
+    with pytest.raises(ConnectionRefusedError):
+        async with HostGate(pol, lease_of(pol, t)).request(URL) as reports:
+            reports.sent()
+            await reports.before_resend()
+            raise ConnectionRefusedError  # the new connection failed: the second write never happened
+    slot = pol.slot(HOST)
+    assert (slot.unsent, slot.last_start) == (0, 1001.0)
+    await reports.before_resend()  # too late: the request is over, and takes nothing
+    assert slot.unsent == 0
 
 
 async def test_a_request_that_fails_before_its_send_ends_its_turn() -> None:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from crawler.errors import ErrorKind
-from crawler.http.conventions import MAX_HEAD_BYTES, ON_SENT, ResponseError
+from crawler.http.conventions import BEFORE_RESEND, MAX_HEAD_BYTES, ON_SENT, ResponseError
 from crawler.http.errors import translate_httpx_error
 from crawler.http.resolver import DnsCache
 from crawler.http.transport import H1Transport
@@ -140,9 +140,14 @@ async def test_no_answer_on_a_new_connection_is_a_broken_connection(
 
 async def test_a_kept_alive_connection_the_server_dropped_is_replaced_once() -> None:
     """The server keeps the first connection alive, then drops it on the next request unanswered
-    (an idle timeout racing the request): the request goes again on a new connection."""
+    (an idle timeout racing the request): the request goes again on a new connection, after the
+    BEFORE_RESEND extension (politeness's new turn for it), and each write is reported."""
     answered: list[int] = []
     connections = 0
+    events: list[str] = []
+
+    async def before_resend() -> None:
+        events.append(f"before resend, {connections} connection(s)")
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal connections
@@ -164,13 +169,17 @@ async def test_a_kept_alive_connection_the_server_dropped_is_replaced_once() -> 
     try:
         async with make_client(max_connections=1) as client:
             first = await client.get(f"http://127.0.0.1:{port}/one")
-            second = await client.get(f"http://127.0.0.1:{port}/two")
+            request = client.build_request("GET", f"http://127.0.0.1:{port}/two")
+            request.extensions[ON_SENT] = lambda: events.append("sent")
+            request.extensions[BEFORE_RESEND] = before_resend
+            second = await client.send(request)
     finally:
         listener.close()
         await listener.wait_closed()
     assert (first.content, second.content) == (b"ok", b"ok")
     assert answered == [1, 2]  # the second answer came on a second connection
     assert connections == 2
+    assert events == ["sent", "before resend, 1 connection(s)", "sent"]
 
 
 async def test_a_request_s_send_is_reported_once_its_head_is_written(site_server: Serve) -> None:

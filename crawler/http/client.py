@@ -14,7 +14,7 @@ import httpx
 from pyreqwest.client import Client
 
 from crawler.config import HttpConfig
-from crawler.http.conventions import HAPPY_EYEBALLS_DELAY, ON_SENT
+from crawler.http.conventions import BEFORE_RESEND, HAPPY_EYEBALLS_DELAY, ON_SENT, SendReports
 from crawler.http.proxies import ProxyRules
 from crawler.http.reqwest import ReqwestTransport, build_client
 from crawler.http.reqwest_clients import HttpsClients, Pin, PinnedClients
@@ -98,6 +98,7 @@ class SchemeRouter(httpx.AsyncBaseTransport):
 
 
 def _report_sent(request: httpx.Request) -> None:
+    request.extensions.pop(BEFORE_RESEND, None)
     on_sent = request.extensions.pop(ON_SENT, None)
     if on_sent is not None:
         on_sent()
@@ -177,15 +178,17 @@ class CrawlClient(httpx.AsyncClient):
         self._origins: dict[str, httpx.URL] = {}
 
     async def open(
-        self, url: str, headers: list[tuple[str, str]] | None = None, on_sent: Callable[[], None] | None = None
+        self, url: str, headers: list[tuple[str, str]] | None = None, reports: SendReports | None = None
     ) -> httpx.Response:
         """GET url with the body left to stream; a redirect comes back as it is, its body closed unread.
 
-        headers: (name, value) pairs sent on top of the client's; on_sent: called once the request
-        is written (when the transport reports_sent)."""
+        headers: (name, value) pairs sent on top of the client's; reports: told of each write of the
+        request (when the transport reports_sent), through the ON_SENT and BEFORE_RESEND extensions."""
         request = self.build_request("GET", url, headers=headers) if headers else self.build_request("GET", url)
-        if on_sent is not None:
-            request.extensions[ON_SENT] = on_sent
+        if reports is not None:
+            extensions = request.extensions
+            extensions[ON_SENT] = reports.sent
+            extensions[BEFORE_RESEND] = reports.before_resend
         try:
             return await self.send(request, stream=True, follow_redirects=False)
         except _RedirectSeen as seen:

@@ -16,6 +16,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from crawler.config import HttpConfig
 from crawler.errors import ErrorKind, FetchError
 from crawler.http.client import CrawlClient, build_transport
+from crawler.http.conventions import SendReports
 from crawler.http.decoding import ACCEPT_ENCODING, decode, inflaters
 from crawler.http.errors import Retryable, translate_httpx_error
 
@@ -35,10 +36,10 @@ THROTTLE_STATUSES = frozenset({429, 503})
 class Gate(Protocol):
     """What the fetcher needs from politeness: a turn for each request, and feedback.
 
-    request's context may give a callback to call once the request is written (None: no need).
+    request's context may give what the request's writes are reported to (None: no need).
     """
 
-    def request(self, url: str) -> AbstractAsyncContextManager[Callable[[], None] | None]: ...
+    def request(self, url: str) -> AbstractAsyncContextManager[SendReports | None]: ...
 
 
 class Feedback(Protocol):
@@ -187,14 +188,14 @@ class Fetcher:
     async def _fetch_once(
         self, url: str, gate: Gate, truncate_at: int | None, max_body: int | None, headers: Headers | None
     ) -> FetchResult:
-        async with gate.request(url) as on_sent:
-            if on_sent is not None and not self.client.reports_sent:
-                on_sent()  # the transport will not say when it writes: count from the turn
-                on_sent = None
+        async with gate.request(url) as reports:
+            if reports is not None and not self.client.reports_sent:
+                reports.sent()  # the transport will not say when it writes: count from the turn
+                reports = None
             started = time.monotonic()
             try:
                 async with asyncio.timeout(self.http.total_timeout):
-                    response = await self.client.open(url, headers, on_sent)
+                    response = await self.client.open(url, headers, reports)
                     try:
                         unread = response.status_code in UNREAD_STATUSES
                         body = b"" if unread else await self._read_body(response, truncate_at, max_body)

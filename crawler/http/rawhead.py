@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from crawler.http.conventions import HAPPY_EYEBALLS_DELAY, MAX_HEAD_BYTES, ON_SENT
+from crawler.http.conventions import BEFORE_RESEND, HAPPY_EYEBALLS_DELAY, MAX_HEAD_BYTES, ON_SENT
 from crawler.http.proxies import ProxyError, basic_credentials
 from crawler.http.resolver import DnsCache, open_socket
 
@@ -48,6 +48,9 @@ async def read_head(
     """
     url = request.url
     host, port = url.raw_host.decode("ascii"), url.port or 443
+    before_resend = request.extensions.get(BEFORE_RESEND)
+    if before_resend is not None:  # the server saw the request once already: this write takes a turn of its own
+        await before_resend()
     try:
         async with asyncio.timeout(timeout):
             if proxy is None:
@@ -60,7 +63,7 @@ async def read_head(
             try:
                 writer.write(_request_head(request, target))
                 on_sent = request.extensions.get(ON_SENT)
-                if on_sent is not None:  # the host's next gap counts from this second send
+                if on_sent is not None:  # ends the turn before_resend took
                     on_sent()
                 await writer.drain()
                 while True:

@@ -20,7 +20,7 @@ from pyreqwest.request import RequestBuilder, StreamRequest
 from pyreqwest.response import Response
 
 from crawler.config import HttpConfig
-from crawler.http.conventions import MAX_HEAD_BYTES, ON_SENT, RETRY_ON_STALE, ResponseError
+from crawler.http.conventions import BEFORE_RESEND, MAX_HEAD_BYTES, ON_SENT, RETRY_ON_STALE, ResponseError
 from crawler.http.proxies import ProxyError, connect_answer
 from crawler.http.rawhead import read_head, tls_context
 from crawler.http.reqwest_clients import HttpsClients, Pin
@@ -143,6 +143,9 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
                 break
             except rq.PyreqwestError as exc:
                 if attempt + 1 < stale_tries and _stale(exc):
+                    before_resend = request.extensions.get(BEFORE_RESEND)
+                    if before_resend is not None:  # the server saw the first write: this one takes a turn of its own
+                        await before_resend()
                     continue
                 raise await self._failure(exc, request) from exc
         try:

@@ -18,7 +18,14 @@ from collections.abc import AsyncIterator
 import httptools
 import httpx
 
-from crawler.http.conventions import HAPPY_EYEBALLS_DELAY, MAX_HEAD_BYTES, ON_SENT, RETRY_ON_STALE, ResponseError
+from crawler.http.conventions import (
+    BEFORE_RESEND,
+    HAPPY_EYEBALLS_DELAY,
+    MAX_HEAD_BYTES,
+    ON_SENT,
+    RETRY_ON_STALE,
+    ResponseError,
+)
 from crawler.http.proxies import ProxyError, ProxyRules, basic_credentials
 from crawler.http.resolver import DnsCache, open_socket
 
@@ -345,6 +352,9 @@ class H1Transport(httpx.AsyncBaseTransport):
                     raise ResponseError(
                         "connection broken: the server closed the kept-alive connection without a response"
                     ) from None
+                before_resend = request.extensions.get(BEFORE_RESEND)
+                if before_resend is not None:  # the server saw the first write: this one takes a turn of its own
+                    await before_resend()
                 conn = await self._checkout(origin, timeouts.get("connect"), timeouts.get("pool"), reuse=False)
             except BaseException:
                 conn.finish()
