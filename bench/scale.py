@@ -53,7 +53,11 @@ CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
 CFS_PERIOD_US = 100_000
 USER_AGENT = "crawler-bench/0.1 (+https://example.org/bench)"
 RUN_TIMEOUT = 600.0  # seconds one run may take before it is killed and reported as failed
-LOG_FORMAT = '$msec $request_time $server_addr $status "$request_uri" "$http_user_agent"'
+# After the user agent: which connection carried the request, its how-many-th it was there, and
+# which nginx worker read it, so a gap violation tells a re-send from a hand-over (--show-violations).
+LOG_FORMAT = (
+    '$msec $request_time $server_addr $status "$request_uri" "$http_user_agent" $connection $connection_requests $pid'
+)
 SAMPLE_EVERY = 0.2  # seconds between two samples of each crawler's CPU time
 
 
@@ -158,6 +162,7 @@ class LogCheck:
     page_ends: tuple[float, ...] = ()  # end times ($msec) of page requests (robots.txt apart), sorted
     first_start: dict[int, float] = field(default_factory=dict)  # crawler index -> its first request's start
     last_end: dict[int, float] = field(default_factory=dict)  # crawler index -> its last request's end
+    gap_pairs: tuple[tuple[str, str], ...] = ()  # the log lines of each gap violation: previous start, this one
 
     def pages_between(self, start: float, end: float) -> int:
         """Page requests that ended within [start, end]."""
@@ -171,7 +176,7 @@ def crawler_index(user_agent: str) -> int | None:
 
 
 def check_log(path: Path, per_host: int, delay: float, tolerance: float) -> LogCheck:
-    by_host: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
+    by_host: dict[str, list[tuple[float, float, str]]] = collections.defaultdict(list)
     counts: collections.Counter[tuple[str, str]] = collections.Counter()
     first: dict[int, float] = {}
     last: dict[int, float] = {}
@@ -182,7 +187,7 @@ def check_log(path: Path, per_host: int, delay: float, tolerance: float) -> LogC
         msec, took, host, _status = head.split()
         end = float(msec)
         start = end - float(took)
-        by_host[host].append((start, end))
+        by_host[host].append((start, end, line))
         requests += 1
         who = crawler_index(agent)
         if who is not None:
@@ -196,22 +201,27 @@ def check_log(path: Path, per_host: int, delay: float, tolerance: float) -> LogC
     duplicates = sum(n - 1 for n in counts.values() if n > 1)
     overlap = gaps = 0
     closest = float("inf")
+    pairs: list[tuple[str, str]] = []
     for spans in by_host.values():
         spans.sort()
         ends: list[float] = []
-        previous = None
-        for start, end in spans:
+        previous: tuple[float, float, str] | None = None
+        for span in spans:
+            start, end, line = span
             ends = [e for e in ends if e > start]  # nginx logs in ms: a request ending as the next starts is over
             if len(ends) >= per_host:
                 overlap += 1
             ends.append(end)
             if previous is not None:
-                closest = min(closest, start - previous)
-                if start - previous < delay - tolerance:
+                closest = min(closest, start - previous[0])
+                if start - previous[0] < delay - tolerance:
                     gaps += 1
-            previous = start
+                    pairs.append((previous[2], line))
+            previous = span
     page_ends.sort()
-    return LogCheck(requests, duplicates, robots, overlap, gaps, closest, tuple(page_ends), first, last)
+    return LogCheck(
+        requests, duplicates, robots, overlap, gaps, closest, tuple(page_ends), first, last, tuple(pairs)
+    )  # fmt: skip
 
 
 # ---- one run -----------------------------------------------------------------------------------
@@ -498,6 +508,21 @@ def one_run(
 # ---- report ------------------------------------------------------------------------------------
 
 
+def print_gap_pairs(pairs: tuple[tuple[str, str], ...]) -> None:
+    """Each gap violation as nginx logged its two requests (LOG_FORMAT), start time first.
+
+    A later request that is its connection's first ($connection_requests 1) from the same crawler
+    was most likely sent again after a dropped connection; two crawlers' requests around a host's
+    hand-over point at the lease; several unrelated requests read in the same millisecond after
+    a pause point at nginx reading late (its clock is updated once per batch of events)."""
+    for before, after in pairs:
+        print("  gap violation:")
+        for line in (before, after):
+            head = line.split('"', 1)[0].split()
+            start = float(head[0]) - float(head[1])
+            print(f"    start {start:.3f}  {line}")
+
+
 def table(results: list[Result], args: argparse.Namespace, cap_note: str) -> str:
     base = next((r for r in results if r.label == "postgresql 1"), None)
     sqlite = next((r for r in results if r.label.startswith("sqlite")), None)
@@ -596,6 +621,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny: 10 hosts, 10 pages each, 1 and 2 processes")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (site, logs)")
     parser.add_argument(
+        "--show-violations", action="store_true", help="print both log lines of every gap violation after each run"
+    )
+    parser.add_argument(
         "--tree", type=Path, default=REPO_ROOT,
         help="the source tree whose `crawler` the crawlers run (e.g. an older commit's `git archive`): before/after",
     )  # fmt: skip
@@ -665,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"({result.rate:,.0f} pages/s){' FAILED: ' + result.failed if result.failed else ''}",
                     flush=True,
                 )
+                if args.show_violations:
+                    print_gap_pairs(result.log.gap_pairs)
     finally:
         caps.close()
         pg.stop()
