@@ -174,7 +174,9 @@ class Crawl:
         robots = None
         if cfg.politeness.obey_robots:
             on_sitemaps = sitemaps.named_by_robots if sitemaps is not None else None
-            robots = RobotsPolicy(cfg.politeness, self.fetcher, self.politeness, store, on_sitemaps=on_sitemaps)
+            robots = RobotsPolicy(
+                cfg.politeness, self.fetcher, self.politeness, store, on_sitemaps=on_sitemaps, leases=store.leases
+            )
         self.pipeline = Pipeline(
             cfg,
             store=store,

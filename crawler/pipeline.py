@@ -301,9 +301,12 @@ class _LeaseRedirects:
         reason = self._scope.skip_reason(target, self._depth)
         if reason is not None:
             return RedirectDecision.skip(reason)
-        if self._leases is not None and host_key(target) not in self._leases.held:
+        if self._leases is not None:
+            host = host_key(target)
             # Before robots.txt too: fetching the target's would also be a request to a host not ours.
-            return RedirectDecision.hand_over()
+            # A host held only for robots.txt fetches is not ours either: it is released when they end.
+            if host not in self._leases.held or (self._robots is not None and self._robots.borrows(host)):
+                return RedirectDecision.hand_over()
         if self._robots is not None:
             verdict = await self._robots.verdict(target, self._gate)
             if verdict.access in (RobotsAccess.HOLD, RobotsAccess.GIVEN_UP):

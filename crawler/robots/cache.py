@@ -114,10 +114,11 @@ class RobotsCache:
                 resp = await fetch(origin + "/robots.txt")
             except Exception as exc:
                 resp = RobotsResponse(None, error=str(exc) or type(exc).__name__)
-            now = self._clock()
-            rules = RobotsRules.from_response(resp, self._user_agent, fetched_at=now)
+            # An answer read from a record (robots.txt redirected to another origin's) lives as long as that record.
+            fetched_at = self._clock() - resp.age
+            rules = RobotsRules.from_response(resp, self._user_agent, fetched_at=fetched_at)
             lifetime = self._retry_interval if rules.unavailable else self._ttl
-            self._entries[origin] = _Entry(rules, now + lifetime)
+            self._entries[origin] = _Entry(rules, fetched_at + lifetime)
             return rules
         finally:
             del self._inflight[origin]

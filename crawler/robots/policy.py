@@ -14,8 +14,10 @@ from crawler.http.fetcher import Fetcher, Gate
 from crawler.http.redirects import follow_redirects
 from crawler.politeness import Politeness
 from crawler.robots.cache import RobotsCache, RobotsFetch
+from crawler.robots.hops import RobotsHops, recorded_answer
 from crawler.robots.rules import MAX_ROBOTS_BYTES, RobotsResponse, RobotsRules
-from crawler.store.records import RobotsRecord, seconds_since
+from crawler.store import HostLeasing
+from crawler.store.records import RobotsRecord
 from crawler.urls import host_key, origin
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ class _Attempt:
     made: bool = False
     response: RobotsResponse | None = None
     error_kind: ErrorKind | None = None
+    fetched_at: str = ""  # the record's time when the answer is another origin's record (see RobotsHops)
 
 
 class RobotsAccess(Enum):
@@ -83,9 +86,12 @@ class RobotsPolicy:
         store: RobotsLog,
         *,
         on_sitemaps: Callable[[str, Sequence[str]], None] | None = None,
+        leases: HostLeasing | None = None,
     ) -> None:
         """on_sitemaps(origin, urls) hears the Sitemap: lines of each robots.txt fetched, and once per run
-        those of one rebuilt from its record (the sitemap reader)."""
+        those of one rebuilt from its record (the sitemap reader). leases: the hosts this crawler holds
+        on a shared database, whose robots.txt redirects into other hosts RobotsHops decides; None
+        when it has every host (SQLite), and follows every redirect."""
         self._config = config
         self._on_sitemaps = on_sitemaps
         self._fetcher = fetcher
@@ -102,6 +108,11 @@ class RobotsPolicy:
         self._misses: dict[str, int] = {}  # origin → unreachable robots.txt fetches in a row
         self._errors: dict[str, FetchError] = {}  # origin → why its robots.txt fetch last failed
         self._announced: set[str] = set()  # origins whose Sitemap: lines on_sitemaps heard this run
+        self._hops = RobotsHops(config, leases, store) if leases is not None else None
+
+    def borrows(self, host: str) -> bool:
+        """Whether this crawler holds host's lease only for robots.txt fetches (see RobotsHops)."""
+        return self._hops is not None and self._hops.borrows(host)
 
     async def verdict(self, url: str, gate: RobotsGate) -> RobotsVerdict:
         """The verdict for a normalised URL (a lease's, or a redirect target), fetching robots.txt if need be."""
@@ -189,6 +200,7 @@ class RobotsPolicy:
                 error=resp.error if resp is not None else rules.error,
                 error_kind=attempt.error_kind.value if attempt.error_kind is not None else None,
                 misses=self._misses.get(site, 0),
+                fetched_at=attempt.fetched_at,
             )
         )
 
@@ -206,21 +218,23 @@ class RobotsPolicy:
         else:
             self._misses.pop(site, None)
             self._errors.pop(site, None)
-        too_many = record.error_kind == ErrorKind.TOO_MANY_REDIRECTS.value
-        resp = RobotsResponse(record.status, record.body, record.error, too_many_redirects=too_many)
-        return resp, seconds_since(record.fetched_at)
+        resp = recorded_answer(record)
+        return resp, resp.age
 
     def _fetch_under(self, gate: RobotsGate, attempt: _Attempt) -> RobotsFetch:
         """A robots.txt fetch that takes its turns at gate, and notes what it got in attempt."""
 
         async def fetch(robots_url: str) -> RobotsResponse:
             attempt.made = True
+            shared = self._hops
+            hops = shared.policy() if shared is not None else None
             try:
                 # RFC 9309 §2.3.1.2 and §2.5: follow 5 redirects, read (at least) 500 KiB.
                 result = await follow_redirects(
                     self._fetcher,
                     robots_url,
                     gate,
+                    policy=hops,
                     max_redirects=ROBOTS_MAX_REDIRECTS,
                     truncate_at=MAX_ROBOTS_BYTES + 1,
                 )
@@ -231,7 +245,21 @@ class RobotsPolicy:
                 attempt.error_kind = exc.kind
                 attempt.response = RobotsResponse(exc.status, b"", exc.message, too_many_redirects=too_many)
             else:
-                attempt.response = RobotsResponse(result.status, result.body, None)
+                stopped = result.stopped_redirect
+                if stopped is None:
+                    attempt.response = RobotsResponse(result.status, result.body, None)
+                elif hops is not None and hops.record is not None:
+                    # The target's record is the answer, as it would be fetched: it stands for this origin's too.
+                    attempt.response = recorded_answer(hops.record)
+                    attempt.error_kind = _error_kind(hops.record.error_kind)
+                    attempt.fetched_at = hops.record.fetched_at
+                else:
+                    message = f"redirected to {stopped.target}, whose host another crawler holds"
+                    self._errors[origin(robots_url)] = FetchError(ErrorKind.OTHER, message, attempts=result.attempts)
+                    attempt.response = RobotsResponse(result.status, b"", message)
+            finally:
+                if shared is not None and hops is not None:
+                    await shared.end(hops)
             return attempt.response
 
         return fetch

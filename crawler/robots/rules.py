@@ -89,6 +89,7 @@ class RobotsResponse:
     body: bytes = b""
     error: str | None = None
     too_many_redirects: bool = False  # more than 5 redirects (or a loop): §2.3.1.2 allows all
+    age: float = 0.0  # seconds old when it came: an answer read from a record rather than fetched
 
 
 def product_token(user_agent: str) -> str:

@@ -48,6 +48,8 @@ class HostLeasing(Protocol):
 
     async def give_back(self, pages: int) -> None: ...
 
+    async def take_if_free(self, host: str) -> bool: ...
+
 
 class Backend(Protocol):
     """One open crawl database, as the engine, frontier, pipeline, writer, resume, robots policy,

@@ -313,6 +313,36 @@ class HostLeases:
             )
         )
 
+    # ---- one given host, for one request (a robots.txt redirected into it) ---------------------
+
+    async def take_if_free(self, host: str) -> bool:
+        """Lease `host` now if nobody holds it (or its lease expired), whatever its due time, giving it
+        a hosts row when it has none; its politeness goes to `restore` as a take's does, so the
+        request waits for its due time here. False: another run holds it (or this one already does).
+        The caller releases it with `release`."""
+        take_one = """
+            UPDATE hosts SET lease_owner = %(run)s, lease_token = nextval('lease_tokens'),
+                   lease_until = now() + make_interval(secs => %(secs)s)
+             WHERE host = %(host)s AND (lease_owner IS NULL OR lease_until < now())
+            RETURNING lease_token, extract(epoch FROM next_fetch_at - now())::float8,
+                      crawl_delay, adaptive_delay, backoff_delay
+        """
+
+        async def take(conn: Conn) -> tuple[Any, ...] | None:
+            await conn.execute("INSERT INTO hosts (host) VALUES (%s) ON CONFLICT DO NOTHING", (host,))
+            cur = await conn.execute(take_one, {"host": host, "run": self.run_id, "secs": self.lease_seconds})
+            row = await cur.fetchone()
+            return tuple(row) if row is not None else None
+
+        taken = await self._conn.transaction(take)
+        if taken is None:
+            return False
+        token, wait, crawl_delay, adaptive_delay, backoff_delay = taken
+        self.held[host] = int(token)
+        self.lost.discard(host)
+        self.restore(host, HostState(float(wait), crawl_delay, adaptive_delay, backoff_delay))
+        return True
+
 
 async def fence(conn: Conn, leases: HostLeases, batch: Batch) -> Batch:
     """Inside the flush's transaction: renew the hosts the batch writes for, and return the batch
