@@ -16,7 +16,7 @@ BUDGET_CLAIM = 64  # pages of the fleet's max_pages claimed at a time
 TICK = 0.1  # seconds between two looks at how late the event loop runs
 LAG_WEIGHT = 0.2  # weight of the newest lag in its moving average (about a second of ticks)
 BUSY_LAG = 0.01  # seconds: a moving-average lag above this says the process is short of CPU
-SHED_EVERY = 1.0  # seconds of being short of CPU between two hosts let go, and after a take
+SHED_EVERY = 1.0  # seconds between two lettings-go for other runs (beyond the share, or for the hungry), and after a take
 MAX_HOLD = 60.0  # seconds a host is held before it is let go (storage.max_hold_seconds' default)
 # Each commit costs the same fixed work (the fence, renewals, one statement per table), so a
 # process fetching slowly commits a batch of about this many completions rather than every interval.
@@ -36,14 +36,18 @@ class LeasedFrontier(Frontier):
     when this process takes its lease, and leaves it (the lease released, with what is left of its
     delay) once idle, so no two processes ever send to one host.
 
-    Hosts are taken by demand, one at a time: only when a worker finds no held host able to start
+    Hosts are spread by fair share: the hosts with work (held by running runs, or free) per
+    running run, rounded up (HostLeases.fair_share), at most `concurrency`. A process below its
+    share takes hosts whatever its CPU, several at a time, so every host of a crawl starts early
+    and the fleet's hosts end at about the same time; one above it, with no host free and room
+    at others, lets go of the rest (one batch per SHED_EVERY), so a process that started first
+    or ran fastest at the start does not keep more than its share. Beyond its share a process
+    takes a host by demand, one at a time: only when a worker finds no held host able to start
     a request (each is at its per-host capacity or waiting for its delay) while the process has
-    free capacity and CPU to spare. A process short of CPU (its event loop runs late, as a
-    throttled or overloaded one does) lets go of a host every SHED_EVERY seconds, so a fleet's
-    hosts end up spread over the processes by what each can serve, not by who started first.
-    A host held longer than `max_hold` is let go too, so a big host changes hands while others
-    wait. A host is let go at a convenient point: no new URL of it is handed out, and its lease
-    is released (with its politeness) once its URLs in flight are done and committed.
+    free capacity and CPU to spare (its event loop keeps time). A host held longer than
+    `max_hold` is let go too, so a big host changes hands while others wait. A host is let go
+    at a convenient point: no new URL of it is handed out, and its lease is released (with its
+    politeness) once its URLs in flight are done and committed.
 
     A process that finds no host to take while URLs are queued or in flight elsewhere polls with
     back-off, no longer than until the earliest free host is due; once none are left anywhere it
@@ -87,7 +91,7 @@ class LeasedFrontier(Frontier):
         self._pacer: asyncio.Task[None] | None = None
         self._taken_at: dict[str, float] = {}  # held host -> when this process took it
         self._lag = 0.0  # moving average of the event loop's lateness, seconds
-        self._last_change = float("-inf")  # when a host was last taken or shed for lack of CPU
+        self._last_change = float("-inf")  # when a host was last taken, or let go for another run
         self._start_fetched = 0
         self._allowance = 0  # pages of max_pages this run claimed
         self._budget_spent = False
@@ -104,6 +108,7 @@ class LeasedFrontier(Frontier):
         self._start_fetched = fetched
         if self.max_pages:
             await self._leases.open_budget(self.max_pages, fetched)
+        await self._leases.renew()  # the fleet and the free hosts, for the first share
         self._renewer = asyncio.create_task(self._renew_loop(), name="lease-renewer")
         if self._pace_every > 0:
             self._pacer = asyncio.create_task(self._pace_loop(), name="lease-pacer")
@@ -133,7 +138,7 @@ class LeasedFrontier(Frontier):
         self._scanning = True
         try:
             generation = self._dormant_gen
-            taken = await self._leases.take(1) if not self._closed else []
+            taken = await self._leases.take(max(1, self._room())) if not self._closed else []
             now = self._clock()
             for host in taken:
                 if host not in self._hosts:
@@ -164,11 +169,23 @@ class LeasedFrontier(Frontier):
         if self.wants_host():
             super()._start_scan()
 
+    def _holding(self) -> int:
+        """Hosts held and not being let go."""
+        return len(self._hosts) - len(self._leaving)
+
+    def _share(self) -> int:
+        return min(self._leases.fair_share(), self._pol.config.concurrency)
+
+    def _room(self) -> int:
+        """Hosts this process may take whatever its CPU: what it lacks of its share while hosts are free."""
+        return self._share() - self._holding() if self._leases.free_hosts else 0
+
     def wants_host(self) -> bool:
-        """Whether another host would be used: none is held, or every held one is at its capacity
-        or waiting for its delay while this process has request slots and CPU to spare. A host
-        whose first window is still being read counts as coming, not as missing."""
-        if not self._hosts:
+        """Whether another host would be used: none is held, this process is below its fair share
+        while hosts are free, or every held one is at its capacity or waiting for its delay while
+        this process has request slots and CPU to spare. A host whose first window is still being
+        read counts as coming, not as missing."""
+        if not self._hosts or self._room() > 0:
             return True
         if self._pol.saturated or self._lag > BUSY_LAG / 2 or self._refills_running or self._refills_wanted:
             return False
@@ -254,37 +271,36 @@ class LeasedFrontier(Frontier):
             self._let_go(host)
 
     def pace(self, lag: float) -> None:
-        """One tick: fold in the loop's lateness; let go of a host when short of CPU for a while
-        or when another run is hungry, and of hosts held longer than max_hold."""
+        """One tick: fold in the loop's lateness; let go of hosts beyond the fair share, of one
+        when another run is hungry, and of hosts held longer than max_hold."""
         self._lag += LAG_WEIGHT * (lag - self._lag)
         now = self._clock()
-        # Short of CPU while no host with work is free: others may be waiting for one of ours.
-        busy = self._lag > BUSY_LAG and now - self._last_change >= SHED_EVERY and not self._leases.free_hosts
-        expired: list[str] = []
-        oldest: str | None = None
-        kept = 0
-        for host, taken_at in self._taken_at.items():  # in the order taken: the oldest first
-            if host in self._leaving:
-                continue
-            if now - taken_at >= self._max_hold:
-                expired.append(host)  # let go after the loop: an eviction changes _taken_at
-            elif not busy:
-                break
-            elif oldest is None:
-                oldest, kept = host, 1
-            else:
-                kept = 2
-                break
+        expired = [host for host, taken_at in self._taken_at.items() if now - taken_at >= self._max_hold]
         for host in expired:
-            self._let_go(host)
-        if busy and oldest is not None and kept > 1:
-            # The longest held goes (it has served this process longest); the last one stays.
-            self._let_go(oldest)
-            self._last_change = now
-        elif self._leases.hungry and now - self._last_change >= SHED_EVERY:
+            if host not in self._leaving:
+                self._let_go(host)
+        # The fair share first: letting go beyond it also feeds the hungry.
+        if now - self._last_change >= SHED_EVERY and not self._shed_beyond_share(now) and self._leases.hungry:
             self._feed_the_hungry(now)
         if self._waiters:
             self._start_scan()  # idle workers, and the CPU to spare may have come back
+
+    def _shed_beyond_share(self, now: float) -> bool:
+        """Let go of the hosts beyond this process's fair share, those with the most URLs queued
+        first (a window still being read counts as none), when no host is free and other runs
+        hold less than theirs (they take these)."""
+        leases = self._leases
+        if leases.free_hosts or not leases.other_runs:
+            return False
+        share = self._share()
+        excess = self._holding() - share
+        if excess <= 0 or leases.others_held >= leases.other_runs * share:
+            return False
+        held = [(hq.overflow, len(hq.queue), host) for host, hq in self._hosts.items() if host not in self._leaving]
+        for _, _, host in sorted(held, reverse=True)[:excess]:
+            self._let_go(host)
+        self._last_change = now
+        return True
 
     def _hosts_with_work(self) -> list[tuple[bool, int, str]]:
         """The held hosts with URLs queued, not being let go: (more in the database, in the window, host)."""

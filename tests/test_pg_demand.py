@@ -1,6 +1,8 @@
-"""Hosts are taken by demand and let go on a real PostgreSQL (crawler/leased_frontier.py): one host at
-start, another only when no held host can start a request, one let go at a time while the process is
-short of CPU (never the last), and every host held longer than max_hold let go once its URLs out are done."""
+"""Hosts are spread by fair share and taken by demand on a real PostgreSQL (crawler/leased_frontier.py):
+a crawler below its share of the hosts with work takes them whatever its CPU; beyond it, one more host
+only when no held host can start a request and it has CPU to spare; above it, with none free and room
+at the others, it lets the rest go for them; and every host held longer than max_hold is let go once its
+URLs out are done."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from crawler.leased_frontier import BUSY_LAG, MAX_HOLD, SHED_EVERY, LeasedFronti
 from crawler.politeness import Politeness
 from crawler.store import NewUrl
 from crawler.store.pg.store import PgStore
-from tests.support.pg_stores import finish, leases, owners, shared_stores, until_free
+from tests.support.pg_stores import finish, leases, owners, rows, shared_stores, until_free
 from tests.support.postgres import pg_server, pg_server_url, pg_url  # noqa: F401  (fixtures)
 
 HOSTS = [f"h{i}.test:80" for i in range(5)]
@@ -51,68 +53,63 @@ async def close(f: LeasedFrontier) -> None:
     await f.settle()
 
 
-async def test_a_crawler_takes_one_host_at_start_and_another_only_when_none_of_its_own_can_start(
-    stores: tuple[PgStore, PgStore],
-) -> None:
-    a, b = stores
-    f = frontier(a, Clock(0.0))
-    await f.load(0)
-    assert len(leases(a).held) == 1  # not every free host, as a fixed count would take
-
-    first = await f.next()
-    assert first is not None and set(leases(a).held) == {first.host}
-    # Its host now waits for its delay while workers are free: one more host, and its URL.
-    second = await f.next()
-    assert second is not None and second.host != first.host
-    assert set(leases(a).held) == {first.host, second.host}
-    # The others stay free for other crawlers.
-    assert sorted(await leases(b).take(16)) == sorted(set(HOSTS) - {first.host, second.host})
-    await close(f)
-
-
-async def test_a_crawler_short_of_cpu_takes_no_host_and_lets_one_go_at_a_time_never_the_last(
+async def test_a_crawler_takes_its_fair_share_at_start_and_one_more_only_with_cpu_to_spare(
     stores: tuple[PgStore, PgStore],
 ) -> None:
     a, b = stores
     clock = Clock(0.0)
     f = frontier(a, clock)
+    f.pace(lag=BUSY_LAG * 20)  # short of CPU from the start: the share is taken anyway
     await f.load(0)
-    out = [await f.next() for _ in range(3)]
-    assert all(lease is not None for lease in out) and len({lease.host for lease in out if lease}) == 3
-    first, second, third = (lease.host for lease in out if lease is not None)
-    assert f.wants_host()  # all three wait for their delay
+    share = -(-len(HOSTS) // 2)  # two runs, five hosts with work
+    assert len(leases(a).held) == share
+    assert not f.wants_host()  # at its share, and no CPU to spare for more
 
-    f.pace(lag=BUSY_LAG * 20)  # the event loop ran late: the process is short of CPU
-    assert not f.wants_host()
-    clock.now += SHED_EVERY
-    await leases(a).renew()
-    f.pace(lag=BUSY_LAG * 20)
-    assert set(leases(a).held) == {first, second, third}  # other hosts are free: nobody waits for these
-    assert len(await leases(b).take(16)) == 2  # now every host with work is held
-    await leases(a).renew()
-    f.pace(lag=BUSY_LAG * 20)
-    # The longest held goes, once its URL out is done and committed; no new URL of it is handed out.
-    assert (await owners(a))[first] == a.run_id
-    await finish(f, a, *[lease for lease in out if lease is not None and lease.host == first])
-    await until_free(a, first)
-    assert first not in await leases(b).take(16)  # free, but not before its delay, which travels with it
-    await a.fetchall("UPDATE hosts SET next_fetch_at = now() WHERE host = %s RETURNING 1", (first,))
-    assert await leases(b).take(16) == [first]
-    await leases(a).renew()
-
-    f.pace(lag=BUSY_LAG * 20)  # within SHED_EVERY of the last one: nothing more goes
-    assert set(leases(a).held) == {second, third}
-    clock.now += SHED_EVERY
-    f.pace(lag=BUSY_LAG * 20)
-    await finish(f, a, *[lease for lease in out if lease is not None and lease.host == second])
-    await until_free(a, second)
-    clock.now += SHED_EVERY
-    f.pace(lag=BUSY_LAG * 20)  # the last host stays
-    assert set(leases(a).held) == {third}
-
+    out = [await f.next() for _ in range(share)]
+    assert {lease.host for lease in out if lease is not None} == set(leases(a).held)
     for _ in range(60):  # the lag fades as the loop keeps time again
         f.pace(lag=0.0)
+    # Every held host now waits for its delay while workers are free: one more host, by demand.
     assert f.wants_host()
+    more = await f.next()
+    assert more is not None and more.host not in {lease.host for lease in out if lease is not None}
+    assert len(leases(a).held) == share + 1
+    # The other crawler takes what is left.
+    assert len(await leases(b).take(16)) == len(HOSTS) - share - 1
+    await close(f)
+
+
+async def test_a_crawler_above_its_fair_share_lets_the_rest_go_for_a_run_below_its_own(
+    stores: tuple[PgStore, PgStore],
+) -> None:
+    a, b = stores
+    # The second crawler's run looks dead while the first starts: it takes every host.
+    await a.fetchall("UPDATE runs SET heartbeat_at = now() - interval '1 hour' WHERE id = %s RETURNING 1", (b.run_id,))
+    clock = Clock(0.0)
+    f = frontier(a, clock)
+    await f.load(0)
+    assert len(leases(a).held) == len(HOSTS)
+
+    # It comes to life (a heartbeat) holding nothing: the first one's share is three hosts of five.
+    await leases(b).renew()
+    await leases(a).renew()
+    assert leases(a).fair_share() == 3 and not leases(a).free_hosts
+    clock.now += SHED_EVERY
+    f.pace(lag=0.0)
+    # Nothing of theirs is out: both go at once, with their politeness, and the other run takes them.
+    gone = set(HOSTS) - set(f._hosts)
+    assert len(gone) == 2
+    for host in gone:
+        await until_free(a, host)
+    assert set(leases(a).held) == set(HOSTS) - gone
+    assert sorted(await leases(b).take(16)) == sorted(gone)
+    assert sorted(h for h, owner in (await owners(a)).items() if owner == b.run_id) == sorted(gone)
+
+    # At its share, it keeps the rest, whatever it learns.
+    await leases(a).renew()
+    clock.now += SHED_EVERY
+    f.pace(lag=0.0)
+    assert len(leases(a).held) == 3
     await close(f)
 
 
@@ -120,14 +117,16 @@ async def test_a_host_held_longer_than_max_hold_is_let_go_after_its_urls_out_and
     stores: tuple[PgStore, PgStore],
 ) -> None:
     a, b = stores
+    elsewhere = await leases(b).take(len(HOSTS) - 1)  # one host is left for the first crawler
     clock = Clock(0.0)
     f = frontier(a, clock, max_hold=5.0)
     await f.load(0)
     lease = await f.next()
-    assert lease is not None
+    assert lease is not None and set(leases(a).held) == {lease.host}
+    await leases(b).release(elsewhere[:1])
     clock.now += 2.0
-    other = await f.next()  # taken two seconds later
-    assert other is not None and other.host != lease.host
+    other = await f.next()  # taken two seconds later, by demand
+    assert other is not None and other.host == elsewhere[0]
     await finish(f, a, other)
 
     clock.now += 3.0  # the first host is held 5 s, the second 3 s
@@ -166,6 +165,29 @@ async def test_rows_of_a_host_being_let_go_stay_in_the_database(stores: tuple[Pg
     found: Any = await a.fetchall("SELECT state FROM urls WHERE url LIKE %s", ("%/new",))
     assert [row[0] for row in found] == ["queued"]
     await close(f)
+
+
+async def test_each_run_says_how_many_hosts_it_holds_and_a_dead_run_counts_for_nobody(
+    stores: tuple[PgStore, PgStore],
+) -> None:
+    a, b = stores
+
+    async def held_by_run() -> dict[int, int]:
+        return {row[0]: row[1] for row in await rows(a, "SELECT id, held FROM runs")}
+
+    taken = await leases(b).take(3)
+    assert (await held_by_run())[b.run_id] == 3
+    await leases(b).release(taken[:1])
+    assert (await held_by_run())[b.run_id] == 2
+    await leases(a).renew()
+    assert (leases(a).other_runs, leases(a).others_held) == (1, 2)
+    assert leases(a).free_count == len(HOSTS) - 2 and leases(a).fair_share() == 3
+
+    await a.fetchall("UPDATE runs SET heartbeat_at = now() - interval '1 hour' WHERE id = %s RETURNING 1", (b.run_id,))
+    await leases(a).renew()
+    assert (leases(a).other_runs, leases(a).others_held) == (0, 0)
+    # Its hosts stay held until their leases expire, so they are not counted as free either.
+    assert leases(a).free_count == len(HOSTS) - 2 and leases(a).fair_share() == len(HOSTS) - 2
 
 
 def test_max_hold_seconds_is_read_and_range_checked() -> None:

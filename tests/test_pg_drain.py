@@ -1,7 +1,8 @@
 """The drain on a real PostgreSQL (crawler/leased_frontier.py, crawler/store/pg/leases.py): a run with
 no host to work on that finds none to take records that it is hungry; a holder of several hosts with
-URLs queued sees it at its renewal or commit and lets one go, with its politeness, for the hungry run
-to take; a holder of one host with work never lets it go, and a run with work of its own is never hungry."""
+URLs queued, at its fair share or below, sees it at its renewal or commit and lets one go, with its
+politeness, for the hungry run to take; a holder of one host with work never lets it go, and a run
+with work of its own is never hungry."""
 
 from __future__ import annotations
 
@@ -72,11 +73,15 @@ async def test_a_holder_of_several_hosts_lets_one_go_for_a_hungry_run_which_take
     assert not leases(c).hungry
 
     clock.now += SHED_EVERY
-    f.pace(lag=0.0)  # the process has CPU to spare: only the hunger makes it let go
+    # Three hosts are one more than its share (five hosts for three runs), and none is free.
+    assert leases(a).fair_share() == 2
+    f.pace(lag=0.0)
     leaving = [host for host in held if (await owners(a))[host] == a.run_id and host not in f._leaving]
     assert len(leaving) == 2  # one host goes, once its URL out is done; the others stay
     gone = (held - set(leaving)).pop()
-    assert not leases(a).hungry  # one host per sign of hunger
+    assert leases(a).hungry  # that was its share, not the hunger's
+    f.pace(lag=0.0)
+    assert len(f._leaving) == 1  # and within SHED_EVERY of it nothing more goes
     await finish(f, a, *[lease for lease in out if lease is not None and lease.host == gone])
     await until_free(a, gone)
     # Its delay travels with it: not taken before it is due.
@@ -87,7 +92,7 @@ async def test_a_holder_of_several_hosts_lets_one_go_for_a_hungry_run_which_take
     queued = await rows(a, "SELECT count(*) FROM urls WHERE host = %s AND state = 'queued'", (gone,))
     assert queued == [(3,)]  # what was left of its window is there for the new holder
 
-    # A commit tells a holder of the hunger too: of its two hosts with work, one more goes.
+    # A commit tells a holder of the hunger too: of its two hosts with work (its share), one more goes.
     assert await leases(c).work_due_in(idle=True) == float("inf")
     rest = [lease for lease in out if lease is not None and lease.host != gone]
     await finish(f, a, rest[0])

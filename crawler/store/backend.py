@@ -26,9 +26,19 @@ class HostLeasing(Protocol):
     state_of: Callable[[str], HostState]  # a held host's politeness, handed over with it
     restore: Callable[[str, HostState], None]  # applies a taken host's handed-over politeness
     claim_left: int
-    free_hosts: bool  # whether a host nobody holds had URLs left, at the last renewal
+    other_runs: int  # other runs still running, at the last renewal or commit
+    others_held: int  # the hosts they hold, as each last said
     hungry: bool  # whether another run found no host to take lately, at the last renewal or commit
     held: dict[str, int]  # host → lease token, for the hosts this run holds now
+
+    @property
+    def free_hosts(self) -> bool:
+        """Whether a host nobody holds has URLs left, as far as this run knows."""
+        ...
+
+    def fair_share(self) -> int:
+        """Hosts with work per running run, rounded up."""
+        ...
 
     async def ensure_hosts(self) -> None: ...
 

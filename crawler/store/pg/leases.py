@@ -18,6 +18,7 @@ from crawler.store.records import utc_now
 
 MAX_TAKE = 16  # hosts taken per lease transaction
 HUNGRY_FOR = 2.0  # seconds a run's hunger holds: a few of its polls (LeasedFrontier's MAX_POLL)
+MAX_FREE_COUNT = 1024  # free hosts with work counted at most: beyond that, a fair share is no limit
 
 _TAKE = """
 WITH free AS (
@@ -50,14 +51,19 @@ UPDATE hosts h SET lease_until = now() + make_interval(secs => %(secs)s),
 RETURNING h.host
 """
 
+# Also says how many hosts the run holds after it, for the others' fair share.
 _RELEASE = """
-UPDATE hosts h SET lease_owner = NULL, lease_token = NULL, lease_until = NULL,
-       next_fetch_at = now() + make_interval(secs => t.wait),
-       crawl_delay = t.crawl_delay, adaptive_delay = t.adaptive_delay, backoff_delay = t.backoff_delay
-  FROM unnest(%(hosts)s::text[], %(tokens)s::bigint[], %(waits)s::float8[], %(crawl)s::float8[],
-              %(adaptive)s::float8[], %(backoff)s::float8[])
-       AS t(host, token, wait, crawl_delay, adaptive_delay, backoff_delay)
- WHERE h.host = t.host AND h.lease_owner = %(run)s AND h.lease_token = t.token
+WITH released AS (
+    UPDATE hosts h SET lease_owner = NULL, lease_token = NULL, lease_until = NULL,
+           next_fetch_at = now() + make_interval(secs => t.wait),
+           crawl_delay = t.crawl_delay, adaptive_delay = t.adaptive_delay, backoff_delay = t.backoff_delay
+      FROM unnest(%(hosts)s::text[], %(tokens)s::bigint[], %(waits)s::float8[], %(crawl)s::float8[],
+                  %(adaptive)s::float8[], %(backoff)s::float8[])
+           AS t(host, token, wait, crawl_delay, adaptive_delay, backoff_delay)
+     WHERE h.host = t.host AND h.lease_owner = %(run)s AND h.lease_token = t.token
+    RETURNING 1
+)
+UPDATE runs SET held = %(held)s WHERE id = %(run)s
 """
 
 # Seconds until the earliest host nobody holds (or whose lease expired) with URLs left is due;
@@ -77,13 +83,23 @@ EXISTS (SELECT 1 FROM runs r WHERE r.id <> %(run)s AND r.outcome = 'running'
            AND r.hungry_at > now() - make_interval(secs => %(hungry_for)s))
 """
 
-# Whether a host nobody holds (or whose lease expired) has URLs left (taken by the first that
-# looks), and whether another run is hungry.
-_ANY_FREE = f"""
-SELECT EXISTS (SELECT 1 FROM hosts h
+# The other runs still running (a heartbeat within a lease) and how many hosts they hold, as
+# each last said: with the free hosts, what makes a run's fair share of the hosts with work.
+_FLEET = """
+(SELECT count(*) FROM runs r WHERE r.id <> %(run)s AND r.outcome = 'running'
+    AND r.heartbeat_at > now() - make_interval(secs => %(secs)s)),
+(SELECT coalesce(sum(r.held), 0) FROM runs r WHERE r.id <> %(run)s AND r.outcome = 'running'
+    AND r.heartbeat_at > now() - make_interval(secs => %(secs)s))
+"""
+
+# How many hosts nobody holds (or whose lease expired) have URLs left, up to a bound, whether
+# another run is hungry, and the fleet.
+_FREE_AND_FLEET = f"""
+SELECT (SELECT count(*) FROM (SELECT 1 FROM hosts h
                 WHERE (h.lease_owner IS NULL OR h.lease_until < now())
-                  AND EXISTS (SELECT 1 FROM urls u WHERE u.host = h.host AND u.state IN ('queued', 'in_flight'))),
-       {_HUNGRY}
+                  AND EXISTS (SELECT 1 FROM urls u WHERE u.host = h.host AND u.state IN ('queued', 'in_flight'))
+                LIMIT {MAX_FREE_COUNT}) free),
+       {_HUNGRY}, {_FLEET}
 """
 
 # Gives back, exactly once, what dead runs claimed of the budget and did not fetch: a run is dead
@@ -127,10 +143,37 @@ class HostLeases:
         self.state_of: Callable[[str], HostState] = lambda host: HostState(0.0)
         self.restore: Callable[[str, HostState], None] = lambda host, state: None
         self.claim_left = 0  # pages this run claimed and has not fetched, as its row said at the last heartbeat
-        self.free_hosts = True  # whether some host nobody holds had URLs left, at the last renewal
+        # Hosts with URLs left, held or free (counting at most MAX_FREE_COUNT free), at the last
+        # count: each renewal, and a look that found none free. In between, the free hosts are
+        # those of them the fleet does not hold; hosts that ran out of URLs since count until the
+        # next look, which a take that finds none makes.
+        self.with_work = 1
+        self.other_runs = 0  # other runs still running, at the last renewal or commit
+        self.others_held = 0  # hosts they hold, as each said at its last renewal or commit
         # Whether another run found no host to take lately, at the last renewal or flush; the
         # frontier sets it back once it let a host go for it.
         self.hungry = False
+
+    @property
+    def free_count(self) -> int:
+        """Hosts with URLs left that nobody holds, as far as this run knows."""
+        return max(0, self.with_work - self.others_held - len(self.held))
+
+    @property
+    def free_hosts(self) -> bool:
+        return self.free_count > 0
+
+    def fair_share(self) -> int:
+        """Hosts with work per running run, rounded up: a run below it takes hosts whatever its
+        CPU, and one above it lets go of the rest while none is free, so the fleet's hosts are
+        spread evenly and end at about the same time."""
+        return -(-self.with_work // (self.other_runs + 1))
+
+    def note_fleet(self, other_runs: int, others_held: int) -> None:
+        self.other_runs, self.others_held = int(other_runs), int(others_held)
+
+    def _count_free(self, free: int) -> None:
+        self.with_work = self.others_held + len(self.held) + free
 
     # ---- taking -----------------------------------------------------------------------------
 
@@ -159,7 +202,8 @@ class HostLeases:
                     (utc_now(), [row[0] for row in taken]),
                 )
                 await conn.execute(
-                    "UPDATE runs SET hungry_at = NULL WHERE id = %s AND hungry_at IS NOT NULL", (self.run_id,)
+                    "UPDATE runs SET hungry_at = NULL, held = %s WHERE id = %s",
+                    (len(self.held) + len(taken), self.run_id),
                 )
             return taken
 
@@ -179,6 +223,8 @@ class HostLeases:
         async def look(conn: Conn) -> float | None:
             cur = await conn.execute(_WORK_DUE_IN)
             row = await cur.fetchone()
+            if row is None or row[0] is None:
+                self._count_free(0)
             if row is None:
                 return None
             if row[0] is None and idle:
@@ -205,19 +251,25 @@ class HostLeases:
     async def renew(self) -> set[str]:
         """Renew every held host and beat the run's heartbeat; returns the hosts lost meanwhile.
         `claim_left` is then what the run's row holds of its claim (less, if others reclaimed it),
-        `free_hosts` whether a host nobody holds has URLs left, and `hungry` whether another run
-        found no host to take lately."""
+        `free_count` how many hosts nobody holds have URLs left, `hungry` whether another run
+        found no host to take lately, and the fleet (other runs, the hosts they hold) is read;
+        the run's row says how many hosts it holds."""
 
         async def renew(conn: Conn) -> set[str]:
             cur = await conn.execute(
-                "UPDATE runs SET heartbeat_at = now() WHERE id = %s RETURNING claimed - fetched", (self.run_id,)
+                "UPDATE runs SET heartbeat_at = now(), held = %s WHERE id = %s RETURNING claimed - fetched",
+                (len(self.held), self.run_id),
             )
             row = await cur.fetchone()
             self.claim_left = int(row[0]) if row is not None else 0
-            cur = await conn.execute(_ANY_FREE, {"run": self.run_id, "hungry_for": HUNGRY_FOR})
+            cur = await conn.execute(
+                _FREE_AND_FLEET, {"run": self.run_id, "hungry_for": HUNGRY_FOR, "secs": self.lease_seconds}
+            )
             row = await cur.fetchone()
-            self.free_hosts = bool(row[0]) if row is not None else False
-            self.hungry = bool(row[1]) if row is not None else False
+            if row is not None:
+                self.hungry = bool(row[1])
+                self.note_fleet(row[2], row[3])
+                self._count_free(int(row[0]))
             return await self.renew_in(conn, list(self.held))
 
         return await self._conn.transaction(renew)
@@ -254,6 +306,7 @@ class HostLeases:
         params = self._states(mine)
         for host in mine:
             del self.held[host]
+        params["held"] = len(self.held)
         await self._conn.run(lambda conn: conn.execute(_RELEASE, params))
 
     async def release_all(self) -> None:
@@ -366,13 +419,20 @@ async def fence(conn: Conn, leases: HostLeases, batch: Batch) -> Batch:
     # run leaves unused.
     counted = sum(1 for url_id in batch.counted if not gone(url_id))
     if counted:
-        # The same statement tells whether another run is hungry, so holders learn it at every commit.
+        # The same statement says how many hosts this run holds and tells whether another run is
+        # hungry, and the fleet, so holders learn it at every commit.
         cur = await conn.execute(
-            f"UPDATE runs SET fetched = fetched + %(counted)s WHERE id = %(run)s RETURNING {_HUNGRY}",
-            {"counted": counted, "run": leases.run_id, "hungry_for": HUNGRY_FOR},
-        )
+            f"UPDATE runs SET fetched = fetched + %(counted)s, held = %(held)s WHERE id = %(run)s"
+            f" RETURNING {_HUNGRY}, {_FLEET}",
+            {
+                "counted": counted, "held": len(leases.held), "run": leases.run_id,
+                "hungry_for": HUNGRY_FOR, "secs": leases.lease_seconds,
+            },
+        )  # fmt: skip
         row = await cur.fetchone()
         leases.hungry = bool(row[0]) if row is not None else False
+        if row is not None:
+            leases.note_fleet(row[1], row[2])
     if not lost:
         return batch
 

@@ -172,6 +172,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE runs ADD hungry_at timestamptz;
     """,
+    # How many hosts a run holds, as it last said: the fleet's hosts are spread by fair share.
+    """
+    ALTER TABLE runs ADD held integer NOT NULL DEFAULT 0;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
