@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import collections
+import compileall
 import contextlib
 import json
 import os
@@ -670,6 +671,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no PostgreSQL: {exc}", file=sys.stderr)
         caps.close()
         return 2
+    # Compiled once here, as installing the package does: with PYTHONDONTWRITEBYTECODE set, or a
+    # stale __pycache__, every crawler would compile every changed module at its start.
+    compileall.compile_dir(args.tree / "crawler", quiet=1)
     results: list[Result] = []
     try:
         with workspace(args.keep) as root:

@@ -2,8 +2,7 @@
 
 selectolax holds the GIL while it parses, so a thread would not help: a page's decode, parse,
 link resolution and text extraction run in `workers` child processes instead, fed over pipes.
-Frames are a 4-byte length and a `marshal` payload: both ends are the same interpreter, and
-the payload is only bytes, str, bool, int and tuples.
+A child runs crawler/parseworker.py, which imports the parser and little else.
 
 Children start with the first page to parse, unless `start` is awaited before: a recrawl of
 unchanged pages parses nothing and so never pays for them.
@@ -21,26 +20,18 @@ import collections
 import contextlib
 import logging
 import marshal
-import os
-import signal
-import struct
 import sys
 from dataclasses import dataclass
-from typing import Any
 
 from crawler.errors import ParseError
 from crawler.parse import ParsedPage, parse_page
+from crawler.parseworker import HEADER, OK, READY
 
 log = logging.getLogger(__name__)
 
-_HEADER = struct.Struct("<I")
-_OK, _FAILED = 0, 1
-_READY = b"R"  # a child's first byte: it has imported the parser and waits for jobs
-CHILD_ARGV = (sys.executable, "-m", "crawler.parsepool")
+CHILD_ARGV = (sys.executable, "-m", "crawler.parseworker")
 _MAX_START_FAILURES = 3  # children dying before their first answer, in a row, before parsing inline
 _STOP_WAIT = 2.0  # seconds a child gets to exit after its input closes
-_PIPE_BYTES = 1024 * 1024  # Linux's default pipe-max-size
-CHILD_NICENESS = 10  # added to the crawl's own niceness in each child
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +48,6 @@ class ParseJob:
         return parse_page(
             self.body, self.content_type, self.url, max_links=self.max_links, robots_name=self.robots_name
         )
-
-
-def _encode_page(page: ParsedPage) -> tuple[object, ...]:
-    links = tuple(map(tuple, page.links))  # marshal takes plain tuples only, not Link
-    return (page.title, links, page.noindex, page.nofollow, page.canonical, page.text)
 
 
 def _decode_page(fields: tuple[object, ...]) -> ParsedPage:
@@ -88,7 +74,7 @@ class _Child:
     def send(self, job: ParseJob, future: asyncio.Future[ParsedPage]) -> None:
         payload = marshal.dumps((job.body, job.content_type, job.url, job.max_links, job.robots_name))
         assert self.proc.stdin is not None
-        self.proc.stdin.write(_HEADER.pack(len(payload)) + payload)
+        self.proc.stdin.write(HEADER.pack(len(payload)) + payload)
         self.pending.append((job, future))
 
 
@@ -149,16 +135,16 @@ class ParsePool:
         assert child.proc.stdout is not None
         stdout = child.proc.stdout
         try:
-            if await stdout.readexactly(len(_READY)) != _READY:
+            if await stdout.readexactly(len(READY)) != READY:
                 raise ConnectionError("not a parser process")
             child.ready = True
             while True:
-                size = _HEADER.unpack(await stdout.readexactly(_HEADER.size))[0]
+                size = HEADER.unpack(await stdout.readexactly(HEADER.size))[0]
                 status, payload = marshal.loads(await stdout.readexactly(size))
                 _, future = child.pending.popleft()
                 if future.done():  # its worker was cancelled meanwhile
                     continue
-                if status == _OK:
+                if status == OK:
                     future.set_result(_decode_page(payload))
                 else:
                     future.set_exception(ParseError(f"parser failed: {payload}"))
@@ -228,78 +214,3 @@ def _settle(future: asyncio.Future[ParsedPage], job: ParseJob) -> None:
         future.set_result(job.run())
     except Exception as exc:  # a parser bug costs this page, never the crawl
         future.set_exception(ParseError(f"parser failed: {exc!r}"))
-
-
-# ---- the child -------------------------------------------------------------------------------
-
-
-def _read_exactly(fd: int, size: int) -> bytes | None:
-    chunks = []
-    while size:
-        chunk = os.read(fd, size)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def serve(in_fd: int, out_fd: int) -> None:
-    """The child's loop: one job in, one answer out, until its input closes."""
-    _write_all(out_fd, _READY)
-    while (header := _read_exactly(in_fd, _HEADER.size)) is not None:
-        payload = _read_exactly(in_fd, _HEADER.unpack(header)[0])
-        if payload is None:
-            return
-        body, content_type, url, max_links, robots_name = marshal.loads(payload)
-        try:
-            answer: tuple[int, Any] = (
-                _OK,
-                _encode_page(ParseJob(body, content_type, url, max_links, robots_name).run()),
-            )
-        except Exception as exc:  # reported to the crawl as this page's ParseError
-            answer = (_FAILED, repr(exc))
-        data = marshal.dumps(answer)
-        _write_all(out_fd, _HEADER.pack(len(data)) + data)
-
-
-def _child_main() -> None:
-    # The crawl decides when a child ends (by closing its input): a Ctrl-C or SIGTERM sent to
-    # the whole process group must not kill the parsers while the crawl finishes its pages.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # The pipe on stdout carries frames only: anything printed goes to stderr instead.
-    out_fd = os.dup(1)
-    os.dup2(2, 1)
-    _widen_pipes(0, out_fd)
-    # Behind the crawl's event loop and SQLite's thread when the cores are all busy, since
-    # those set the crawl's pace.
-    with contextlib.suppress(AttributeError, OSError):  # no os.nice off Unix
-        os.nice(CHILD_NICENESS)
-    with contextlib.suppress(BrokenPipeError):  # the crawl is gone
-        serve(0, out_fd)
-
-
-def _widen_pipes(*fds: int) -> None:
-    """Give the child's pipes room for many pages (Linux; elsewhere they keep their size).
-
-    A default pipe holds only a few pages or answers, so the child would wait for the crawl's
-    busy event loop to move them in or out.
-    """
-    try:
-        import fcntl
-
-        for fd in fds:
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
-    except (ImportError, AttributeError, OSError):  # not Linux, or above /proc/sys/fs/pipe-max-size
-        pass
-
-
-if __name__ == "__main__":
-    _child_main()

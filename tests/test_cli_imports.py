@@ -31,3 +31,13 @@ def test_every_command_is_still_listed_with_its_choices() -> None:
     export_parser = _parser()._subparsers._group_actions[0].choices["export"]  # type: ignore[union-attr]
     formats = next(a for a in export_parser._actions if "--format" in a.option_strings)
     assert tuple(formats.choices) == EXPORT_FORMATS == ("jsonl", "csv", "warc")
+
+
+def test_the_parse_worker_loads_neither_asyncio_nor_the_store() -> None:
+    code = (
+        "import json, sys, crawler.parseworker;"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('asyncio', 'sqlite3', 'httpx')"
+        " or m.startswith(('crawler.store', 'crawler.engine')))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == []

@@ -12,7 +12,8 @@ import pytest
 
 from crawler.errors import ErrorKind, ParseError
 from crawler.parse import parse_page
-from crawler.parsepool import CHILD_NICENESS, ParseJob, ParsePool
+from crawler.parsepool import ParseJob, ParsePool
+from crawler.parseworker import NICENESS
 from tests.crawlkit import crawl, make_config, rows
 from tests.support.localsite import SiteServer
 from tests.support.site import Site
@@ -27,14 +28,14 @@ CRASHING_CHILD = (
     sys.executable,
     "-c",
     "import os\n"
-    "from crawler import parsepool\n"
-    "real_run = parsepool.ParseJob.run\n"
-    "def run(job):\n"
-    "    if b'CRASH' in job.body:\n"
+    "from crawler import parseworker\n"
+    "real_parse = parseworker.parse_page\n"
+    "def parse(body, *args, **kwargs):\n"
+    "    if b'CRASH' in body:\n"
     "        os._exit(7)\n"
-    "    return real_run(job)\n"
-    "parsepool.ParseJob.run = run\n"
-    "parsepool._child_main()\n",
+    "    return real_parse(body, *args, **kwargs)\n"
+    "parseworker.parse_page = parse\n"
+    "parseworker.main()\n",
 )
 NEVER_STARTS = (sys.executable, "-c", "import sys; sys.exit(3)")
 
@@ -220,6 +221,6 @@ async def test_a_child_runs_at_a_lower_priority_than_the_crawl() -> None:
         await pool.parse(job(PAGES[0][0]))  # answered: the child is past its start
         child = pool._children[0].proc.pid
         own = os.getpriority(os.PRIO_PROCESS, 0)
-        assert os.getpriority(os.PRIO_PROCESS, child) == min(own + CHILD_NICENESS, 19)
+        assert os.getpriority(os.PRIO_PROCESS, child) == min(own + NICENESS, 19)
     finally:
         await pool.close()
