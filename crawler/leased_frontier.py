@@ -16,7 +16,7 @@ BUDGET_CLAIM = 64  # pages of the fleet's max_pages claimed at a time
 TICK = 0.1  # seconds between two looks at how late the event loop runs
 LAG_WEIGHT = 0.2  # weight of the newest lag in its moving average (about a second of ticks)
 BUSY_LAG = 0.01  # seconds: a moving-average lag above this says the process is short of CPU
-SHED_EVERY = 1.0  # seconds between two lettings-go for other runs (beyond the share, or for the hungry), and after a take
+SHED_EVERY = 1.0  # seconds between two lettings-go for other runs (beyond the share, for the hungry), after a take
 MAX_HOLD = 60.0  # seconds a host is held before it is let go (storage.max_hold_seconds' default)
 # Each commit costs the same fixed work (the fence, renewals, one statement per table), so a
 # process fetching slowly commits a batch of about this many completions rather than every interval.
