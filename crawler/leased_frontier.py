@@ -39,9 +39,10 @@ class LeasedFrontier(Frontier):
     Hosts are spread by fair share: the hosts with work (held by running runs, or free) per
     running run, rounded up (HostLeases.fair_share), at most `concurrency`. A process below its
     share takes hosts whatever its CPU, several at a time, so every host of a crawl starts early
-    and the fleet's hosts end at about the same time; one above it, with no host free and room
-    at others, lets go of the rest (one batch per SHED_EVERY), so a process that started first
-    or ran fastest at the start does not keep more than its share. Beyond its share a process
+    and the fleet's hosts end at about the same time; one holding two or more hosts than the
+    run holding fewest, with no host free, lets go of those beyond its share (at least one; one
+    batch per SHED_EVERY), so a process that started first or ran fastest at the start does not
+    keep more than its share, nor a late one less. Beyond its share a process
     takes a host by demand, one at a time: only when a worker finds no held host able to start
     a request (each is at its per-host capacity or waiting for its delay) while the process has
     free capacity and CPU to spare (its event loop keeps time). A host held longer than
@@ -286,18 +287,17 @@ class LeasedFrontier(Frontier):
             self._start_scan()  # idle workers, and the CPU to spare may have come back
 
     def _shed_beyond_share(self, now: float) -> bool:
-        """Let go of the hosts beyond this process's fair share, those with the most URLs queued
-        first (a window still being read counts as none), when no host is free and other runs
-        hold less than theirs (they take these)."""
+        """When no host is free and this process holds two or more hosts than the run holding
+        fewest, let go of those beyond its fair share, at least one, the hosts with the most URLs
+        queued first (a window still being read counts as none): the runs below their share take
+        them. Runs within one host of each other keep theirs, so hosts running out unevenly at
+        the end of a crawl do not send the others back and forth."""
         leases = self._leases
-        if leases.free_hosts or not leases.other_runs:
-            return False
-        share = self._share()
-        excess = self._holding() - share
-        if excess <= 0 or leases.others_held >= leases.other_runs * share:
+        holding = self._holding()
+        if leases.free_hosts or not leases.other_runs or holding - leases.others_least < 2:
             return False
         held = [(hq.overflow, len(hq.queue), host) for host, hq in self._hosts.items() if host not in self._leaving]
-        for _, _, host in sorted(held, reverse=True)[:excess]:
+        for _, _, host in sorted(held, reverse=True)[: max(1, holding - self._share())]:
             self._let_go(host)
         self._last_change = now
         return True

@@ -105,11 +105,23 @@ async def test_a_crawler_above_its_fair_share_lets_the_rest_go_for_a_run_below_i
     assert sorted(await leases(b).take(16)) == sorted(gone)
     assert sorted(h for h, owner in (await owners(a)).items() if owner == b.run_id) == sorted(gone)
 
-    # At its share, it keeps the rest, whatever it learns.
+    # At its share and one host more than the other run, it keeps the rest.
     await leases(a).renew()
     clock.now += SHED_EVERY
     f.pace(lag=0.0)
-    assert len(leases(a).held) == 3
+    assert len(leases(a).held) == 3 and not f._leaving
+
+    # Two more than the run holding fewest (as that run says): one goes.
+    await a.fetchall("UPDATE runs SET held = 1 WHERE id = %s RETURNING 1", (b.run_id,))
+    await leases(a).renew()
+    assert leases(a).others_least == 1 and not leases(a).free_hosts
+    f.pace(lag=0.0)
+    assert len(leases(a).held) == 3  # not within SHED_EVERY of the last time
+    clock.now += SHED_EVERY
+    f.pace(lag=0.0)
+    one = set(HOSTS) - set(f._hosts) - gone
+    assert len(one) == 1
+    await until_free(a, one.pop())
     await close(f)
 
 

@@ -28,6 +28,7 @@ class HostLeasing(Protocol):
     claim_left: int
     other_runs: int  # other runs still running, at the last renewal or commit
     others_held: int  # the hosts they hold, as each last said
+    others_least: int  # the fewest hosts one of them holds
     hungry: bool  # whether another run found no host to take lately, at the last renewal or commit
     held: dict[str, int]  # host → lease token, for the hosts this run holds now
 

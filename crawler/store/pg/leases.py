@@ -83,13 +83,12 @@ EXISTS (SELECT 1 FROM runs r WHERE r.id <> %(run)s AND r.outcome = 'running'
            AND r.hungry_at > now() - make_interval(secs => %(hungry_for)s))
 """
 
-# The other runs still running (a heartbeat within a lease) and how many hosts they hold, as
-# each last said: with the free hosts, what makes a run's fair share of the hosts with work.
-_FLEET = """
-(SELECT count(*) FROM runs r WHERE r.id <> %(run)s AND r.outcome = 'running'
-    AND r.heartbeat_at > now() - make_interval(secs => %(secs)s)),
-(SELECT coalesce(sum(r.held), 0) FROM runs r WHERE r.id <> %(run)s AND r.outcome = 'running'
-    AND r.heartbeat_at > now() - make_interval(secs => %(secs)s))
+# The other runs still running (a heartbeat within a lease), how many hosts they hold and the
+# fewest one holds, as each last said: with the free hosts, what a run's fair share is made of.
+_OTHERS = """FROM runs r WHERE r.id <> %(run)s AND r.outcome = 'running'
+    AND r.heartbeat_at > now() - make_interval(secs => %(secs)s)"""
+_FLEET = f"""
+(SELECT count(*) {_OTHERS}), (SELECT coalesce(sum(r.held), 0) {_OTHERS}), (SELECT coalesce(min(r.held), 0) {_OTHERS})
 """
 
 # How many hosts nobody holds (or whose lease expired) have URLs left, up to a bound, whether
@@ -150,6 +149,7 @@ class HostLeases:
         self.with_work = 1
         self.other_runs = 0  # other runs still running, at the last renewal or commit
         self.others_held = 0  # hosts they hold, as each said at its last renewal or commit
+        self.others_least = 0  # the fewest hosts one of them holds
         # Whether another run found no host to take lately, at the last renewal or flush; the
         # frontier sets it back once it let a host go for it.
         self.hungry = False
@@ -169,8 +169,8 @@ class HostLeases:
         spread evenly and end at about the same time."""
         return -(-self.with_work // (self.other_runs + 1))
 
-    def note_fleet(self, other_runs: int, others_held: int) -> None:
-        self.other_runs, self.others_held = int(other_runs), int(others_held)
+    def note_fleet(self, other_runs: int, others_held: int, others_least: int) -> None:
+        self.other_runs, self.others_held, self.others_least = int(other_runs), int(others_held), int(others_least)
 
     def _count_free(self, free: int) -> None:
         self.with_work = self.others_held + len(self.held) + free
@@ -268,7 +268,7 @@ class HostLeases:
             row = await cur.fetchone()
             if row is not None:
                 self.hungry = bool(row[1])
-                self.note_fleet(row[2], row[3])
+                self.note_fleet(row[2], row[3], row[4])
                 self._count_free(int(row[0]))
             return await self.renew_in(conn, list(self.held))
 
@@ -432,7 +432,7 @@ async def fence(conn: Conn, leases: HostLeases, batch: Batch) -> Batch:
         row = await cur.fetchone()
         leases.hungry = bool(row[0]) if row is not None else False
         if row is not None:
-            leases.note_fleet(row[1], row[2])
+            leases.note_fleet(row[1], row[2], row[3])
     if not lost:
         return batch
 
