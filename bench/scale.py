@@ -127,8 +127,7 @@ class LoggingNginx(NginxServer):
         # Buffered: a worker writing a line per request stalls on the disk now and then, and
         # stamps the requests that arrived meanwhile with one time (false gap violations).
         log = (
-            f"  log_format scale '{LOG_FORMAT}';\n"
-            f"  access_log {self.workdir}/access.log scale buffer=256k flush=1s;\n"
+            f"  log_format scale '{LOG_FORMAT}';\n  access_log {self.workdir}/access.log scale buffer=256k flush=1s;\n"
         )
         return super().config_text().replace("  access_log off;\n", log)
 

@@ -4,6 +4,7 @@ Every crawler process is a `runs` row with its machine, pid and a heartbeat it r
 leases: a running run whose heartbeat is older than HEARTBEAT_SECONDS is gone. The hosts a
 process holds are the `hosts` rows it leases.
 """
+
 from __future__ import annotations
 
 import contextlib

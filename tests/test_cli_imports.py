@@ -13,10 +13,7 @@ LATER = ("crawler.export", "crawler.query", "crawler.filters", "crawler.status",
 
 
 def test_the_cli_module_loads_no_query_export_or_status_module() -> None:
-    code = (
-        "import json, sys, crawler.cli;"
-        f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({LATER!r}))))"
-    )
+    code = f"import json, sys, crawler.cli;print(json.dumps(sorted(m for m in sys.modules if m.startswith({LATER!r}))))"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert json.loads(done.stdout) == []
 

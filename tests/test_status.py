@@ -201,7 +201,9 @@ def test_a_missing_database_exits_2_and_an_unreadable_one_3(tmp_path: Path, caps
 
 def test_an_unreachable_postgresql_database_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--db", "postgresql://crawler@127.0.0.1:1/crawl"]) == 3
-    assert capsys.readouterr().err.startswith("crawler: error: cannot connect to postgresql://crawler@127.0.0.1:1/crawl")
+    assert capsys.readouterr().err.startswith(
+        "crawler: error: cannot connect to postgresql://crawler@127.0.0.1:1/crawl"
+    )
 
 
 def test_on_a_terminal_it_refreshes_every_second_until_ctrl_c(finished_db: tuple[Path, SiteServer]) -> None:

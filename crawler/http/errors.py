@@ -18,7 +18,6 @@ class Retryable(FetchError):
         super().__init__(kind, message, status=status)
 
 
-
 def translate_httpx_error(exc: BaseException) -> FetchError:
     """The one place httpx exceptions (crawler.http.transport and .reqwest raise httpx's too) become our error kinds."""
     chain = _causes(exc)

@@ -399,9 +399,11 @@ async def test_sitemap_rows_listed_urls_and_the_newest_lastmod(store: Backend) -
         NewUrl("http://a.test/known", HOST, 1, sitemap.id, source="sitemap", lastmod="2021-02-02T00:00:00.000Z"),
     ])  # fmt: skip
     await store.flush()
-    assert await sql(store, "SELECT url, lastmod FROM urls WHERE url IN (?, ?) ORDER BY url", (
-        "http://a.test/known", "http://a.test/twice"
-    )) == [("http://a.test/known", "2021-03-03T00:00:00.000Z"), ("http://a.test/twice", "2021-03-03T00:00:00.000Z")]
+    assert await sql(
+        store,
+        "SELECT url, lastmod FROM urls WHERE url IN (?, ?) ORDER BY url",
+        ("http://a.test/known", "http://a.test/twice"),
+    ) == [("http://a.test/known", "2021-03-03T00:00:00.000Z"), ("http://a.test/twice", "2021-03-03T00:00:00.000Z")]
     store.add_listed_urls(
         [NewUrl("http://a.test/listed", HOST, 1, sitemap.id, source="sitemap", lastmod="2022-02-02T00:00:00.000Z")]
     )
