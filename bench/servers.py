@@ -15,6 +15,7 @@ import contextlib
 import http.client
 import ipaddress
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -27,6 +28,8 @@ from pathlib import Path
 
 import psutil
 from sitegen import Site
+
+WORKER_CONNECTIONS = 4096
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -209,6 +212,13 @@ def _robots_ok(host: str, port: int, tls: Tls | None) -> bool:
         conn.close()
 
 
+def _open_file_cache_size() -> int:
+    """Files nginx may keep open: at most 50,000, and within the descriptors a worker inherits
+    beside its connections (a site bigger than the limit ran nginx out of descriptors: 500s)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(1000, min(50_000, soft - 2 * WORKER_CONNECTIONS))
+
+
 class NginxServer(Server):
     """nginx in the foreground (`daemon off`) with a generated config, serving the site's files."""
 
@@ -255,10 +265,10 @@ class NginxServer(Server):
             "daemon off;\nmaster_process on;\n"
             f"worker_processes {self.workers};\n"
             f"pid {w}/nginx.pid;\nerror_log {w}/server.log warn;\n"
-            "events {\n  worker_connections 4096;\n  multi_accept on;\n}\n"
+            f"events {{\n  worker_connections {WORKER_CONNECTIONS};\n  multi_accept on;\n}}\n"
             "http {\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  tcp_nodelay on;\n"
             "  keepalive_timeout 75s;\n  keepalive_requests 1000000;\n"
-            "  open_file_cache max=50000 inactive=120s;\n"
+            f"  open_file_cache max={_open_file_cache_size()} inactive=120s;\n"
             "  types {\n    text/html html;\n    text/plain txt;\n  }\n"
             "  default_type application/octet-stream;\n"
             f"{tls}{temp_paths}{servers}}}\n"
