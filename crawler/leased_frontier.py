@@ -18,6 +18,7 @@ LAG_WEIGHT = 0.2  # weight of the newest lag in its moving average (about a seco
 BUSY_LAG = 0.01  # seconds: a moving-average lag above this says the process is short of CPU
 SHED_EVERY = 1.0  # seconds between two lettings-go for other runs (beyond the share, for the hungry), after a take
 MAX_HOLD = 60.0  # seconds a host is held before it is let go (storage.max_hold_seconds' default)
+PASS_OVER = 2.0  # seconds a host let go is not taken back by its last holder: others may take it first
 # Each commit costs the same fixed work (the fence, renewals, one statement per table), so a
 # process fetching slowly commits a batch of about this many completions rather than every interval.
 COMMIT_BATCH = 32
@@ -91,6 +92,7 @@ class LeasedFrontier(Frontier):
         self._renewer: asyncio.Task[None] | None = None
         self._pacer: asyncio.Task[None] | None = None
         self._taken_at: dict[str, float] = {}  # held host -> when this process took it
+        self._let_go_at: dict[str, float] = {}  # host let go -> when, for PASS_OVER
         self._lag = 0.0  # moving average of the event loop's lateness, seconds
         self._last_change = float("-inf")  # when a host was last taken, or let go for another run
         self._start_fetched = 0
@@ -139,7 +141,9 @@ class LeasedFrontier(Frontier):
         self._scanning = True
         try:
             generation = self._dormant_gen
-            taken = await self._leases.take(max(1, self._room())) if not self._closed else []
+            now = self._clock()
+            self._let_go_at = {h: at for h, at in self._let_go_at.items() if now - at < PASS_OVER}
+            taken = await self._leases.take(max(1, self._room()), self._let_go_at) if not self._closed else []
             now = self._clock()
             for host in taken:
                 if host not in self._hosts:
@@ -224,6 +228,7 @@ class LeasedFrontier(Frontier):
         if hq is None or host in self._leaving:
             return
         self._leaving.add(host)
+        self._let_go_at[host] = self._clock()
         self._evict_if_idle(host)
 
     def _evict_if_idle(self, host: str) -> bool:
@@ -234,7 +239,17 @@ class LeasedFrontier(Frontier):
             hq.queue.clear()
             self._set_overflow(hq, False)
             hq.in_heap = False
+        slot = self._pol.slots.get(host)
+        if slot is not None and (slot.in_flight or slot.unsent):
+            # A request no lease of it counts (a redirect into it, robots.txt's) is still out: the
+            # lease goes when that ends (_host_changed), or the next holder could send alongside.
+            return False
         return super()._evict_if_idle(host)
+
+    def _host_changed(self, host: str) -> None:
+        if host in self._leaving and self._evict_if_idle(host):
+            return
+        super()._host_changed(host)
 
     def _evicted(self, host: str) -> None:
         self._leaving.discard(host)

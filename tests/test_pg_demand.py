@@ -209,3 +209,24 @@ def test_max_hold_seconds_is_read_and_range_checked() -> None:
     with pytest.raises(ConfigError) as caught:
         config_from_dict({**base, "storage": {"max_hold_seconds": 0.5}})
     assert caught.value.key == "storage.max_hold_seconds"
+
+
+async def test_a_host_let_go_with_a_redirect_into_it_in_flight_is_released_only_once_that_ends(
+    stores: tuple[PgStore, PgStore],
+) -> None:
+    a, _ = stores
+    clock = Clock(0.0)
+    f = frontier(a, clock, max_hold=1.0)
+    await f.load(0)
+    lease = await f.next()
+    assert lease is not None
+    # A worker of another host follows a redirect into this one: it holds the host's capacity.
+    await f._pol.acquire(lease.host)
+    clock.now += 1.0
+    f.pace(lag=0.0)
+    await finish(f, a, lease)
+    await f._leases.renew()  # a round trip: a release would have been sent by now
+    assert (await owners(a))[lease.host] == a.run_id
+    f._pol.release(lease.host)  # the redirect's request ended
+    await until_free(a, lease.host)
+    await close(f)

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from crawler.leased_frontier import LeasedFrontier
-from crawler.politeness import Lease
+from crawler.politeness import HostGate, Lease
 from crawler.store import NewUrl
 from crawler.store.pg.leases import HostLeases
 from crawler.store.pg.store import PgStore
@@ -53,9 +53,14 @@ async def until_free(store: PgStore, host: str) -> None:
 
 
 async def finish(frontier: LeasedFrontier, store: PgStore, *done: Lease) -> None:
-    """The workers are done with `done`, and the writer commits them."""
+    """The workers are done with `done`: each sends its request through its gate (the request
+    itself is left out) and lets go of its host; then the writer commits them."""
     for lease in done:
         store.set_state(lease.url_id, "done")
+        gate = HostGate(frontier._pol, lease)
+        async with gate.request(lease.url) as reports:
+            reports.sent()
+        gate.release()
         frontier.complete(lease, fetched=True)
     completions = frontier.take_completions()
     frontier.committed(completions, await store.flush())

@@ -24,7 +24,7 @@ _TAKE = """
 WITH free AS (
     SELECT h.host FROM hosts h
      WHERE h.next_fetch_at <= now()
-       AND (h.lease_owner IS NULL OR h.lease_until < now())
+       AND (h.lease_owner IS NULL OR h.lease_until < now()) AND h.host <> ALL(%(passed)s::text[])
        AND EXISTS (SELECT 1 FROM urls u WHERE u.host = h.host AND u.state IN ('queued', 'in_flight'))
      ORDER BY h.next_fetch_at
      LIMIT %(k)s
@@ -186,15 +186,17 @@ class HostLeases:
             )
         )
 
-    async def take(self, k: int) -> list[str]:
-        """Lease up to k hosts that are free (or whose lease expired) and due; their in-flight URLs,
-        left by a holder that lost them, are queued again in the same transaction."""
+    async def take(self, k: int, passed: Iterable[str] = ()) -> list[str]:
+        """Lease up to k hosts that are free (or whose lease expired) and due, except those
+        `passed` over (let go for others a moment ago); their in-flight URLs, left by a holder
+        that lost them, are queued again in the same transaction."""
         k = max(0, min(k, MAX_TAKE))
         if not k:
             return []
 
         async def take(conn: Conn) -> list[tuple[Any, ...]]:
-            cur = await conn.execute(_TAKE, {"k": k, "run": self.run_id, "secs": self.lease_seconds})
+            params = {"k": k, "run": self.run_id, "secs": self.lease_seconds, "passed": list(passed)}
+            cur = await conn.execute(_TAKE, params)
             taken = [tuple(row) for row in await cur.fetchall()]
             if taken:
                 await conn.execute(
