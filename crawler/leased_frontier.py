@@ -43,10 +43,10 @@ class LeasedFrontier(Frontier):
     and the fleet's hosts end at about the same time; one holding two or more hosts than the
     run holding fewest, with no host free, lets go of those beyond its share (at least one; one
     batch per SHED_EVERY), so a process that started first or ran fastest at the start does not
-    keep more than its share, nor a late one less. Beyond its share a process
-    takes a host by demand, one at a time: only when a worker finds no held host able to start
-    a request (each is at its per-host capacity or waiting for its delay) while the process has
-    free capacity and CPU to spare (its event loop keeps time). A host held longer than
+    keep more than its share, nor a late one less. Beyond its share a process takes a host by
+    demand, one at a time: only when a worker finds no held host able to start a request (each
+    is at its per-host capacity or waiting for its delay) while the process has free capacity
+    and CPU to spare (its event loop keeps time). A host held longer than
     `max_hold` is let go too, so a big host changes hands while others wait. A host is let go
     at a convenient point: no new URL of it is handed out, and its lease is released (with its
     politeness) once its URLs in flight are done and committed.
@@ -141,8 +141,7 @@ class LeasedFrontier(Frontier):
         self._scanning = True
         try:
             generation = self._dormant_gen
-            now = self._clock()
-            self._let_go_at = {h: at for h, at in self._let_go_at.items() if now - at < PASS_OVER}
+            self._let_go_at = {h: at for h, at in self._let_go_at.items() if self._clock() - at < PASS_OVER}
             taken = await self._leases.take(max(1, self._room()), self._let_go_at) if not self._closed else []
             now = self._clock()
             for host in taken:
@@ -287,7 +286,7 @@ class LeasedFrontier(Frontier):
             self._let_go(host)
 
     def pace(self, lag: float) -> None:
-        """One tick: fold in the loop's lateness; let go of hosts beyond the fair share, of one
+        """One tick: fold in the loop's lateness; let go of hosts for runs holding fewer, of one
         when another run is hungry, and of hosts held longer than max_hold."""
         self._lag += LAG_WEIGHT * (lag - self._lag)
         now = self._clock()
@@ -295,13 +294,13 @@ class LeasedFrontier(Frontier):
         for host in expired:
             if host not in self._leaving:
                 self._let_go(host)
-        # The fair share first: letting go beyond it also feeds the hungry.
-        if now - self._last_change >= SHED_EVERY and not self._shed_beyond_share(now) and self._leases.hungry:
+        # Evening out first: what it lets go also feeds the hungry.
+        if now - self._last_change >= SHED_EVERY and not self._even_out(now) and self._leases.hungry:
             self._feed_the_hungry(now)
         if self._waiters:
             self._start_scan()  # idle workers, and the CPU to spare may have come back
 
-    def _shed_beyond_share(self, now: float) -> bool:
+    def _even_out(self, now: float) -> bool:
         """When no host is free and this process holds two or more hosts than the run holding
         fewest, let go of those beyond its fair share, at least one, the hosts with the most URLs
         queued first (a window still being read counts as none): the runs below their share take

@@ -165,14 +165,14 @@ class HostLeases:
 
     def fair_share(self) -> int:
         """Hosts with work per running run, rounded up: a run below it takes hosts whatever its
-        CPU, and one above it lets go of the rest while none is free, so the fleet's hosts are
-        spread evenly and end at about the same time."""
+        CPU, and one holding two or more than the run holding fewest lets go of those beyond it
+        while none is free, so the fleet's hosts are spread evenly and end at about the same time."""
         return -(-self.with_work // (self.other_runs + 1))
 
     def note_fleet(self, other_runs: int, others_held: int, others_least: int) -> None:
         self.other_runs, self.others_held, self.others_least = int(other_runs), int(others_held), int(others_least)
 
-    def _count_free(self, free: int) -> None:
+    def _note_free(self, free: int) -> None:
         self.with_work = self.others_held + len(self.held) + free
 
     # ---- taking -----------------------------------------------------------------------------
@@ -226,7 +226,7 @@ class HostLeases:
             cur = await conn.execute(_WORK_DUE_IN)
             row = await cur.fetchone()
             if row is None or row[0] is None:
-                self._count_free(0)
+                self._note_free(0)
             if row is None:
                 return None
             if row[0] is None and idle:
@@ -271,7 +271,7 @@ class HostLeases:
             if row is not None:
                 self.hungry = bool(row[1])
                 self.note_fleet(row[2], row[3], row[4])
-                self._count_free(int(row[0]))
+                self._note_free(int(row[0]))
             return await self.renew_in(conn, list(self.held))
 
         return await self._conn.transaction(renew)
