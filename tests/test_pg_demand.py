@@ -16,19 +16,11 @@ from crawler.leased_frontier import BUSY_LAG, MAX_HOLD, SHED_EVERY, LeasedFronti
 from crawler.politeness import Politeness
 from crawler.store import NewUrl
 from crawler.store.pg.store import PgStore
-from tests.support.pg_stores import finish, leases, owners, rows, shared_stores, until_free
+from tests.support.pg_stores import Clock, finish, leases, owners, rows, shared_stores, until_free
 from tests.support.postgres import pg_server, pg_server_url, pg_url  # noqa: F401  (fixtures)
 
 HOSTS = [f"h{i}.test:80" for i in range(5)]
 DELAY = 10.0  # the test clock moves only when told to: a host just leased is not ready again
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -14,6 +14,16 @@ from crawler.store.pg.leases import HostLeases
 from crawler.store.pg.store import PgStore
 
 
+class Clock:
+    """A monotonic clock that moves only when a test says so."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @asynccontextmanager
 async def shared_stores(pg_url: str, count: int, seeds: list[NewUrl]) -> AsyncIterator[list[PgStore]]:
     """`count` stores on one database, each with its run started; the first stores `seeds` first."""
