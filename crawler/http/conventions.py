@@ -1,4 +1,4 @@
-"""What our transports keep alike: the head bound, the methods sent again, the send reports, the protocol error."""
+"""What our transports keep alike: head bound, methods sent again, send reports, protocol error, request head."""
 
 from __future__ import annotations
 
@@ -31,3 +31,22 @@ class SendReports(Protocol):
 
 class ResponseError(httpx.RemoteProtocolError):
     """A response that is malformed, cut short or missing; its text is the whole message for an error row."""
+
+
+def request_head(request: httpx.Request, body_length: int, target: bytes, extra: bytes = b"") -> bytes:
+    """An HTTP/1.1 request line and headers, `extra` lines first; a body goes whole, with its
+    Content-Length (never chunked)."""
+    lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), target)]
+    if extra:
+        lines.append(extra)
+    has_length = False
+    for name, value in request.headers.raw:
+        lower = name.lower()
+        if lower == b"transfer-encoding":
+            continue
+        has_length = has_length or lower == b"content-length"
+        lines.append(b"%s: %s\r\n" % (name, value))
+    if body_length and not has_length:
+        lines.append(b"Content-Length: %d\r\n" % body_length)
+    lines.append(b"\r\n")
+    return b"".join(lines)

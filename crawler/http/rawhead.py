@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from crawler.http.conventions import BEFORE_RESEND, HAPPY_EYEBALLS_DELAY, MAX_HEAD_BYTES, ON_SENT
+from crawler.http.conventions import BEFORE_RESEND, HAPPY_EYEBALLS_DELAY, MAX_HEAD_BYTES, ON_SENT, request_head
 from crawler.http.proxies import ProxyError, basic_credentials
 from crawler.http.resolver import DnsCache, open_socket
 
@@ -61,7 +61,7 @@ async def read_head(
             else:
                 reader, writer = await _tunnel(proxy, host, port, context)
             try:
-                writer.write(_request_head(request, target))
+                writer.write(request_head(request, 0, target, b"Connection: close\r\n"))
                 on_sent = request.extensions.get(ON_SENT)
                 if on_sent is not None:  # ends the turn before_resend took
                     on_sent()
@@ -80,12 +80,6 @@ async def read_head(
         raise httpx.ConnectError(f"TLS failure: {exc.reason or exc}", request=request) from exc
     except OSError as exc:
         raise httpx.ConnectError(f"{exc.strerror or exc} ({host}:{port})", request=request) from exc
-
-
-def _request_head(request: httpx.Request, target: bytes) -> bytes:
-    lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), target), b"Host: " + request.url.netloc]
-    lines += [b"%s: %s" % (k, v) for k, v in request.headers.raw if k.lower() not in (b"host", b"connection")]
-    return b"\r\n".join([*lines, b"Connection: close", b"", b""])
 
 
 async def _read_head(reader: asyncio.StreamReader) -> RawHead:

@@ -25,6 +25,7 @@ from crawler.http.conventions import (
     ON_SENT,
     RETRY_ON_STALE,
     ResponseError,
+    request_head,
 )
 from crawler.http.proxies import ProxyError, ProxyRules, basic_credentials
 from crawler.http.resolver import DnsCache, open_socket
@@ -327,11 +328,11 @@ class H1Transport(httpx.AsyncBaseTransport):
         path = request.extensions.get("target") or url.raw_path  # httpx's `target` extension, when given
         if proxy is None:
             origin = (url.raw_host.decode("ascii"), url.port or 80, False)  # IDNA hosts in their ASCII form
-            head = _request_head(request, len(body), path)
+            head = request_head(request, len(body), path)
         else:
             origin = (proxy.raw_host.decode("ascii"), proxy.port or 80, True)
             target = b"http://" + url.netloc + path  # absolute form, without any userinfo
-            head = _request_head(request, len(body), target, self._proxy_authorization(proxy))
+            head = request_head(request, len(body), target, self._proxy_authorization(proxy))
         head_only = request.method == "HEAD"
         on_sent = request.extensions.get(ON_SENT)
         conn = await self._checkout(origin, timeouts.get("connect"), timeouts.get("pool"))
@@ -486,21 +487,3 @@ class H1Transport(httpx.AsyncBaseTransport):
 def _where(origin: _Origin) -> str:
     host, port, _ = origin
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _request_head(request: httpx.Request, body_length: int, target: bytes, extra: bytes = b"") -> bytes:
-    """The request line and headers; a body goes whole, with its Content-Length (never chunked)."""
-    lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), target)]
-    if extra:
-        lines.append(extra)
-    has_length = False
-    for name, value in request.headers.raw:
-        lower = name.lower()
-        if lower == b"transfer-encoding":
-            continue
-        has_length = has_length or lower == b"content-length"
-        lines.append(b"%s: %s\r\n" % (name, value))
-    if body_length and not has_length:
-        lines.append(b"Content-Length: %d\r\n" % body_length)
-    lines.append(b"\r\n")
-    return b"".join(lines)
