@@ -42,6 +42,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(REPO_ROOT))  # tests.support (the throwaway PostgreSQL), as bench/fairness.py does
 
+import arrivals  # noqa: E402
 import pg_profile  # noqa: E402
 import psycopg  # noqa: E402
 import sitegen  # noqa: E402
@@ -302,6 +303,8 @@ class Result:
     machine_busy: float = 0.0  # CPU seconds every process on the machine used during the run
     failed: str = ""
     timelines: list[Timeline] = field(default_factory=list)
+    # Gap violations and the closest gap by the packet capture (bench/arrivals.py); None without one.
+    captured: tuple[int, float] | None = None
 
     @property
     def others(self) -> float:
@@ -478,11 +481,13 @@ def one_run(
         pg_before = postgres_cpu_seconds(pg) if pg is not None else 0.0
         nginx_before, machine_before = server.cpu_seconds(), busy_seconds()
         postmaster = pg.postmaster_pid() if pg is not None and args.pg_profile else None
-        if postmaster is not None:
-            spent = pg_profile.baseline(postmaster)
-            with pg_profile.ProcessSampler(postmaster) as sampler:
-                wall, cpu, throttled, failure, timelines = run_crawlers(configs, caps, workdir, args.tree)
-        else:
+        pcap = workdir / "requests.pcap"
+        with contextlib.ExitStack() as around:
+            if args.capture:
+                around.enter_context(arrivals.capture(site.port, pcap))
+            if postmaster is not None:
+                spent = pg_profile.baseline(postmaster)
+                sampler = around.enter_context(pg_profile.ProcessSampler(postmaster))
             wall, cpu, throttled, failure, timelines = run_crawlers(configs, caps, workdir, args.tree)
         nginx_cpu, machine_busy = server.cpu_seconds() - nginx_before, busy_seconds() - machine_before
         pg_cpu = None
@@ -506,9 +511,15 @@ def one_run(
     log = check_log(workdir / "nginx" / "access.log", args.per_host_concurrency, args.delay, args.tolerance)
     if not failure and pages != site.expected_pages:
         failure = f"stored {pages} of {site.expected_pages} pages"
+    captured = None
+    if args.capture:
+        starts = arrivals.starts_by_host(pcap)
+        if sum(map(len, starts.values())) != log.requests:
+            print(f"  {label}: the capture saw {sum(map(len, starts.values()))} requests, nginx {log.requests}")
+        captured = arrivals.gap_violations(starts, args.delay, args.tolerance)
     return Result(
         label, procs, pages, site.expected_pages, wall, cpu, pg_cpu, throttled, log, nginx_cpu, machine_busy, failure,
-        timelines,
+        timelines, captured,
     )  # fmt: skip
 
 
@@ -536,8 +547,9 @@ def table(results: list[Result], args: argparse.Namespace, cap_note: str) -> str
     head = (
         "| store | processes | pages stored | wall s | pages/s | speed-up | PG CPU s / 1,000 pages "
         "| crawler CPU s / 1,000 pages | crawler CPU % of cap | throttled s | duplicates | violations (overlap / gap) "
-        "| robots.txt fetches | closest gap ms | PG cores | nginx cores | machine CPU % | others' cores |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| robots.txt fetches | closest gap ms | gap violations / closest ms, captured "
+        "| PG cores | nginx cores | machine CPU % | others' cores |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     rows = []
     for r in results:
@@ -546,6 +558,7 @@ def table(results: list[Result], args: argparse.Namespace, cap_note: str) -> str
         own = f"{r.crawler_cpu / r.pages * 1000:.2f}" if r.pages else "–"
         share = f"{100 * r.crawler_cpu / (r.procs * args.cpu * r.wall):.0f}" if r.wall else "–"
         gap = f"{r.log.closest_gap * 1000:.0f}" if r.log.closest_gap != float("inf") else "–"
+        captured = f"{r.captured[0]} / {r.captured[1] * 1000:.1f}" if r.captured is not None else "–"
         pg_cores = f"{r.pg_cpu / r.wall:.2f}" if r.pg_cpu is not None and r.wall else "–"
         cores = psutil.cpu_count() or 1
         use = (
@@ -558,7 +571,7 @@ def table(results: list[Result], args: argparse.Namespace, cap_note: str) -> str
             f"| {r.label.split()[0]} | {r.procs} | {r.pages:,}/{r.expected:,}{' FAILED' if r.failed else ''} "
             f"| {r.wall:.1f} | {r.rate:,.0f} | {speed} | {pg} | {own} | {share} | {r.throttled:.1f} "
             f"| {r.log.duplicates} | {r.log.overlap_violations} / {r.log.gap_violations} "
-            f"| {r.log.robots_fetches} | {gap} {use}"
+            f"| {r.log.robots_fetches} | {gap} | {captured} {use}"
         )
     lines = [cap_note, "", "Wall clock (first start to last exit):", "", head + "\n".join(rows)]
     if base and sqlite and sqlite.rate:
@@ -634,7 +647,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--tree", type=Path, default=REPO_ROOT,
         help="the source tree whose `crawler` the crawlers run (e.g. an older commit's `git archive`): before/after",
     )  # fmt: skip
+    parser.add_argument("--no-capture", action="store_true", help="no packet capture of request arrivals")
     args = parser.parse_args(argv)
+    args.capture = not args.no_capture and not arrivals.why_not()
     if args.smoke:
         args.hosts, args.pages_per_host, args.procs = 10, 10, "1,2"
     args.proc_counts = [int(p) for p in args.procs.split(",") if p.strip()]
@@ -667,6 +682,8 @@ def main(argv: list[str] | None = None) -> int:
         else f"UNCAPPED: {caps.reason}"
     )
     print(cap_note, flush=True)
+    if not args.no_capture and arrivals.why_not():
+        print(f"no packet capture of request arrivals: {arrivals.why_not()}", flush=True)
     try:
         pg = PostgresServer.start(settings=pg_profile.SETTINGS if args.pg_profile else None)
     except PostgresUnavailable as exc:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the benchmark needs beyond the project's own dependencies:
-#   nginx (the static server) and wrk (a raw-throughput load client) from Debian's packages,
+#   nginx (the static server), wrk (a raw-throughput load client) and tcpdump (scale.py's request
+#   arrivals) from Debian's packages,
 #   Scrapy and psutil into the project's virtualenv.
 # Usage: bash bench/setup.sh [--no-apt] [--no-scrapy]      (apt needs root or sudo)
 # Every part is optional: bench/run.py skips Scrapy and falls back to a Python server
@@ -23,13 +24,14 @@ if [[ $apt == 1 ]]; then
   missing=()
   command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
   command -v wrk >/dev/null || missing+=(wrk)
+  command -v tcpdump >/dev/null || missing+=(tcpdump)
   if (( ${#missing[@]} )); then
     sudo_cmd=""
     [[ $(id -u) == 0 ]] || sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
   fi
-  echo "nginx and wrk: installed"
+  echo "nginx, wrk and tcpdump: installed"
 fi
 
 pip_args=("psutil>=5.9")
