@@ -514,8 +514,9 @@ def one_run(
     captured = None
     if args.capture:
         starts = arrivals.starts_by_host(pcap)
-        if sum(map(len, starts.values())) != log.requests:
-            print(f"  {label}: the capture saw {sum(map(len, starts.values()))} requests, nginx {log.requests}")
+        seen = sum(map(len, starts.values()))
+        if seen != log.requests:
+            print(f"  {label}: the capture saw {seen} requests, nginx {log.requests}")
         captured = arrivals.gap_violations(starts, args.delay, args.tolerance)
     return Result(
         label, procs, pages, site.expected_pages, wall, cpu, pg_cpu, throttled, log, nginx_cpu, machine_busy, failure,

@@ -141,7 +141,8 @@ class LeasedFrontier(Frontier):
         self._scanning = True
         try:
             generation = self._dormant_gen
-            self._let_go_at = {h: at for h, at in self._let_go_at.items() if self._clock() - at < PASS_OVER}
+            started = self._clock()
+            self._let_go_at = {h: at for h, at in self._let_go_at.items() if started - at < PASS_OVER}
             taken = await self._leases.take(max(1, self._room()), self._let_go_at) if not self._closed else []
             now = self._clock()
             for host in taken:

@@ -13,7 +13,7 @@ import pytest
 
 from crawler.config import ConfigError, config_from_dict
 from crawler.leased_frontier import BUSY_LAG, MAX_HOLD, SHED_EVERY, LeasedFrontier
-from crawler.politeness import Politeness
+from crawler.politeness import Lease, Politeness
 from crawler.store import NewUrl
 from crawler.store.pg.store import PgStore
 from tests.support.pg_stores import Clock, finish, leases, owners, rows, shared_stores, until_free
@@ -43,6 +43,15 @@ def frontier(store: PgStore, clock: Clock, *, max_hold: float = 3600.0) -> Lease
 async def close(f: LeasedFrontier) -> None:
     f.close()
     await f.settle()
+
+
+async def held_one_second(store: PgStore, clock: Clock) -> tuple[LeasedFrontier, Lease]:
+    """A frontier whose hosts are let go after a second of holding, and its first lease."""
+    f = frontier(store, clock, max_hold=1.0)
+    await f.load(0)
+    lease = await f.next()
+    assert lease is not None
+    return f, lease
 
 
 async def test_a_crawler_takes_its_fair_share_at_start_and_one_more_only_with_cpu_to_spare(
@@ -155,10 +164,7 @@ async def test_a_host_held_longer_than_max_hold_is_let_go_after_its_urls_out_and
 async def test_rows_of_a_host_being_let_go_stay_in_the_database(stores: tuple[PgStore, PgStore]) -> None:
     a, _ = stores
     clock = Clock(0.0)
-    f = frontier(a, clock, max_hold=1.0)
-    await f.load(0)
-    lease = await f.next()
-    assert lease is not None
+    f, lease = await held_one_second(a, clock)
     clock.now += 1.0
     f.pace(lag=0.0)
     # The page's link to its own host arrives with the commit that ends the lease.
@@ -208,10 +214,7 @@ async def test_a_host_let_go_with_a_redirect_into_it_in_flight_is_released_only_
 ) -> None:
     a, _ = stores
     clock = Clock(0.0)
-    f = frontier(a, clock, max_hold=1.0)
-    await f.load(0)
-    lease = await f.next()
-    assert lease is not None
+    f, lease = await held_one_second(a, clock)
     # A worker of another host follows a redirect into this one: it holds the host's capacity.
     await f._pol.acquire(lease.host)
     clock.now += 1.0
