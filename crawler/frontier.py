@@ -313,7 +313,8 @@ class Frontier:
                     else:
                         self._evict_if_idle(host)
                 continue
-            if slot.ready_at > key:
+            # A stale key: re-keyed. A ready host whose key was moved ahead of the others keeps it.
+            if slot.ready_at > max(key, now):
                 self._seq += 1
                 hq.heap_seq = self._seq
                 heapq.heapreplace(heap, (slot.ready_at, self._seq, host))

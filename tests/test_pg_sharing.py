@@ -78,9 +78,9 @@ async def test_a_redirect_into_a_host_another_crawler_holds_is_queued_for_it(sit
     a = site_server(Site().redirect("/", f"{b.url}/target"))
     scope = {"allowed_hosts": ["127.0.0.1"]}
 
-    other = asyncio.create_task(
-        Crawl(make_config(pg_url, [b.url + "/"], crawl=scope, politeness=agent("crawler-two"))).run()
-    )
+    # One request at a time: with B/ out, the other crawler has no room to take A by demand first.
+    two = {**agent("crawler-two"), "concurrency": 1}
+    other = asyncio.create_task(Crawl(make_config(pg_url, [b.url + "/"], crawl=scope, politeness=two)).run())
     try:
         await wait_for(lambda: b.paths() == ["/robots.txt"] and b.in_flight == 1, "B/ to be requested")
         first = asyncio.create_task(

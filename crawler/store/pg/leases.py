@@ -130,8 +130,14 @@ _OUTSTANDING = "SELECT coalesce(sum(claimed - fetched), 0) FROM runs WHERE id <>
 class HostLeases:
     """The hosts one run holds, and the SQL that takes, renews, releases and fences them."""
 
-    def __init__(self, conn: PgConnection, run_id: int, lease_seconds: float) -> None:
+    def __init__(
+        self, conn: PgConnection, run_id: int, lease_seconds: float, *, side: PgConnection | None = None
+    ) -> None:
         self._conn = conn
+        # Takes and looks for work go on the side connection, when there is one: a flush on the
+        # main one holds it (and this run's row) until its commit, and a host taken is fetched
+        # only once its window is read, which then need not wait either (crawler/store/pg/store.py).
+        self._side = side or conn
         self.run_id = run_id
         self.lease_seconds = lease_seconds
         self.held: dict[str, int] = {}  # host -> lease token
@@ -203,13 +209,16 @@ class HostLeases:
                     "UPDATE urls SET state = 'queued', updated_at = %s WHERE host = ANY(%s) AND state = 'in_flight'",
                     (utc_now(), [row[0] for row in taken]),
                 )
+                # Skipped while this run's flush has its row: that flush's commit says how many it
+                # holds, as its next renewal does, and hunger that is over expires.
                 await conn.execute(
-                    "UPDATE runs SET hungry_at = NULL, held = %s WHERE id = %s",
+                    "UPDATE runs SET hungry_at = NULL, held = %s"
+                    " WHERE id = (SELECT id FROM runs WHERE id = %s FOR UPDATE SKIP LOCKED)",
                     (len(self.held) + len(taken), self.run_id),
                 )
             return taken
 
-        taken = await self._conn.transaction(take)
+        taken = await self._side.transaction(take)
         for host, token, wait, crawl_delay, adaptive_delay, backoff_delay in taken:
             self.held[host] = int(token)
             self.lost.discard(host)
@@ -230,10 +239,15 @@ class HostLeases:
             if row is None:
                 return None
             if row[0] is None and idle:
-                await conn.execute("UPDATE runs SET hungry_at = now() WHERE id = %s", (self.run_id,))
+                # Skipped while this run's flush has its row, as in take: the next look says it.
+                await conn.execute(
+                    "UPDATE runs SET hungry_at = now()"
+                    " WHERE id = (SELECT id FROM runs WHERE id = %s FOR UPDATE SKIP LOCKED)",
+                    (self.run_id,),
+                )
             return float("inf") if row[0] is None else float(row[0])
 
-        return await self._conn.run(look)
+        return await self._side.run(look)
 
     # ---- keeping ----------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from crawler.store.records import ROBOTS_COLUMNS, URL_STATES, QueuedUrl, RobotsR
 IDLE_INDEX = 200  # pages indexed by a flush that finds its batch empty (the writer is idle)
 MIGRATION_LOCK = 0x6372776D  # the advisory lock migrations take turns on ('crwm')
 LEASE_SECONDS = 60.0  # storage.lease_seconds's default
+QUEUED_BY = 16  # flushes whose hosts with new URLs are remembered (a window read spans fewer)
 FLUSH_ATTEMPTS = 5  # a flush that lost a deadlock to another crawler's is written again, this often at most
 _RETRYABLE = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
 
@@ -27,8 +28,15 @@ _RETRYABLE = frozenset({"40P01", "40001"})  # deadlock detected, serialization f
 class PgStore(BatchedWrites):
     """One open PostgreSQL crawl database (the backend contract of crawler/store/backend.py)."""
 
-    def __init__(self, conn: PgConnection) -> None:
+    def __init__(self, conn: PgConnection, url: str = "") -> None:
         self._conn = conn
+        self._url = url
+        # A crawl's second connection, for the reads and takes that must not wait behind a flush
+        # (opened by start_run): a host taken, its first window and its robots.txt row.
+        self._side: PgConnection | None = None
+        self._flushes = 0  # flushes started
+        self._flushed = 0  # flushes ended (committed or failed)
+        self._queued_by: dict[int, frozenset[str]] = {}  # the last flushes' hosts with new URLs, by number
         self.batch = Batch()
         self.run_id: int | None = None
         self.pass_id: int | None = None
@@ -45,7 +53,7 @@ class PgStore(BatchedWrites):
     @classmethod
     async def open(cls, url: str, *, lease_seconds: float = LEASE_SECONDS) -> PgStore:
         """Connect, and create or migrate the schema."""
-        store = cls(await PgConnection.open(url))
+        store = cls(await PgConnection.open(url), url)
         store.lease_seconds = lease_seconds
         try:
             await store._configure()
@@ -75,16 +83,23 @@ class PgStore(BatchedWrites):
         )
 
     async def close(self) -> None:
+        if self._side is not None:
+            with contextlib.suppress(StoreError):
+                await self._side.close()
         await self._conn.close()
 
     # ---- reads -------------------------------------------------------------------------
 
-    async def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
+    async def fetchall(
+        self, sql: str, params: Sequence[Any] | dict[str, Any] = (), *, side: bool = False
+    ) -> list[tuple[Any, ...]]:
+        """The rows of a read; `side`: on the side connection when there is one, not behind a flush."""
+
         async def fetch(conn: Conn) -> list[tuple[Any, ...]]:
             cur = await conn.execute(sql, params)
             return list(await cur.fetchall())
 
-        return await self._conn.run(fetch)
+        return await (self._side if side and self._side is not None else self._conn).run(fetch)
 
     async def scalar(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
         rows = await self.fetchall(sql, params)
@@ -108,11 +123,19 @@ class PgStore(BatchedWrites):
                 QueuedUrl(r[0], r[1], host, r[2], r[3], None if r[4] is None else StoredVersion(r[5], r[6], r[7], r[8]))
                 for r in rows
             ]
-        rows = await self.fetchall(
+        sql = (
             "SELECT id, url, depth, kind FROM urls WHERE state = 'queued' AND host = %s AND id > %s"
-            " ORDER BY id LIMIT %s",
-            (host, after_id, limit),
+            " ORDER BY id LIMIT %s"
         )
+        params = (host, after_id, limit)
+        # Beside a flush that queues URLs of the host, a read may see another crawler's rows of the
+        # host, with greater ids, and not this one's, which the frontier would then take for read
+        # already (their ids are below the window's): such a read waits for the flush's commit.
+        started = self._flushes
+        beside = self._side is not None and not self._queues(host, self._flushed)
+        rows = await self.fetchall(sql, params, side=beside)
+        if beside and self._queues(host, started):  # such a flush started meanwhile
+            rows = await self.fetchall(sql, params)
         return [QueuedUrl(row[0], row[1], host, row[2], row[3]) for row in rows]
 
     async def queued_hosts(self, after: str, limit: int) -> list[str]:
@@ -127,6 +150,10 @@ class PgStore(BatchedWrites):
             (after, limit),
         )
         return [row[0] for row in rows]
+
+    def _queues(self, host: str, since: int) -> bool:
+        """Whether a flush started after the first `since` queues URLs of host (or may: one too old to tell)."""
+        return any(host in self._queued_by.get(n, (host,)) for n in range(since + 1, self._flushes + 1))
 
     async def fetched_for_host(self, host: str) -> int:
         sql = (
@@ -157,7 +184,7 @@ class PgStore(BatchedWrites):
     async def stored_robots(self, origin: str) -> RobotsRecord | None:
         """The fleet's last robots.txt fetch for origin, committed by whichever crawler made it."""
         rows = await self.fetchall(
-            f"SELECT {ROBOTS_COLUMNS} FROM robots WHERE origin = %s AND body IS NOT NULL", (origin,)
+            f"SELECT {ROBOTS_COLUMNS} FROM robots WHERE origin = %s AND body IS NOT NULL", (origin,), side=True
         )
         return RobotsRecord.from_row(rows[0]) if rows else None
 
@@ -222,7 +249,9 @@ class PgStore(BatchedWrites):
         )
         run_id = await self.scalar(sql, (utc_now(), config_json, kind, socket.gethostname(), os.getpid()))
         self.run_id = int(run_id)
-        self.leases = HostLeases(self._conn, self.run_id, self.lease_seconds)
+        if self._url and self._side is None:
+            self._side = await PgConnection.open(self._url)
+        self.leases = HostLeases(self._conn, self.run_id, self.lease_seconds, side=self._side)
         return self.run_id
 
     async def finish_run(self, outcome: str, pages: int) -> None:
@@ -298,16 +327,22 @@ class PgStore(BatchedWrites):
             fenced = batch if leases is None or not leases.fencing else await fence(conn, leases, batch)
             return await self._commit.commit(conn, fenced, run_id)
 
-        for attempt in range(1, FLUSH_ATTEMPTS + 1):
-            try:
-                rows = await self._conn.transaction(commit)
-                break
-            except StoreError as exc:
-                # Another crawler's flush won a deadlock (URLs and hosts go in one order, but rarer
-                # rows, e.g. robots and sitemaps, do not): the transaction was rolled back whole, so
-                # the same batch is written again.
-                if attempt == FLUSH_ATTEMPTS or getattr(exc.__cause__, "sqlstate", None) not in _RETRYABLE:
-                    raise
+        self._flushes += 1
+        self._queued_by[self._flushes] = frozenset(u.host for u in batch.new_urls) | {u.host for u in batch.listed_urls}
+        self._queued_by.pop(self._flushes - QUEUED_BY, None)
+        try:
+            for attempt in range(1, FLUSH_ATTEMPTS + 1):
+                try:
+                    rows = await self._conn.transaction(commit)
+                    break
+                except StoreError as exc:
+                    # Another crawler's flush won a deadlock (URLs and hosts go in one order, but rarer
+                    # rows, e.g. robots and sitemaps, do not): the transaction was rolled back whole, so
+                    # the same batch is written again.
+                    if attempt == FLUSH_ATTEMPTS or getattr(exc.__cause__, "sqlstate", None) not in _RETRYABLE:
+                        raise
+        finally:
+            self._flushed += 1
         return rows
 
     async def index_pending(self, limit: int) -> int:
