@@ -64,8 +64,23 @@ class PgStore(BatchedWrites):
         return store
 
     async def _configure(self) -> None:
-        # Crawlers starting together take turns; the lock is taken before the version is read,
-        # outside any transaction, so that the read sees what the previous holder committed.
+        # Each migration commits with its version, so a schema read as current is whole: crawlers
+        # joining a crawl do not queue for the lock (a throttled holder held up all the others).
+        version = await self._conn.run(_read_version)
+        if version < SCHEMA_VERSION:
+            await self._migrate()
+        elif version > SCHEMA_VERSION:
+            raise StoreError(f"{self.location} was written by a newer crawler (schema {version})")
+        await self._conn.run(lambda conn: conn.execute(TEMP_TABLES))
+        self._commit.nofollow_rows = bool(
+            await self.scalar(
+                "SELECT EXISTS (SELECT 1 FROM urls WHERE state = 'skipped' AND reason = %s)", (SkipReason.NOFOLLOW,)
+            )
+        )
+
+    async def _migrate(self) -> None:
+        # Crawlers starting together take turns; the lock is taken before the version is read
+        # again, outside any transaction, so that the read sees what the previous holder committed.
         await self._conn.run(lambda conn: conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,)))
         try:
             version = await self._conn.run(_read_version)
@@ -75,12 +90,6 @@ class PgStore(BatchedWrites):
                 await self._conn.transaction(partial(_migrate, target=target))
         finally:
             await self._conn.run(lambda conn: conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,)))
-        await self._conn.run(lambda conn: conn.execute(TEMP_TABLES))
-        self._commit.nofollow_rows = bool(
-            await self.scalar(
-                "SELECT EXISTS (SELECT 1 FROM urls WHERE state = 'skipped' AND reason = %s)", (SkipReason.NOFOLLOW,)
-            )
-        )
 
     async def close(self) -> None:
         if self._side is not None:
