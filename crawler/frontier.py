@@ -313,8 +313,7 @@ class Frontier:
                     else:
                         self._evict_if_idle(host)
                 continue
-            # A stale key: re-keyed. A ready host whose key was moved ahead of the others keeps it.
-            if slot.ready_at > max(key, now):
+            if slot.ready_at > key:
                 self._seq += 1
                 hq.heap_seq = self._seq
                 heapq.heapreplace(heap, (slot.ready_at, self._seq, host))

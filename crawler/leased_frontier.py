@@ -407,37 +407,7 @@ class LeasedFrontier(Frontier):
     def _claim_used(self) -> bool:
         return self._used() >= self._allowance
 
-    def _largest_first(self) -> None:
-        """Of the held hosts ready now, move the one with the most URLs queued to the top of the
-        heap (a window with more rows in the database counts as full). A host that changed hands
-        arrives behind the others, and a process holds more hosts than another; served largest
-        first, the hosts of the fleet run out at about the same time rather than the last ones
-        fetched alone at their delay. One pass over the heap, which holds only the leased hosts."""
-        heap = self._heap
-        if not heap:
-            return
-        now = self._clock()
-        if heap[0][0] > now:
-            return
-        best, most = 0, -1
-        for index, (key, seq, host) in enumerate(heap):
-            hq = self._hosts.get(host)
-            if key > now or hq is None or seq != hq.heap_seq or not hq.in_heap:
-                continue
-            queued = self._window if hq.overflow else len(hq.queue)
-            if queued > most:
-                best, most = index, queued
-        if best:
-            # The top's key, and a number below the top's: it sorts first (a ready host's key may
-            # be ahead of its time, Frontier._try_lease).
-            top_key, top_seq, _ = heap[0]
-            host = heap[best][2]
-            self._hosts[host].heap_seq = top_seq - 1
-            heap[best] = (top_key, top_seq - 1, host)
-            heapq.heapify(heap)
-
     def _try_lease(self) -> Lease | None:
-        self._largest_first()
         if self.max_pages and not self.revisiting and self._claim_used() and not self._budget_spent:
             if not self._claiming and not self._closed:
                 self._claiming = True

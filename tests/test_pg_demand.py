@@ -1,9 +1,8 @@
 """Hosts are spread by fair share and taken by demand on a real PostgreSQL (crawler/leased_frontier.py):
 a crawler below its share of the hosts with work takes them whatever its CPU; beyond it, one more host
 only when no held host can start a request and it has CPU to spare; above it, with none free and room
-at the others, it lets the rest go for them (those with the fewest URLs queued); every host held longer
-than max_hold is let go once its URLs out are done; and of its ready hosts, the one with the most URLs
-queued is leased from first."""
+at the others, it lets the rest go for them (those with the fewest URLs queued); and every host held
+longer than max_hold is let go once its URLs out are done."""
 
 from __future__ import annotations
 
@@ -236,23 +235,6 @@ async def loaded(f: LeasedFrontier, queued: int) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"{f.queued_in_memory()} URLs in the windows, not {queued}")
-
-
-async def test_a_crawler_leases_from_its_ready_host_with_the_most_urls_queued_first(pg_url: str) -> None:  # noqa: F811
-    sizes = {HOSTS[0]: 1, HOSTS[1]: 2, HOSTS[2]: 4}
-    seeds = [NewUrl(f"http://{host.split(':')[0]}/{n}", host, 0) for host, size in sizes.items() for n in range(size)]
-    async with shared_stores(pg_url, 1, seeds) as (a,):
-        f = frontier(a, Clock(0.0))
-        await f.load(0)
-        first = await f.next()  # whichever window was read first
-        assert first is not None
-        await loaded(f, sum(sizes.values()) - 1)
-        # Each host may start one request before the frozen clock moves: the rest go largest first,
-        # not in the order their windows came in.
-        rest = {host: size for host, size in sizes.items() if host != first.host}
-        leased = [await f.next() for _ in rest]
-        assert [lease.host for lease in leased if lease is not None] == sorted(rest, key=rest.__getitem__, reverse=True)
-        await close(f)
 
 
 async def test_a_crawler_above_its_share_lets_go_of_its_hosts_with_the_fewest_urls_queued(pg_url: str) -> None:  # noqa: F811
