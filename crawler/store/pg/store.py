@@ -28,7 +28,7 @@ _RETRYABLE = frozenset({"40P01", "40001"})  # deadlock detected, serialization f
 class PgStore(BatchedWrites):
     """One open PostgreSQL crawl database (the backend contract of crawler/store/backend.py)."""
 
-    def __init__(self, conn: PgConnection, url: str = "") -> None:
+    def __init__(self, conn: PgConnection, url: str) -> None:
         self._conn = conn
         self._url = url
         # A crawl's second connection, for the reads and takes that must not wait behind a flush
@@ -258,7 +258,7 @@ class PgStore(BatchedWrites):
         )
         run_id = await self.scalar(sql, (utc_now(), config_json, kind, socket.gethostname(), os.getpid()))
         self.run_id = int(run_id)
-        if self._url and self._side is None:
+        if self._side is None:
             self._side = await PgConnection.open(self._url)
         self.leases = HostLeases(self._conn, self.run_id, self.lease_seconds, side=self._side)
         return self.run_id
