@@ -66,11 +66,8 @@ class PgStore(BatchedWrites):
     async def _configure(self) -> None:
         # Each migration commits with its version, so a schema read as current is whole: crawlers
         # joining a crawl do not queue for the lock (a throttled holder held up all the others).
-        version = await self._conn.run(_read_version)
-        if version < SCHEMA_VERSION:
-            await self._migrate()
-        elif version > SCHEMA_VERSION:
-            raise StoreError(f"{self.location} was written by a newer crawler (schema {version})")
+        if await self._conn.run(_read_version) != SCHEMA_VERSION:
+            await self._migrate()  # or, for a newer schema, say so
         await self._conn.run(lambda conn: conn.execute(TEMP_TABLES))
         self._commit.nofollow_rows = bool(
             await self.scalar(
