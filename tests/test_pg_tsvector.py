@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from crawler.query.pg import tsquery
-from crawler.store.pg.tsvector import MAX_POSITION, page_vector, query_terms, words
+from crawler.store.pg.tsvector import MAX_POSITION, WORD, page_vector, query_terms, words
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -35,6 +37,8 @@ def ours(conn: psycopg.Connection, title: str, text: str) -> str:
         ("Repeat", " ".join(["echo"] * 300 + ["end"])),  # more positions than a lexeme keeps
         ("Long", " ".join(f"w{i % 50} x" for i in range(12_000))),  # positions past the largest
         ("café au lait", "crème brûlée, déjà vu"),
+        # Mostly ASCII, with other letters at the start, inside and at the end of words, and alone.
+        ("über naïve", "élan plain words, then a naïve café and more plain words é"),
     ],
 )
 def test_a_page_vector_is_the_one_postgresql_makes_for_plain_words(pg_url: str, title: str, text: str) -> None:
@@ -46,6 +50,17 @@ def test_a_page_vector_is_the_one_postgresql_makes_for_plain_words(pg_url: str, 
 def test_words_are_runs_of_letters_and_digits_lowercased() -> None:
     assert words("Héllo_World, don't 3.14 ÉCLAIR · x") == ["héllo", "world", "don", "t", "3", "14", "éclair", "x"]
     assert words("plain ascii TEXT-only") == ["plain", "ascii", "text", "only"]
+
+
+def test_mostly_ascii_text_splits_as_the_word_pattern_splits_it_whole() -> None:
+    # The split goes by a byte table between the pieces that hold other characters; whatever the
+    # mix, the words must be those the pattern finds in the lowercased text.
+    rng = random.Random(17)
+    others = "éÉüß·—İ\u212aǄ日本ﬁ\u00a0\u0307½²"
+    for _ in range(5000):
+        length = rng.randint(0, 40)
+        text = "".join(rng.choice(others if rng.random() < 0.15 else "abcXYZ019 ,.-_'\n") for _ in range(length))
+        assert words(text) == WORD.findall(text.lower()), text
 
 
 def test_far_positions_count_as_the_largest_once() -> None:

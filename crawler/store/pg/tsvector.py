@@ -13,7 +13,7 @@ unicode61 tokenizer splits text; diacritics are kept, as the `simple` configurat
 from __future__ import annotations
 
 import re
-from array import array
+import struct
 from collections import defaultdict
 
 WORD = re.compile(r"[^\W_]+")
@@ -26,22 +26,30 @@ WEIGHT_A = 3 << 14  # the weight bits of a title position (A); the text's are D 
 # every byte but a letter or a digit becomes a space.
 _ASCII_SPLIT = bytes(c if chr(c).isascii() and chr(c).isalnum() else 32 for c in range(256))
 _ASCII_SPLIT_KEEP = bytes(c if c >= 128 or chr(c).isalnum() else 32 for c in range(256))  # keeps UTF-8's other bytes
-_NETWORK_ORDER = array("H", [1]).tobytes() != b"\x00\x01"  # whether uint16s must be byte-swapped
+_OTHER_BYTE = re.compile(rb"[\x80-\xff]")
+# A lexeme's tail in tsvectorrecv's layout, by its number of positions: a NUL, the number, the
+# positions; one compiled struct per number, which packs several times faster than an array.
+_ENTRY = [struct.Struct(f">x{count + 1}H").pack for count in range(MAX_POSITIONS + 1)]
 
 
 def _tokens(text: str) -> list[bytes]:
     """The words of text, lowercased, as UTF-8."""
-    data = text.lower().encode()
+    data = text.encode()
     if data.isascii():
-        return data.translate(_ASCII_SPLIT).split()
-    # Mostly ASCII as a rule: split at ASCII separators by the table (bytes of other characters
-    # stay, whole), then split the few pieces that hold other characters by the regex.
+        return data.lower().translate(_ASCII_SPLIT).split()
+    # Mostly ASCII as a rule: split at ASCII separators by the table, in bulk, between the pieces
+    # that hold other characters' bytes; those few are lowercased and split by the regex.
+    spaced = data.translate(_ASCII_SPLIT_KEEP)
     found: list[bytes] = []
-    for piece in data.translate(_ASCII_SPLIT_KEEP).split():
-        if piece.isascii():
-            found.append(piece)
-        else:
-            found += (word.encode() for word in WORD.findall(piece.decode()))
+    done = 0
+    while (other := _OTHER_BYTE.search(spaced, done)) is not None:
+        start = spaced.rfind(b" ", done, other.start()) + 1
+        end = spaced.find(b" ", other.end())
+        end = len(spaced) if end < 0 else end
+        found += spaced[done:start].lower().split()
+        found += (word.encode() for word in WORD.findall(spaced[start:end].decode().lower()))
+        done = end
+    found += spaced[done:].lower().split()
     return found
 
 
@@ -68,17 +76,14 @@ def page_vector(title: str | None, text: str | None) -> bytes:
     # tsvectorrecv's layout: a count, then per lexeme (in byte order) its bytes, a NUL, the number
     # of positions and the positions, ascending; integers in network byte order.
     parts = [b""]
-    count = 0
-    for lexeme in sorted(positions):
+    for lexeme in sorted(positions):  # keys alone: sorting (key, list) pairs takes about 3 times as long
         if len(lexeme) > MAX_LEXEME_BYTES:
             continue
-        entry = array("H", positions[lexeme][:MAX_POSITIONS])
-        entry.insert(0, len(entry))
-        if _NETWORK_ORDER:
-            entry.byteswap()
-        parts += (lexeme, b"\x00", entry.tobytes())
-        count += 1
-    parts[0] = count.to_bytes(4, "big")
+        where = positions[lexeme]
+        if len(where) > MAX_POSITIONS:
+            where = where[:MAX_POSITIONS]
+        parts += (lexeme, _ENTRY[len(where)](len(where), *where))
+    parts[0] = (len(parts) // 2).to_bytes(4, "big")
     return b"".join(parts)
 
 
