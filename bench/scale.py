@@ -499,8 +499,13 @@ def one_run(
                 kinds = ", ".join(f"{k} {v:.2f}" for k, v in spent_by_kind)
                 print(f"  {label}: PG CPU {pg_cpu:.2f} s; sampled by process kind (s): {kinds}")
                 print(pg_profile.statements(url))
-            with psycopg.connect(url) as conn:
-                pages = int(conn.execute("SELECT count(*) FROM pages").fetchone()[0])  # type: ignore[index]
+            if failure:  # a crawler that never started leaves no tables to count
+                pages = 0
+            else:
+                with psycopg.connect(url) as conn:
+                    pages = int(conn.execute("SELECT count(*) FROM pages").fetchone()[0])  # type: ignore[index]
+        elif failure:
+            pages = 0
         else:
             import sqlite3
 
@@ -650,6 +655,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--no-capture", action="store_true", help="no packet capture of request arrivals")
     args = parser.parse_args(argv)
+    args.tree = args.tree.resolve()  # the crawlers run in their own working directories
     args.capture = not args.no_capture and not arrivals.why_not()
     if args.smoke:
         args.hosts, args.pages_per_host, args.procs = 10, 10, "1,2"
