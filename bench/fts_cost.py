@@ -42,6 +42,12 @@ IN_FLUSH_TRIGGER = """
     END"""
 
 
+def zipf_vocabulary(rng: random.Random) -> tuple[list[str], list[float]]:
+    """20,000 random words and their Zipf weights (the word of rank r weighs 1/r)."""
+    vocabulary = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(3, 10))) for _ in range(20_000)]
+    return vocabulary, [1.0 / (rank + 1) for rank in range(len(vocabulary))]
+
+
 def zipf_text(length: int, rng: random.Random, vocabulary: list[str], weights: list[float]) -> str:
     words: list[str] = []
     size = 0
@@ -55,8 +61,7 @@ def zipf_text(length: int, rng: random.Random, vocabulary: list[str], weights: l
 def build_pages(count: int, text_mode: str, folder: Path) -> list[tuple[PageRecord, list[tuple[str, bool]]]]:
     site = generate_site(single_host_spec(count), folder / "site", port=8000)
     rng = random.Random(7)
-    vocabulary = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(3, 10))) for _ in range(20_000)]
-    weights = [1.0 / (rank + 1) for rank in range(len(vocabulary))]
+    vocabulary, weights = zipf_vocabulary(rng)
     pages = []
     for url_id, url in enumerate(site.urls, start=1):
         path = url.split(":8000", 1)[1]

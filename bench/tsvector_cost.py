@@ -26,7 +26,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from fts_cost import zipf_text  # noqa: E402
+from fts_cost import zipf_text, zipf_vocabulary  # noqa: E402
 from sitegen import generate_site, multi_host_spec  # noqa: E402
 
 from crawler.parse import parse_page  # noqa: E402
@@ -51,9 +51,7 @@ print(json.dumps(out))
 def page_sets(count: int) -> dict[str, list[tuple[str | None, str | None]]]:
     """(title, text) of `count` sitegen pages, and the same titles with Zipf text of the same length."""
     rng = random.Random(1)
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocabulary = [f"w{i}" + "".join(rng.choices(letters, k=rng.randint(1, 8))) for i in range(20_000)]
-    weights = [1 / (rank + 1) for rank in range(len(vocabulary))]
+    vocabulary, weights = zipf_vocabulary(rng)
     with tempfile.TemporaryDirectory() as tmp:
         generate_site(multi_host_spec(max(1, count // 100 + 1), 100), Path(tmp), 8080)
         files = sorted(Path(tmp).rglob("*.html"))[:count]
