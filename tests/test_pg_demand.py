@@ -201,6 +201,18 @@ async def test_each_run_says_how_many_hosts_it_holds_and_a_dead_run_counts_for_n
     assert leases(a).free_count == len(HOSTS) - 2 and leases(a).fair_share() == len(HOSTS) - 2
 
 
+async def test_a_take_reads_the_fleet_back_so_a_run_that_joined_shrinks_the_share(
+    stores: tuple[PgStore, PgStore],
+) -> None:
+    a, b = stores
+    await a.fetchall("UPDATE runs SET heartbeat_at = now() - interval '1 hour' WHERE id = %s RETURNING 1", (b.run_id,))
+    await leases(a).renew()
+    assert leases(a).fair_share() == len(HOSTS)  # alone, as far as it knows
+    await a.fetchall("UPDATE runs SET heartbeat_at = now() WHERE id = %s RETURNING 1", (b.run_id,))  # b joins
+    assert len(await leases(a).take(1)) == 1
+    assert leases(a).other_runs == 1 and leases(a).fair_share() == 3
+
+
 def test_max_hold_seconds_is_read_and_range_checked() -> None:
     base: dict[str, Any] = {"crawl": {"seeds": ["http://a.test/"]}}
     assert config_from_dict(base).storage.max_hold_seconds == MAX_HOLD

@@ -210,12 +210,17 @@ class HostLeases:
                     (utc_now(), [row[0] for row in taken]),
                 )
                 # Skipped while this run's flush has its row: that flush's commit says how many it
-                # holds, as its next renewal does, and hunger that is over expires.
-                await conn.execute(
-                    "UPDATE runs SET hungry_at = NULL, held = %s"
-                    " WHERE id = (SELECT id FROM runs WHERE id = %s FOR UPDATE SKIP LOCKED)",
-                    (len(self.held) + len(taken), self.run_id),
+                # holds, as its next renewal does, and hunger that is over expires. The fleet read
+                # back keeps the next take's share current while runs are still joining.
+                cur = await conn.execute(
+                    "UPDATE runs SET hungry_at = NULL, held = %(held)s"
+                    " WHERE id = (SELECT id FROM runs WHERE id = %(run)s FOR UPDATE SKIP LOCKED)"
+                    f" RETURNING {_FLEET}",
+                    {"held": len(self.held) + len(taken), "run": self.run_id, "secs": self.lease_seconds},
                 )
+                fleet = await cur.fetchone()
+                if fleet is not None:
+                    self.note_fleet(*fleet)
             return taken
 
         taken = await self._side.transaction(take)
