@@ -499,13 +499,11 @@ def one_run(
                 kinds = ", ".join(f"{k} {v:.2f}" for k, v in spent_by_kind)
                 print(f"  {label}: PG CPU {pg_cpu:.2f} s; sampled by process kind (s): {kinds}")
                 print(pg_profile.statements(url))
-            if failure:  # a crawler that never started leaves no tables to count
-                pages = 0
-            else:
-                with psycopg.connect(url) as conn:
-                    pages = int(conn.execute("SELECT count(*) FROM pages").fetchone()[0])  # type: ignore[index]
-        elif failure:
+        if failure:  # a crawler that never started leaves no tables to count
             pages = 0
+        elif pg is not None:
+            with psycopg.connect(url) as conn:
+                pages = int(conn.execute("SELECT count(*) FROM pages").fetchone()[0])  # type: ignore[index]
         else:
             import sqlite3
 
