@@ -1,7 +1,7 @@
 """Scale benchmark: 1, 2, 4 and 8 crawler processes on one PostgreSQL crawl, each held to a fixed CPU share.
 
     python bench/scale.py [--hosts 100] [--pages-per-host 150] [--procs 1,2,4,8] [--cpu 0.1]
-                          [--delay 0.02] [--per-host-concurrency 2] [--smoke] [--pg-profile]
+                          [--delay 0.02] [--per-host-concurrency 2] [--parse-workers 1] [--smoke] [--pg-profile]
 
 A generated site of `--hosts` hosts (127.0.0.2 …) is served by nginx, which logs every request
 with its end time ($msec) and duration ($request_time). A throwaway PostgreSQL cluster
@@ -16,6 +16,9 @@ postmaster's reaped-children times), the crawlers' CPU as a share of their cap, 
 (page URLs nginx served more than once) and politeness violations (per host: more than
 per_host_concurrency requests in flight at once, or two starts closer than `delay`), and how busy
 the machine was: PostgreSQL's and nginx's cores, all cores' use, and the cores other processes took.
+A second table splits each run into start-up, the steady state (every crawler fetching) and the
+end: the drain, how unevenly the crawlers shared the last fifth of the page requests (the busiest
+one's count ÷ the mean), how often a host changed crawler, and the exit.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import bisect
 import collections
 import compileall
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -61,6 +65,7 @@ LOG_FORMAT = (
     '$msec $request_time $server_addr $status "$request_uri" "$http_user_agent" $connection $connection_requests $pid'
 )
 SAMPLE_EVERY = 0.2  # seconds between two samples of each crawler's CPU time
+TAIL = 0.2  # the last fifth of a run's page requests: how evenly the crawlers share it says why the drain is long
 
 
 # ---- CPU caps --------------------------------------------------------------------------------
@@ -169,6 +174,8 @@ class LogCheck:
     first_start: dict[int, float] = field(default_factory=dict)  # crawler index -> its first request's start
     last_end: dict[int, float] = field(default_factory=dict)  # crawler index -> its last request's end
     gap_pairs: tuple[tuple[str, str], ...] = ()  # the log lines of each gap violation: previous start, this one
+    hand_overs: int = 0  # two requests in a row to one host by different crawlers
+    tail_spread: float = 1.0  # the busiest crawler's share of the last TAIL of page requests ÷ the mean share
 
     def pages_between(self, start: float, end: float) -> int:
         """Page requests that ended within [start, end]."""
@@ -187,6 +194,7 @@ def check_log(path: Path, per_host: int, delay: float, tolerance: float) -> LogC
     first: dict[int, float] = {}
     last: dict[int, float] = {}
     page_ends: list[float] = []
+    page_starts: list[tuple[float, int | None]] = []
     robots = requests = 0
     for line in path.read_text().splitlines() if path.exists() else ():
         head, uri, _, agent, _ = line.split('"', 4)
@@ -206,12 +214,16 @@ def check_log(path: Path, per_host: int, delay: float, tolerance: float) -> LogC
         else:
             counts[host, uri] += 1
             page_ends.append(end)
+            page_starts.append((start, who))
     duplicates = sum(n - 1 for n in counts.values() if n > 1)
     overlap = gaps = 0
     closest = float("inf")
     pairs: list[tuple[str, str]] = []
+    hand_overs = 0
     for spans in by_host.values():
         spans.sort()
+        agents = [crawler_index(line.split('"', 4)[3]) for _, _, line in spans]
+        hand_overs += sum(1 for a, b in itertools.pairwise(agents) if a != b)
         ends: list[float] = []
         previous: tuple[float, float, str] | None = None
         for span in spans:
@@ -228,8 +240,20 @@ def check_log(path: Path, per_host: int, delay: float, tolerance: float) -> LogC
             previous = span
     page_ends.sort()
     return LogCheck(
-        requests, duplicates, robots, overlap, gaps, closest, tuple(page_ends), first, last, tuple(pairs)
+        requests, duplicates, robots, overlap, gaps, closest, tuple(page_ends), first, last, tuple(pairs),
+        hand_overs, tail_spread(page_starts, len(first)),
     )  # fmt: skip
+
+
+def tail_spread(starts: list[tuple[float, int | None]], crawlers: int) -> float:
+    """How unevenly the crawlers shared the last TAIL of the page requests (by start): the busiest
+    one's count ÷ the mean. 1.0 is even; at 2.0 one crawler had twice its share left to do while
+    others ran out, which is what keeps the drain long."""
+    if crawlers < 2 or not starts:
+        return 1.0
+    starts.sort(key=lambda s: s[0])
+    tail = collections.Counter(who for _, who in starts[int(len(starts) * (1 - TAIL)) :])
+    return max(tail.values()) * crawlers / sum(tail.values())
 
 
 # ---- one run -----------------------------------------------------------------------------------
@@ -356,6 +380,7 @@ def config_text(site: Site, args: argparse.Namespace, storage: str, index: int) 
         "[crawl]\n"
         f"seeds = {json.dumps(site.seeds)}\n"
         "allowed_hosts = []\nmax_pages = 0\nmax_depth = 100\n"
+        f"parse_workers = {args.parse_workers}\n"
         "[politeness]\n"
         f"user_agent = {json.dumps(f'{USER_AGENT} p{index}')}\n"
         f"concurrency = {args.concurrency}\n"
@@ -593,8 +618,8 @@ def steady_table(results: list[Result], args: argparse.Namespace) -> str:
     head = (
         "| store | processes | start-up s (median / max) | start-up CPU s per process | steady s (% of wall) "
         "| pages in steady | steady pages/s | steady speed-up | steady crawler CPU s / 1,000 pages "
-        "| steady crawler CPU % of cap | drain s | exit s |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| steady crawler CPU % of cap | drain s | last fifth's busiest crawler ÷ mean | hand-overs | exit s |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     rows = []
     for r in results:
@@ -612,7 +637,8 @@ def steady_table(results: list[Result], args: argparse.Namespace) -> str:
                 f"| {speed} | {steady.crawler_cpu / steady.pages * 1000:.2f} | {share:.0f} |"
             )
         rows.append(
-            f"| {r.label.split()[0]} | {r.procs} | {up} | {up_c} {cells} {r.drain():.1f} | {r.exit_tail():.1f} |"
+            f"| {r.label.split()[0]} | {r.procs} | {up} | {up_c} {cells} {r.drain():.1f} | {r.log.tail_spread:.2f} "
+            f"| {r.log.hand_overs} | {r.exit_tail():.1f} |"
         )
     return head + "\n".join(rows)
 
@@ -626,6 +652,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--cpu", type=float, default=0.1,
         help="CPU share of each crawler process (cgroup quota); 8 × 0.1 leaves PostgreSQL and nginx room on 2 cores",
     )  # fmt: skip
+    parser.add_argument(
+        "--parse-workers", type=int, default=1, help="crawl.parse_workers of every crawler (1: the default)"
+    )
     parser.add_argument("--delay", type=float, default=0.02, help="politeness.delay, seconds between starts per host")
     parser.add_argument("--per-host-concurrency", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=32, help="politeness.concurrency of each process")
