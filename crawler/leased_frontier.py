@@ -11,7 +11,7 @@ from crawler.politeness import HostState, Lease, Politeness, Sleep
 from crawler.store import Backend, HostLeasing, QueuedUrl
 
 MIN_POLL = 0.1  # seconds: the first wait of a crawler that found no host to take
-MAX_POLL = 0.5  # the longest wait between two looks while others hold the remaining work
+MAX_POLL = 0.25  # the longest wait between two looks while others hold the remaining work
 BUDGET_CLAIM = 64  # pages of the fleet's max_pages claimed at a time
 TICK = 0.1  # seconds between two looks at how late the event loop runs
 LAG_WEIGHT = 0.2  # weight of the newest lag in its moving average (about a second of ticks)
