@@ -189,7 +189,8 @@ def crawler_index(user_agent: str) -> int | None:
 
 
 def check_log(path: Path, per_host: int, delay: float, tolerance: float) -> LogCheck:
-    by_host: dict[str, list[tuple[float, float, str]]] = collections.defaultdict(list)
+    # Per host: (start, end, log line, crawler index) of each request.
+    by_host: dict[str, list[tuple[float, float, str, int | None]]] = collections.defaultdict(list)
     counts: collections.Counter[tuple[str, str]] = collections.Counter()
     first: dict[int, float] = {}
     last: dict[int, float] = {}
@@ -203,9 +204,9 @@ def check_log(path: Path, per_host: int, delay: float, tolerance: float) -> LogC
         msec, took, host, _status = head.split()
         end = float(msec)
         start = end - float(took)
-        by_host[host].append((start, end, line))
-        requests += 1
         who = crawler_index(agent)
+        by_host[host].append((start, end, line, who))
+        requests += 1
         if who is not None:
             first[who] = min(first.get(who, start), start)
             last[who] = max(last.get(who, end), end)
@@ -221,13 +222,12 @@ def check_log(path: Path, per_host: int, delay: float, tolerance: float) -> LogC
     pairs: list[tuple[str, str]] = []
     hand_overs = 0
     for spans in by_host.values():
-        spans.sort()
-        agents = [crawler_index(line.split('"', 4)[3]) for _, _, line in spans]
-        hand_overs += sum(1 for a, b in itertools.pairwise(agents) if a != b)
+        spans.sort(key=lambda span: span[:3])
+        hand_overs += sum(1 for a, b in itertools.pairwise(spans) if a[3] != b[3])
         ends: list[float] = []
-        previous: tuple[float, float, str] | None = None
+        previous: tuple[float, float, str, int | None] | None = None
         for span in spans:
-            start, end, line = span
+            start, end, line, _ = span
             ends = [e for e in ends if e > start]  # nginx logs in ms: a request ending as the next starts is over
             if len(ends) >= per_host:
                 overlap += 1
@@ -251,8 +251,8 @@ def tail_spread(starts: list[tuple[float, int | None]], crawlers: int) -> float:
     others ran out, which is what keeps the drain long."""
     if crawlers < 2 or not starts:
         return 1.0
-    starts.sort(key=lambda s: s[0])
-    tail = collections.Counter(who for _, who in starts[int(len(starts) * (1 - TAIL)) :])
+    ordered = sorted(starts, key=lambda s: s[0])
+    tail = collections.Counter(who for _, who in ordered[int(len(ordered) * (1 - TAIL)) :])
     return max(tail.values()) * crawlers / sum(tail.values())
 
 
