@@ -1,5 +1,5 @@
-"""`crawler crawl` starts without the query, export and status modules: the CLI imports each command's
-modules when that command runs, while every command's parser (and so `crawler --help`) stays whole."""
+"""The program's start: the entry freezes the CLI's imports, and `crawler crawl` loads no query, export or
+status module (each command imports its own when it runs; every parser, so `crawler --help`, stays whole)."""
 
 from __future__ import annotations
 
@@ -38,3 +38,13 @@ def test_the_parse_worker_loads_neither_asyncio_nor_the_store() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert json.loads(done.stdout) == []
+
+
+def test_the_entry_freezes_the_imports_and_runs_the_cli_with_the_collector_on() -> None:
+    code = (
+        "import gc, crawler.cli, crawler.__main__ as entry\n"
+        "crawler.cli.run = lambda: print(gc.isenabled(), gc.get_freeze_count() > 0) or 3\n"
+        "raise SystemExit(entry.main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert (done.returncode, done.stdout.split()) == (3, ["True", "True"])
