@@ -153,8 +153,8 @@ class HostLeases:
         # those of them the fleet does not hold; hosts that ran out of URLs since count until the
         # next look, which a take that finds none makes.
         self.with_work = 1
-        self.other_runs = 0  # other runs still running, at the last renewal or commit
-        self.others_held = 0  # hosts they hold, as each said at its last renewal or commit
+        self.other_runs = 0  # other runs still running, at this run's last renewal, commit or take
+        self.others_held = 0  # hosts they hold, as each said at its last renewal, commit or take
         self.others_least = 0  # the fewest hosts one of them holds
         # Whether another run found no host to take lately, at the last renewal or flush; the
         # frontier sets it back once it let a host go for it.
