@@ -1,14 +1,16 @@
 """Scale benchmark: 1, 2, 4 and 8 crawler processes on one PostgreSQL crawl, each held to a fixed CPU share.
 
     python bench/scale.py [--hosts 100] [--pages-per-host 150] [--procs 1,2,4,8] [--cpu 0.1]
-                          [--delay 0.02] [--per-host-concurrency 2] [--parse-workers 1] [--smoke] [--pg-profile]
+                          [--delay 0.02] [--per-host-concurrency 2] [--parse-workers 1] [--one-baseline]
+                          [--smoke] [--pg-profile]
 
 A generated site of `--hosts` hosts (127.0.0.2 …) is served by nginx, which logs every request
 with its end time ($msec) and duration ($request_time). A throwaway PostgreSQL cluster
 (tests/support/postgres.py) gets a fresh database per run. Each run starts N `python -m crawler
 crawl` processes on one config; each process (and its parse worker) sits in its own cgroup v1
 `cpu` child with cfs_quota_us/cfs_period_us = `--cpu`, so that N processes on a small machine
-behave like N small machines. One more run stores in SQLite with one process and the same cap.
+behave like N small machines. One more run stores in SQLite with one process and the same cap,
+and the one-process PostgreSQL run is made again last: speed-ups are over the mean of the two.
 
 Printed per run: pages stored, wall time, pages/s, speed-up over one process, PostgreSQL CPU
 seconds per 1,000 pages (postmaster and backends, exited ones included through the
