@@ -573,9 +573,14 @@ def print_gap_pairs(pairs: tuple[tuple[str, str], ...]) -> None:
             print(f"    start {start:.3f}  {line}")
 
 
+def one_process_runs(results: list[Result]) -> list[Result]:
+    """The one-process PostgreSQL runs, first and last, that speed-ups are taken over."""
+    return [r for r in results if r.procs == 1 and r.label.startswith("postgresql")]
+
+
 def baseline(rates: list[float]) -> float:
-    """The one-process rate speed-ups are taken over: the mean of its runs (first and last, so
-    that the machine's speed drifting during the bench moves the ratios less); 0 without one."""
+    """The mean of the one-process runs' rates (so that the machine's speed drifting during the
+    bench moves the ratios less); 0 without one."""
     rates = [r for r in rates if r > 0]
     return sum(rates) / len(rates) if rates else 0.0
 
@@ -585,7 +590,7 @@ def store_cell(r: Result) -> str:
 
 
 def table(results: list[Result], args: argparse.Namespace, cap_note: str) -> str:
-    singles = [r for r in results if r.label.startswith("postgresql 1") and r.procs == 1]
+    singles = one_process_runs(results)
     base = baseline([r.rate for r in singles])
     sqlite = next((r for r in results if r.label.startswith("sqlite")), None)
     head = (
@@ -632,8 +637,8 @@ def table(results: list[Result], args: argparse.Namespace, cap_note: str) -> str
 
 def steady_table(results: list[Result], args: argparse.Namespace) -> str:
     """Start-up, the steady state (every crawler fetching) and the end, per run."""
-    singles = [r.steady() for r in results if r.label.startswith("postgresql 1") and r.procs == 1]
-    base = baseline([s.rate for s in singles if s is not None])
+    steadies = [r.steady() for r in one_process_runs(results)]
+    base = baseline([s.rate for s in steadies if s is not None])
     head = (
         "| store | processes | start-up s (median / max) | start-up CPU s per process | steady s (% of wall) "
         "| pages in steady | steady pages/s | steady speed-up | steady crawler CPU s / 1,000 pages "
@@ -675,10 +680,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--delay", type=float, default=0.02, help="politeness.delay, seconds between starts per host")
     parser.add_argument("--per-host-concurrency", type=int, default=2)
-    parser.add_argument(
-        "--one-baseline", action="store_true",
-        help="run one process once, first (by default it runs again last, and speed-ups are over the mean)",
-    )  # fmt: skip
     parser.add_argument("--concurrency", type=int, default=32, help="politeness.concurrency of each process")
     parser.add_argument(
         "--tolerance", type=float, default=0.005,
@@ -689,6 +690,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="share of pages with a link to another host (sitegen's default when not given; 0: hosts never overlap)",
     )  # fmt: skip
     parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite comparison row")
+    parser.add_argument(
+        "--one-baseline", action="store_true",
+        help="run one process once, first (by default it runs again last, and speed-ups are over the mean)",
+    )  # fmt: skip
     parser.add_argument(
         "--pg-profile", action="store_true",
         help="load pg_stat_statements; print per run the statements and server processes PostgreSQL's time went to",
