@@ -144,7 +144,7 @@ class LoggingNginx(NginxServer):
 def busy_seconds() -> float:
     """CPU seconds the whole machine has spent not idle since boot (all cores)."""
     t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0))
 
 
 def postgres_cpu_seconds(server: PostgresServer) -> float:
@@ -154,7 +154,7 @@ def postgres_cpu_seconds(server: PostgresServer) -> float:
         return 0.0
     top = psutil.Process(pid)
     t = top.cpu_times()
-    total = t.user + t.system + t.children_user + t.children_system
+    total = float(t.user + t.system + t.children_user + t.children_system)
     for child in top.children():
         with contextlib.suppress(psutil.NoSuchProcess):
             c = child.cpu_times()
@@ -287,7 +287,7 @@ def tree_cpu(proc: psutil.Process) -> float | None:
     """CPU seconds of a process, its live children and those it reaped; None once it is gone."""
     try:
         t = proc.cpu_times()
-        total = t.user + t.system + t.children_user + t.children_system
+        total = float(t.user + t.system + t.children_user + t.children_system)
         for child in proc.children(recursive=True):
             with contextlib.suppress(psutil.NoSuchProcess):
                 c = child.cpu_times()
